@@ -1,0 +1,1 @@
+"""Benchmarks and offline replays (the I/O shells around the dispatch core)."""

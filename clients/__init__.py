@@ -1,0 +1,1 @@
+"""Clients of the hexdispatch API (used by tests, the simulator and the benchmarks)."""

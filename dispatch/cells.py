@@ -1,0 +1,73 @@
+"""H3 cells as 64-bit integers: a point's cell, and index ranges that cover a circle.
+
+The catalog stores each restaurant's resolution-9 cell (:data:`FINE_RES`) in a
+btree. All resolution-9 descendants of a coarser cell share its leading bits,
+so each cell of a cover becomes one contiguous integer range
+(:func:`descendant_range`), and a nearby search is a handful of index range
+scans followed by exact great-circle distances.
+"""
+
+from __future__ import annotations
+
+import math
+
+import h3.api.basic_int as h3
+
+FINE_RES = 9
+#: Cells a cover may hold before we step to a coarser resolution.
+MAX_COVER_DISK_K = 20
+#: How much smaller than average a cell's edge can be (H3 cells vary in size
+#: across the globe); covers use the pessimistic size so no point is missed.
+EDGE_SHRINK = 1.4
+
+_RES_SHIFT = 52
+_DIGIT_BITS = 3
+
+
+def cell_of(lat: float, lng: float, res: int = FINE_RES) -> int:
+    """The H3 cell (as an integer) containing a point."""
+    return h3.latlng_to_cell(lat, lng, res)
+
+
+def descendant_range(cell: int, res: int = FINE_RES) -> tuple[int, int]:
+    """The smallest and largest integer of any descendant of ``cell`` at resolution ``res``.
+
+    Every resolution-``res`` descendant lies in the range, and no cell of that
+    resolution outside ``cell`` does.
+    """
+    cell_res = (cell >> _RES_SHIFT) & 0xF
+    if cell_res > res:
+        raise ValueError(f"cell resolution {cell_res} is finer than {res}")
+    at_res = (cell & ~(0xF << _RES_SHIFT)) | (res << _RES_SHIFT)
+    lo = hi = at_res
+    for digit in range(cell_res + 1, res + 1):
+        shift = (15 - digit) * _DIGIT_BITS
+        lo &= ~(7 << shift)
+        hi = (hi & ~(7 << shift)) | (6 << shift)
+    return lo, hi
+
+
+def cover_disk(lat: float, lng: float, radius_m: float) -> tuple[int, int]:
+    """A (resolution, k) such that the k-disk around the point's cell contains the whole circle.
+
+    Chooses the finest resolution whose disk stays within ``MAX_COVER_DISK_K`` rings.
+    """
+    for res in range(FINE_RES, -1, -1):
+        # Centres of neighbouring cells are at least sqrt(3) x (smallest edge) apart,
+        # so a straight line of length R crosses at most R / spacing + 1 rings.
+        spacing = math.sqrt(3) * h3.average_hexagon_edge_length(res, "m") / EDGE_SHRINK
+        k = math.ceil(radius_m / spacing) + 1
+        if k <= MAX_COVER_DISK_K or res == 0:
+            return res, k
+    raise AssertionError("unreachable")
+
+
+def cover_ranges(lat: float, lng: float, radius_m: float) -> tuple[list[int], list[int]]:
+    """Inclusive ranges of resolution-9 cells that contain every point within ``radius_m``.
+
+    Returned as two parallel lists (lows, highs), sorted, ready to bind as arrays.
+    """
+    res, k = cover_disk(lat, lng, radius_m)
+    cells = h3.compact_cells(h3.grid_disk(h3.latlng_to_cell(lat, lng, res), k))
+    ranges = sorted(descendant_range(c) for c in cells)
+    return [lo for lo, _ in ranges], [hi for _, hi in ranges]

@@ -1,0 +1,1 @@
+"""Starlette front door, HTTP API, persistence and the hexdispatch command line."""

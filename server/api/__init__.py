@@ -1,0 +1,1 @@
+"""HTTP endpoints under ``/v1``, one module per resource."""

@@ -1,0 +1,136 @@
+"""Placing, reading and moving orders through their lifecycle over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+from starlette.requests import Request
+from starlette.routing import Route
+
+from dispatch.lifecycle import Event
+from server.api.common import body, caller, decode_cursor, encode_cursor, page, path_id, query
+from server.api.views import event_view, order_view
+from server.auth import Role
+from server.errors import ApiError, not_found
+from server.responses import JSONResponse
+from server.schemas import CancelIn, OrderIn, PageQuery, Query, ReadyRevision
+from server.store import orders
+
+MAX_IDEMPOTENCY_KEY = 200
+
+
+class EventsQuery(Query):
+    after: int = 0
+
+
+def request_fingerprint(order: OrderIn) -> str:
+    """A stable hash of a validated order body (to spot an Idempotency-Key reused for another order)."""
+    return hashlib.sha256(orjson.dumps(order.model_dump(), option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+async def place_order(request: Request) -> JSONResponse:
+    principal = caller(request, Role.CUSTOMER)
+    key = request.headers.get("idempotency-key", "").strip()
+    if not key:
+        raise ApiError(400, "idempotency_key_required", "POST /v1/orders needs an Idempotency-Key header")
+    if len(key) > MAX_IDEMPOTENCY_KEY:
+        raise ApiError(400, "idempotency_key_too_long", f"Idempotency-Key is limited to {MAX_IDEMPOTENCY_KEY} characters")
+    order = await body(request, OrderIn)
+    row, created = await orders.place_order(
+        request.app.state.pool, principal, key, request_fingerprint(order), order
+    )
+    return JSONResponse(order_view(row), status_code=201 if created else 200)
+
+
+async def get_order(request: Request) -> JSONResponse:
+    principal = caller(request)
+    order_id = path_id(request, "order_id", "order")
+    async with request.app.state.pool.acquire() as conn:
+        row = await orders.get_order(conn, principal, order_id)
+    if row is None:
+        raise not_found("order")
+    return JSONResponse(order_view(row))
+
+
+async def list_orders(request: Request) -> JSONResponse:
+    principal = caller(request)
+    params = query(request, PageQuery)
+    before = decode_cursor(params.cursor, int)[0] if params.cursor else None
+    async with request.app.state.pool.acquire() as conn:
+        rows = await orders.list_orders(conn, principal, before_id=before, limit=params.limit + 1)
+    return JSONResponse(page([order_view(r) for r in rows], params.limit, lambda v: encode_cursor(v["id"])))
+
+
+async def order_events(request: Request) -> JSONResponse:
+    principal = caller(request)
+    order_id = path_id(request, "order_id", "order")
+    params = query(request, EventsQuery)
+    async with request.app.state.pool.acquire() as conn:
+        rows = await orders.list_events(conn, principal, order_id, params.after)
+    if rows is None:
+        raise not_found("order")
+    return JSONResponse({"items": [event_view(r) for r in rows]})
+
+
+async def _apply(request: Request, event: Event, roles: tuple[Role, ...], argument=None, payload=None):
+    principal = caller(request, *roles)
+    order_id = path_id(request, "order_id", "order")
+    row = await orders.apply_event(
+        request.app.state.pool,
+        order_id,
+        event,
+        actor=orders.ROLE_ACTOR[principal.role],
+        actor_label=principal.actor,
+        principal=principal,
+        argument=argument,
+        payload=payload,
+    )
+    return JSONResponse(order_view(row))
+
+
+KITCHEN = (Role.RESTAURANT, Role.ADMIN)
+
+
+async def cancel(request: Request) -> JSONResponse:
+    caller(request, Role.CUSTOMER, Role.RESTAURANT, Role.ADMIN)
+    data = await body(request, CancelIn) if await _has_body(request) else CancelIn()
+    return await _apply(request, Event.CANCEL, (Role.CUSTOMER, Role.RESTAURANT, Role.ADMIN), payload={"reason": data.reason})
+
+
+async def accept(request: Request) -> JSONResponse:
+    return await _apply(request, Event.ACCEPT, KITCHEN)
+
+
+async def start_preparing(request: Request) -> JSONResponse:
+    return await _apply(request, Event.START_PREPARING, KITCHEN)
+
+
+async def mark_ready(request: Request) -> JSONResponse:
+    return await _apply(request, Event.MARK_READY, KITCHEN)
+
+
+async def revise_ready(request: Request) -> JSONResponse:
+    caller(request, *KITCHEN)
+    data = await body(request, ReadyRevision)
+    return await _apply(
+        request, Event.REVISE_READY, KITCHEN, argument=data.ready_in_minutes,
+        payload={"ready_in_minutes": data.ready_in_minutes},
+    )
+
+
+async def _has_body(request: Request) -> bool:
+    return request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+
+
+ROUTES = [
+    Route("/v1/orders", place_order, methods=["POST"]),
+    Route("/v1/orders", list_orders, methods=["GET"]),
+    Route("/v1/orders/{order_id}", get_order, methods=["GET"]),
+    Route("/v1/orders/{order_id}/events", order_events, methods=["GET"]),
+    Route("/v1/orders/{order_id}/cancel", cancel, methods=["POST"]),
+    Route("/v1/orders/{order_id}/accept", accept, methods=["POST"]),
+    Route("/v1/orders/{order_id}/start-preparing", start_preparing, methods=["POST"]),
+    Route("/v1/orders/{order_id}/ready", mark_ready, methods=["POST"]),
+    Route("/v1/orders/{order_id}/ready-estimate", revise_ready, methods=["POST"]),
+]

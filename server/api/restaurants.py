@@ -1,0 +1,177 @@
+"""Restaurant onboarding, updates, nearby search, menus, and the kitchen's order queue."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from server.api.common import body, caller, decode_cursor, encode_cursor, page, path_id, query
+from server.api.views import item_view, order_view, restaurant_view
+from server.auth import Principal, Role
+from server.errors import ApiError, not_found
+from server.responses import JSONResponse
+from server.schemas import (
+    MenuItemIn,
+    MenuItemPatch,
+    NearbyQuery,
+    RestaurantIn,
+    RestaurantOrdersQuery,
+    RestaurantPatch,
+)
+from server.store import catalog, orders
+
+
+async def _owned_restaurant(request: Request, conn) -> tuple[int, Principal]:
+    """The path's restaurant id, checked to belong to the caller (admins may touch any)."""
+    principal = caller(request, Role.RESTAURANT, Role.ADMIN)
+    restaurant_id = path_id(request, "restaurant_id", "restaurant")
+    owner = await catalog.restaurant_owner(conn, restaurant_id)
+    if owner is None:
+        raise not_found("restaurant")
+    if principal.role is not Role.ADMIN and owner != principal.sub:
+        raise ApiError(403, "forbidden", "this restaurant belongs to another account")
+    return restaurant_id, principal
+
+
+async def create_restaurant(request: Request) -> JSONResponse:
+    principal = caller(request, Role.RESTAURANT, Role.ADMIN)
+    data = await body(request, RestaurantIn)
+    if data.owner_sub is not None and principal.role is not Role.ADMIN:
+        raise ApiError(403, "forbidden", "only an admin may onboard a restaurant for another account")
+    settings = request.app.state.settings
+    fields = data.model_dump(exclude={"owner_sub"})
+    fields["delivery_radius_m"] = data.delivery_radius_m or settings.default_delivery_radius_m
+    if data.delivery_fee_cents is None:
+        fields["delivery_fee_cents"] = settings.default_delivery_fee_cents
+    async with request.app.state.pool.acquire() as conn:
+        row = await catalog.create_restaurant(conn, data.owner_sub or principal.sub, fields)
+    return JSONResponse(restaurant_view(row), status_code=201)
+
+
+async def update_restaurant(request: Request) -> JSONResponse:
+    caller(request, Role.RESTAURANT, Role.ADMIN)
+    data = await body(request, RestaurantPatch)
+    changes = data.model_dump(exclude_unset=True)
+    nulls = sorted(k for k, v in changes.items() if v is None and k != "opening_hours")
+    if nulls:
+        raise ApiError(422, "invalid_request", f"{nulls[0]}: may not be null")
+    async with request.app.state.pool.acquire() as conn:
+        restaurant_id, _ = await _owned_restaurant(request, conn)
+        row = (
+            await catalog.update_restaurant(conn, restaurant_id, changes)
+            if changes
+            else await catalog.get_restaurant(conn, restaurant_id)
+        )
+    if row is None:
+        raise not_found("restaurant")
+    return JSONResponse(restaurant_view(row))
+
+
+async def get_restaurant(request: Request) -> JSONResponse:
+    caller(request)
+    restaurant_id = path_id(request, "restaurant_id", "restaurant")
+    async with request.app.state.pool.acquire() as conn:
+        row = await catalog.get_restaurant(conn, restaurant_id)
+    if row is None:
+        raise not_found("restaurant")
+    return JSONResponse(restaurant_view(row))
+
+
+async def nearby(request: Request) -> JSONResponse:
+    caller(request)
+    params = query(request, NearbyQuery)
+    after = decode_cursor(params.cursor, float, int) if params.cursor else None
+    async with request.app.state.pool.acquire() as conn:
+        rows = await catalog.nearby(
+            conn,
+            lat=params.lat,
+            lng=params.lng,
+            radius_m=params.radius_m,
+            cuisine=params.cuisine,
+            name_contains=params.q,
+            open_now=params.open_now,
+            after=after,
+            limit=params.limit + 1,
+        )
+    cursors = {row["id"]: encode_cursor(row["distance_m"], row["id"]) for row in rows}
+    return JSONResponse(page([restaurant_view(r) for r in rows], params.limit, lambda v: cursors[v["id"]]))
+
+
+async def get_menu(request: Request) -> JSONResponse:
+    caller(request)
+    restaurant_id = path_id(request, "restaurant_id", "restaurant")
+    async with request.app.state.pool.acquire() as conn:
+        restaurant, items, active_orders = await catalog.menu(conn, restaurant_id)
+    if restaurant is None:
+        raise not_found("restaurant")
+    return JSONResponse(
+        {
+            "restaurant": restaurant_view(restaurant),
+            "status": {
+                "open_now": restaurant["open_now"],
+                "prep_minutes": restaurant["prep_minutes"],
+                "active_orders": active_orders,
+            },
+            "items": [item_view(i) for i in items],
+        }
+    )
+
+
+async def create_item(request: Request) -> JSONResponse:
+    caller(request, Role.RESTAURANT, Role.ADMIN)
+    data = await body(request, MenuItemIn)
+    async with request.app.state.pool.acquire() as conn:
+        restaurant_id, _ = await _owned_restaurant(request, conn)
+        row = await catalog.create_item(conn, restaurant_id, data.model_dump())
+    return JSONResponse(item_view(row), status_code=201)
+
+
+async def update_item(request: Request) -> JSONResponse:
+    caller(request, Role.RESTAURANT, Role.ADMIN)
+    data = await body(request, MenuItemPatch)
+    changes = data.model_dump(exclude_unset=True)
+    nulls = sorted(k for k, v in changes.items() if v is None)
+    if nulls:
+        raise ApiError(422, "invalid_request", f"{nulls[0]}: may not be null")
+    item_id = path_id(request, "item_id", "menu item")
+    async with request.app.state.pool.acquire() as conn:
+        restaurant_id, _ = await _owned_restaurant(request, conn)
+        row = await catalog.update_item(conn, restaurant_id, item_id, changes)
+    if row is None:
+        raise not_found("menu item")
+    return JSONResponse(item_view(row))
+
+
+async def delete_item(request: Request) -> JSONResponse:
+    item_id = path_id(request, "item_id", "menu item")
+    async with request.app.state.pool.acquire() as conn:
+        restaurant_id, _ = await _owned_restaurant(request, conn)
+        deleted = await catalog.delete_item(conn, restaurant_id, item_id)
+    if not deleted:
+        raise not_found("menu item")
+    return JSONResponse({"deleted": item_id})
+
+
+async def restaurant_orders(request: Request) -> JSONResponse:
+    params = query(request, RestaurantOrdersQuery)
+    before = decode_cursor(params.cursor, int)[0] if params.cursor else None
+    async with request.app.state.pool.acquire() as conn:
+        restaurant_id, principal = await _owned_restaurant(request, conn)
+        rows = await orders.list_orders(
+            conn, principal, before_id=before, limit=params.limit + 1, restaurant_id=restaurant_id,
+            active_only=params.active,
+        )
+    return JSONResponse(page([order_view(r) for r in rows], params.limit, lambda v: encode_cursor(v["id"])))
+
+
+ROUTES = [
+    Route("/v1/restaurants", create_restaurant, methods=["POST"]),
+    Route("/v1/restaurants/nearby", nearby, methods=["GET"]),
+    Route("/v1/restaurants/{restaurant_id}", get_restaurant, methods=["GET"]),
+    Route("/v1/restaurants/{restaurant_id}", update_restaurant, methods=["PATCH"]),
+    Route("/v1/restaurants/{restaurant_id}/menu", get_menu, methods=["GET"]),
+    Route("/v1/restaurants/{restaurant_id}/menu/items", create_item, methods=["POST"]),
+    Route("/v1/restaurants/{restaurant_id}/menu/items/{item_id}", update_item, methods=["PATCH"]),
+    Route("/v1/restaurants/{restaurant_id}/menu/items/{item_id}", delete_item, methods=["DELETE"]),
+    Route("/v1/restaurants/{restaurant_id}/orders", restaurant_orders, methods=["GET"]),
+]

@@ -1,0 +1,75 @@
+"""The application factory: routes, error handlers, and resources opened by the lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.routing import Route
+
+from server import db
+from server.api import drivers, orders, restaurants
+from server.config import Settings
+from server.errors import EXCEPTION_HANDLERS
+from server.responses import JSONResponse
+
+log = logging.getLogger("hexdispatch.app")
+
+
+async def health(request: Request) -> JSONResponse:
+    """Liveness and readiness: answers 200 only when Postgres answers."""
+    async with request.app.state.pool.acquire() as conn:
+        await conn.fetchval("SELECT 1")
+    return JSONResponse({"status": "ok"})
+
+
+def routes() -> list[Route]:
+    return [Route("/v1/health", health, methods=["GET"]), *restaurants.ROUTES, *orders.ROUTES, *drivers.ROUTES]
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    async with contextlib.AsyncExitStack() as stack:
+        dsn = settings.database_url
+        if dsn is None:
+            embedded = db.EmbeddedPostgres(settings.home / "pgdata")
+            dsn = embedded.start()
+            stack.callback(embedded.stop)
+        if settings.migrate_on_start:
+            await db.migrate(dsn)
+        app.state.pool = await db.create_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+        stack.push_async_callback(app.state.pool.close)
+        app.state.jwt_secret = settings.resolved_jwt_secret()
+        if settings.redis_url:
+            import redis.asyncio as aioredis
+
+            app.state.redis = aioredis.from_url(settings.redis_url)
+            await app.state.redis.ping()
+            stack.push_async_callback(app.state.redis.aclose)
+        else:
+            app.state.redis = None
+        if settings.use_ray:
+            stack.callback(_connect_ray(settings))
+        log.info("hexdispatch ready (database %s)", db.redact(dsn))
+        yield
+
+
+def _connect_ray(settings: Settings):
+    """Join the configured Ray cluster, or start a local one; return how to let go of it."""
+    import ray
+
+    if ray.is_initialized():
+        return lambda: None
+    ray.init(address=settings.ray_address, include_dashboard=settings.ray_address is None, logging_level="WARNING")
+    return ray.shutdown
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """A hexdispatch ASGI app; resources open when its lifespan starts."""
+    app = Starlette(routes=routes(), exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    app.state.settings = settings or Settings.from_env()
+    return app

@@ -1,0 +1,99 @@
+"""Postgres plumbing: the asyncpg pool, migrations (alembic) and the embedded server.
+
+Migrations are plain SQL files under ``server/migrations/versions`` run by
+alembic, which records what it applied in ``alembic_version``; applying them
+is idempotent and safe from several processes at once (see ``env.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import orjson
+
+log = logging.getLogger("hexdispatch.db")
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+def run_sql(sql: str) -> None:
+    """Run a multi-statement SQL script inside the current alembic migration.
+
+    alembic's ``op.execute`` goes through a prepared statement, which takes one
+    statement only; the raw asyncpg connection takes a whole script.
+    """
+    from alembic import op
+    from sqlalchemy.util import await_only
+
+    await_only(op.get_bind().connection.driver_connection.execute(sql))
+
+
+def sqlalchemy_url(dsn: str) -> str:
+    """The asyncpg-dialect SQLAlchemy URL for a ``postgresql://`` DSN."""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep or scheme not in {"postgres", "postgresql", "postgresql+asyncpg"}:
+        raise ValueError(f"not a PostgreSQL URL: {dsn!r}")
+    return f"postgresql+asyncpg://{rest}"
+
+
+def migrate_sync(dsn: str, target: str = "head") -> None:
+    """Apply every migration up to ``target`` (blocking; runs its own event loop)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["sqlalchemy_url"] = sqlalchemy_url(dsn)
+    command.upgrade(config, target)
+
+
+async def migrate(dsn: str) -> None:
+    """Apply pending migrations from async code (alembic runs in a worker thread)."""
+    await asyncio.to_thread(migrate_sync, dsn)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            type_name, schema="pg_catalog", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads
+        )
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 16) -> asyncpg.Pool:
+    """An asyncpg pool whose connections speak json/jsonb as Python objects."""
+    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection)
+
+
+def redact(dsn: str) -> str:
+    """``dsn`` with its password hidden, for logs."""
+    parts = urlsplit(dsn)
+    if parts.password:
+        return dsn.replace(f":{parts.password}@", ":***@", 1)
+    return dsn
+
+
+class EmbeddedPostgres:
+    """A private Postgres (pgserver) whose data lives in ``data_dir`` and survives restarts."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = Path(data_dir)
+        self._server = None
+
+    def start(self) -> str:
+        """Start (or attach to) the server and return its DSN."""
+        import pgserver
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._server = pgserver.get_server(self.data_dir.resolve(), cleanup_mode="stop")
+        dsn = self._server.get_uri()
+        log.info("embedded Postgres at %s", self.data_dir)
+        return dsn
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None

@@ -1,0 +1,77 @@
+"""Every error leaves the server as JSON ``{"error": {"code", "message"}}`` with a 4xx status."""
+
+from __future__ import annotations
+
+import logging
+
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+from server.responses import JSONResponse
+
+log = logging.getLogger("hexdispatch.errors")
+
+
+class ApiError(Exception):
+    """An error the client can act on: an HTTP status, a stable code and a message."""
+
+    def __init__(self, status: int, code: str, message: str, details: object = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def not_found(what: str = "resource") -> ApiError:
+    return ApiError(404, "not_found", f"{what} not found")
+
+
+def error_body(code: str, message: str, details: object = None) -> dict:
+    error: dict = {"code": code, "message": message}
+    if details is not None:
+        error["details"] = details
+    return {"error": error}
+
+
+def validation_details(exc: ValidationError) -> list[dict]:
+    """Pydantic errors reduced to what a client needs: where, and what is wrong."""
+    return [
+        {"field": ".".join(str(p) for p in err["loc"]) or "body", "problem": err["msg"]}
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return JSONResponse(error_body(exc.code, exc.message, exc.details), status_code=exc.status)
+
+
+async def invalid_request(request: Request, exc: ValidationError) -> JSONResponse:
+    details = validation_details(exc)
+    first = details[0] if details else {"field": "body", "problem": "invalid"}
+    message = f"{first['field']}: {first['problem']}"
+    return JSONResponse(error_body("invalid_request", message, details), status_code=422)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+
+
+async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return JSONResponse(
+        error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse(error_body("internal", "internal server error"), status_code=500)
+
+
+EXCEPTION_HANDLERS = {
+    ApiError: api_error,
+    ValidationError: invalid_request,
+    HTTPException: http_error,
+    Exception: internal_error,
+}

@@ -1,0 +1,1 @@
+"""SQL, one module per aggregate. Functions take a connection (or pool) and plain values."""

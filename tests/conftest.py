@@ -1,0 +1,122 @@
+"""Shared fixtures: a real Postgres database per test session, the app, and authenticated clients.
+
+``DATABASE_URL`` (when set) names a server in which a fresh database is
+created for the session and dropped afterwards; otherwise an embedded
+Postgres (pgserver) is started in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+
+from server.app import create_app
+from server.auth import mint_token
+from server.config import Settings
+from server.db import EmbeddedPostgres
+
+TEST_SECRET = "test-secret-" + uuid.uuid4().hex
+
+
+def _with_database(dsn: str, name: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory) -> str:
+    """A DSN for a Postgres server the tests may create databases on."""
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    embedded = EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
+    try:
+        yield embedded.start()
+    finally:
+        embedded.stop()
+
+
+@pytest.fixture(scope="session")
+async def database_url(postgres_server) -> str:
+    """A fresh, empty database for this test session (dropped at the end)."""
+    name = f"hexdispatch_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_server)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield _with_database(postgres_server, name)
+    admin = await asyncpg.connect(postgres_server)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def settings(database_url, tmp_path_factory) -> Settings:
+    return Settings(
+        database_url=database_url,
+        use_ray=False,
+        jwt_secret=TEST_SECRET,
+        home=tmp_path_factory.mktemp("home"),
+    )
+
+
+@pytest.fixture(scope="session")
+async def app(settings):
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture(scope="session")
+def pool(app):
+    return app.state.pool
+
+
+def token(role: str, sub: str, ttl_s: int = 3600) -> str:
+    return mint_token(TEST_SECRET, role, sub, now=int(time.time()), ttl_s=ttl_s)
+
+
+class Api:
+    """An httpx client bound to the in-process app, acting as one principal."""
+
+    def __init__(self, app, role: str | None, sub: str | None):
+        headers = {"authorization": f"Bearer {token(role, sub)}"} if role else {}
+        self.sub = sub
+        self.client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+            base_url="http://hexdispatch.test",
+            headers=headers,
+        )
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+@pytest.fixture
+async def as_role(app):
+    """``as_role(role, sub=None)``: a client acting as a (fresh, unless named) principal."""
+    clients: list[Api] = []
+
+    def make(role: str | None, sub: str | None = None) -> Api:
+        api = Api(app, role, sub or f"{role}-{uuid.uuid4().hex[:10]}")
+        clients.append(api)
+        return api
+
+    yield make
+    for api in clients:
+        with contextlib.suppress(Exception):
+            await api.client.aclose()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"

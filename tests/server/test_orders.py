@@ -1,0 +1,180 @@
+import asyncio
+import uuid
+
+from tests.server.helpers import CHICAGO, add_item, make_restaurant, place
+
+
+async def test_place_order_prices_from_database(as_role):
+    owner, customer = as_role("restaurant"), as_role("customer")
+    rest = await make_restaurant(owner, delivery_fee_cents=300)
+    pizza = await add_item(owner, rest["id"], price_cents=1250)
+    soda = await add_item(owner, rest["id"], "Soda", 199)
+    r = await place(customer, rest["id"], [{"item_id": pizza["id"], "quantity": 2}, {"item_id": soda["id"]}])
+    assert r.status_code == 201, r.text
+    order = r.json()
+    assert order["subtotal_cents"] == 2 * 1250 + 199
+    assert order["delivery_fee_cents"] == 300
+    assert order["total_cents"] == 2 * 1250 + 199 + 300
+    assert order["status"] == "placed" and order["version"] == 1
+    assert [line["name"] for line in order["items"]] == ["Margherita", "Soda"]
+    # A price change later does not touch the snapshot.
+    await owner.patch(f"/v1/restaurants/{rest['id']}/menu/items/{pizza['id']}", json={"price_cents": 9999})
+    again = (await customer.get(f"/v1/orders/{order['id']}")).json()
+    assert again["total_cents"] == order["total_cents"]
+    events = (await customer.get(f"/v1/orders/{order['id']}/events")).json()["items"]
+    assert [(e["seq"], e["type"], e["status"]) for e in events] == [(1, "placed", "placed")]
+    assert events[0]["actor"] == f"customer:{customer.sub}"
+
+
+async def test_client_prices_are_ignored_and_extra_fields_refused(as_role):
+    owner, customer = as_role("restaurant"), as_role("customer")
+    rest = await make_restaurant(owner)
+    item = await add_item(owner, rest["id"], price_cents=1000)
+    r = await place(customer, rest["id"], [{"item_id": item["id"], "price_cents": 1}])
+    assert r.status_code == 422
+    assert r.json()["error"]["code"] == "invalid_request"
+
+
+async def test_idempotent_placement_under_concurrent_retries(as_role, pool):
+    owner, customer = as_role("restaurant"), as_role("customer")
+    rest = await make_restaurant(owner)
+    item = await add_item(owner, rest["id"])
+    key = uuid.uuid4().hex
+    responses = await asyncio.gather(
+        *(place(customer, rest["id"], [{"item_id": item["id"]}], key=key) for _ in range(12))
+    )
+    assert sorted(r.status_code for r in responses) == [200] * 11 + [201]
+    assert len({r.json()["id"] for r in responses}) == 1
+    count = await pool.fetchval(
+        "SELECT count(*) FROM orders WHERE customer_id = $1 AND idempotency_key = $2", customer.sub, key
+    )
+    assert count == 1
+    events = await pool.fetchval("SELECT count(*) FROM order_events WHERE order_id = $1", responses[0].json()["id"])
+    assert events == 1
+
+
+async def test_idempotency_key_reused_for_another_order(as_role):
+    owner, customer = as_role("restaurant"), as_role("customer")
+    rest = await make_restaurant(owner)
+    item = await add_item(owner, rest["id"])
+    key = uuid.uuid4().hex
+    assert (await place(customer, rest["id"], [{"item_id": item["id"]}], key=key)).status_code == 201
+    r = await place(customer, rest["id"], [{"item_id": item["id"], "quantity": 3}], key=key)
+    assert r.status_code == 422
+    assert r.json()["error"]["code"] == "idempotency_key_reused"
+    # The same key from another customer is that customer's own order.
+    other = as_role("customer")
+    assert (await place(other, rest["id"], [{"item_id": item["id"]}], key=key)).status_code == 201
+
+
+async def test_refusals(as_role):
+    owner, customer = as_role("restaurant"), as_role("customer")
+    rest = await make_restaurant(owner, delivery_radius_m=2000)
+    other = await make_restaurant(owner)
+    item = await add_item(owner, rest["id"])
+    foreign = await add_item(owner, other["id"])
+    gone = await add_item(owner, rest["id"], "Tiramisu", available=False)
+
+    async def code(*args, **kwargs):
+        r = await place(customer, *args, **kwargs)
+        assert 400 <= r.status_code < 500, r.text
+        return r.status_code, r.json()["error"]["code"]
+
+    assert await code(rest["id"], [{"item_id": 999999999}]) == (422, "unknown_item")
+    assert await code(rest["id"], [{"item_id": foreign["id"]}]) == (422, "unknown_item")
+    assert await code(rest["id"], [{"item_id": gone["id"]}]) == (409, "item_unavailable")
+    assert await code(999999999, [{"item_id": item["id"]}]) == (422, "unknown_restaurant")
+    far = (CHICAGO[0] + 0.1, CHICAGO[1])  # about 11 km north
+    assert await code(rest["id"], [{"item_id": item["id"]}], dropoff=far) == (422, "outside_delivery_area")
+    await owner.patch(f"/v1/restaurants/{rest['id']}", json={"is_open": False})
+    assert await code(rest["id"], [{"item_id": item["id"]}]) == (409, "restaurant_closed")
+    r = await customer.post(
+        "/v1/orders", json={"restaurant_id": rest["id"], "items": [{"item_id": item["id"]}],
+                            "dropoff": {"lat": CHICAGO[0], "lng": CHICAGO[1]}}
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "idempotency_key_required"
+
+
+async def test_closed_by_opening_hours(as_role):
+    owner, customer = as_role("restaurant"), as_role("customer")
+    rest = await make_restaurant(owner, opening_hours={})  # open on no day at all
+    item = await add_item(owner, rest["id"])
+    r = await place(customer, rest["id"], [{"item_id": item["id"]}])
+    assert (r.status_code, r.json()["error"]["code"]) == (409, "restaurant_closed")
+    always = {d: [["00:00", "24:00"]] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
+    await owner.patch(f"/v1/restaurants/{rest['id']}", json={"opening_hours": always, "timezone": "America/Chicago"})
+    assert (await place(customer, rest["id"], [{"item_id": item["id"]}])).status_code == 201
+
+
+async def test_kitchen_flow_and_audit_trail(as_role, pool):
+    owner, customer = as_role("restaurant"), as_role("customer")
+    rest = await make_restaurant(owner)
+    item = await add_item(owner, rest["id"])
+    order = (await place(customer, rest["id"], [{"item_id": item["id"]}])).json()
+    oid = order["id"]
+    incoming = (await owner.get(f"/v1/restaurants/{rest['id']}/orders")).json()["items"]
+    assert [o["id"] for o in incoming] == [oid]
+    assert (await owner.post(f"/v1/orders/{oid}/accept")).json()["status"] == "accepted"
+    assert (await owner.post(f"/v1/orders/{oid}/start-preparing")).json()["status"] == "preparing"
+    revised = await owner.post(f"/v1/orders/{oid}/ready-estimate", json={"ready_in_minutes": 25})
+    assert revised.status_code == 200, revised.text
+    assert revised.json()["ready_estimate_at"] > order["ready_estimate_at"]
+    ready = (await owner.post(f"/v1/orders/{oid}/ready")).json()
+    assert ready["status"] == "ready" and ready["ready_at"] is not None and ready["version"] == 5
+    # Too late for the customer to cancel; a second "ready" is illegal and changes nothing.
+    r = await customer.post(f"/v1/orders/{oid}/cancel")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "illegal_transition"
+    assert (await owner.post(f"/v1/orders/{oid}/ready")).status_code == 409
+    events = (await owner.get(f"/v1/orders/{oid}/events")).json()["items"]
+    assert [e["type"] for e in events] == ["placed", "accept", "start_preparing", "revise_ready", "mark_ready"]
+    assert [e["seq"] for e in events] == [1, 2, 3, 4, 5]
+    resumed = (await customer.get(f"/v1/orders/{oid}/events?after=3")).json()["items"]
+    assert [e["seq"] for e in resumed] == [4, 5]
+    # The restaurant cancels until pick-up.
+    cancelled = (await owner.post(f"/v1/orders/{oid}/cancel", json={"reason": "out of dough"})).json()
+    assert cancelled["status"] == "cancelled" and cancelled["cancelled_at"] is not None
+    last = await pool.fetchrow("SELECT type, payload, actor FROM order_events WHERE order_id = $1 AND seq = 6", oid)
+    assert last["type"] == "cancel" and last["payload"] == {"reason": "out of dough"}
+    assert (await owner.get(f"/v1/restaurants/{rest['id']}/orders")).json()["items"] == []
+
+
+async def test_customer_cancels_while_cancellable(as_role):
+    owner, customer = as_role("restaurant"), as_role("customer")
+    rest = await make_restaurant(owner)
+    item = await add_item(owner, rest["id"])
+    oid = (await place(customer, rest["id"], [{"item_id": item["id"]}])).json()["id"]
+    r = await customer.post(f"/v1/orders/{oid}/cancel", json={"reason": "changed my mind"})
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    assert (await customer.post(f"/v1/orders/{oid}/cancel")).status_code == 409
+
+
+async def test_audit_trail_is_append_only(as_role, pool):
+    import asyncpg
+    import pytest
+
+    owner, customer = as_role("restaurant"), as_role("customer")
+    rest = await make_restaurant(owner)
+    item = await add_item(owner, rest["id"])
+    oid = (await place(customer, rest["id"], [{"item_id": item["id"]}])).json()["id"]
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await pool.execute("UPDATE order_events SET type = 'forged' WHERE order_id = $1", oid)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await pool.execute("DELETE FROM order_events WHERE order_id = $1", oid)
+
+
+async def test_history_pagination(as_role):
+    owner, customer = as_role("restaurant"), as_role("customer")
+    rest = await make_restaurant(owner)
+    item = await add_item(owner, rest["id"])
+    placed = [(await place(customer, rest["id"], [{"item_id": item["id"]}])).json()["id"] for _ in range(7)]
+    seen, cursor = [], None
+    while True:
+        r = await customer.get("/v1/orders", params={"limit": 3, **({"cursor": cursor} if cursor else {})})
+        assert r.status_code == 200, r.text
+        seen += [o["id"] for o in r.json()["items"]]
+        cursor = r.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == sorted(placed, reverse=True)
+    # Another customer sees none of them.
+    assert (await as_role("customer").get("/v1/orders")).json() == {"items": [], "next_cursor": None}

@@ -1,0 +1,115 @@
+"""The order lifecycle table, checked exhaustively over every state, event and actor."""
+
+import itertools
+
+import pytest
+
+from dispatch import lifecycle as lc
+from dispatch.lifecycle import Actor, Courier, Event, IllegalTransition, Kitchen, OrderState, Status
+
+ALL_STATES = [
+    OrderState(k, c, x) for k, c, x in itertools.product(Kitchen, Courier, (False, True))
+]
+
+
+def reachable_states() -> set[OrderState]:
+    seen, frontier = {lc.INITIAL}, [lc.INITIAL]
+    while frontier:
+        state = frontier.pop()
+        for event, actor in itertools.product(Event, Actor):
+            try:
+                nxt = lc.apply(state, event, actor)
+            except IllegalTransition:
+                continue
+            if nxt not in seen:
+                seen.add(nxt)
+                frontier.append(nxt)
+    return seen
+
+
+REACHABLE = reachable_states()
+
+
+def test_every_reachable_state_satisfies_the_invariants():
+    for state in REACHABLE:
+        lc.check_invariants(state)
+
+
+def test_unreachable_states_are_exactly_the_ones_the_invariants_reject():
+    for state in ALL_STATES:
+        try:
+            lc.check_invariants(state)
+            valid = True
+        except ValueError:
+            valid = False
+        # Every valid state is reachable; every unreachable one is rejected.
+        assert valid == (state in REACHABLE), state
+
+
+@pytest.mark.parametrize("state", sorted(REACHABLE, key=repr), ids=repr)
+def test_apply_agrees_with_allowed_for_every_event_and_actor(state):
+    for event, actor in itertools.product(Event, Actor):
+        reason = lc.allowed(state, event, actor)
+        if reason is None:
+            nxt = lc.apply(state, event, actor)
+            rule = lc.TRANSITIONS[event]
+            assert nxt.kitchen == (rule.kitchen_to or state.kitchen)
+            assert nxt.courier == (rule.courier_to or state.courier)
+            assert nxt.cancelled == (state.cancelled or rule.cancels)
+        else:
+            with pytest.raises(IllegalTransition) as info:
+                lc.apply(state, event, actor)
+            assert info.value.reason == reason
+
+
+def test_terminal_states_accept_nothing():
+    for state in REACHABLE:
+        if state.terminal:
+            for event, actor in itertools.product(Event, Actor):
+                assert lc.allowed(state, event, actor) is not None
+
+
+def test_happy_path_statuses():
+    path = [
+        (Event.ACCEPT, Actor.RESTAURANT, Status.ACCEPTED),
+        (Event.START_PREPARING, Actor.RESTAURANT, Status.PREPARING),
+        (Event.ASSIGN, Actor.SYSTEM, Status.DRIVER_ASSIGNED),
+        (Event.MARK_READY, Actor.RESTAURANT, Status.DRIVER_ASSIGNED),
+        (Event.ARRIVE, Actor.DRIVER, Status.AT_RESTAURANT),
+        (Event.PICK_UP, Actor.DRIVER, Status.PICKED_UP),
+        (Event.DELIVER, Actor.DRIVER, Status.DELIVERED),
+    ]
+    state = lc.INITIAL
+    assert state.status is Status.PLACED
+    for event, actor, status in path:
+        state = lc.apply(state, event, actor)
+        assert state.status is status
+    assert state.terminal
+
+
+def test_redispatch_keeps_kitchen_progress():
+    state = lc.INITIAL
+    for event, actor in [(Event.ACCEPT, Actor.RESTAURANT), (Event.MARK_READY, Actor.RESTAURANT),
+                         (Event.ASSIGN, Actor.SYSTEM), (Event.ARRIVE, Actor.DRIVER)]:
+        state = lc.apply(state, event, actor)
+    state = lc.apply(state, Event.UNASSIGN, Actor.SYSTEM)
+    assert (state.kitchen, state.courier, state.status) == (Kitchen.READY, Courier.UNASSIGNED, Status.READY)
+    assert lc.apply(state, Event.ASSIGN, Actor.SYSTEM).status is Status.DRIVER_ASSIGNED
+
+
+def test_pick_up_marks_food_ready():
+    state = OrderState(Kitchen.PREPARING, Courier.AT_RESTAURANT)
+    assert lc.apply(state, Event.PICK_UP, Actor.DRIVER).kitchen is Kitchen.READY
+
+
+def test_who_may_do_what():
+    assert lc.allowed(lc.INITIAL, Event.ACCEPT, Actor.CUSTOMER) is not None
+    assert lc.allowed(lc.INITIAL, Event.ASSIGN, Actor.DRIVER) is not None
+    assert lc.allowed(lc.INITIAL, Event.ASSIGN, Actor.SYSTEM) is None
+    preparing = OrderState(Kitchen.PREPARING)
+    assert lc.allowed(preparing, Event.CANCEL, Actor.CUSTOMER) is not None
+    assert lc.allowed(preparing, Event.CANCEL, Actor.RESTAURANT) is None
+    # A customer may recall an assigned driver while the kitchen has not started.
+    assert lc.allowed(OrderState(Kitchen.ACCEPTED, Courier.ASSIGNED), Event.CANCEL, Actor.CUSTOMER) is None
+    picked = OrderState(Kitchen.READY, Courier.PICKED_UP)
+    assert lc.allowed(picked, Event.CANCEL, Actor.ADMIN) is not None
