@@ -241,3 +241,74 @@ def state_from_row(kitchen: str, courier: str, cancelled: bool) -> OrderState:
 
 
 INITIAL = OrderState()
+
+
+# --------------------------------------------------------------------------
+# The driver lifecycle: where a driver is in its work, as the cell actor sees it.
+
+
+class DriverStatus(str, Enum):
+    OFFLINE = "offline"
+    IDLE = "idle"
+    OFFERED = "offered"
+    EN_ROUTE = "en_route"
+    AT_RESTAURANT = "at_restaurant"
+    DELIVERING = "delivering"
+
+
+class DriverEvent(str, Enum):
+    GO_ONLINE = "go_online"
+    GO_OFFLINE = "go_offline"
+    OFFER = "offer"
+    DECLINE = "decline"
+    OFFER_EXPIRED = "offer_expired"
+    ACCEPT = "accept"
+    ARRIVE = "arrive"
+    PICK_UP = "pick_up"
+    DELIVER_ONE = "deliver_one"
+    DELIVER_LAST = "deliver_last"
+    WITHDRAW = "withdraw"
+    LOST = "lost"
+
+
+D = DriverStatus
+_WORKING = frozenset({D.EN_ROUTE, D.AT_RESTAURANT, D.DELIVERING})
+
+#: (from statuses, to status) per driver event. ``WITHDRAW`` is a job taken
+#: back before pick-up (its orders cancelled or recalled); ``LOST`` is a
+#: driver silent past the heartbeat TTL, whose undelivered orders are
+#: re-dispatched.
+DRIVER_TRANSITIONS: dict[DriverEvent, tuple[frozenset[DriverStatus], DriverStatus]] = {
+    DriverEvent.GO_ONLINE: (frozenset({D.OFFLINE}), D.IDLE),
+    DriverEvent.GO_OFFLINE: (frozenset({D.IDLE}), D.OFFLINE),
+    DriverEvent.OFFER: (frozenset({D.IDLE}), D.OFFERED),
+    DriverEvent.DECLINE: (frozenset({D.OFFERED}), D.IDLE),
+    DriverEvent.OFFER_EXPIRED: (frozenset({D.OFFERED}), D.IDLE),
+    DriverEvent.ACCEPT: (frozenset({D.OFFERED}), D.EN_ROUTE),
+    DriverEvent.ARRIVE: (frozenset({D.EN_ROUTE}), D.AT_RESTAURANT),
+    DriverEvent.PICK_UP: (frozenset({D.AT_RESTAURANT}), D.DELIVERING),
+    DriverEvent.DELIVER_ONE: (frozenset({D.DELIVERING}), D.DELIVERING),
+    DriverEvent.DELIVER_LAST: (frozenset({D.DELIVERING}), D.IDLE),
+    DriverEvent.WITHDRAW: (frozenset({D.EN_ROUTE, D.AT_RESTAURANT}), D.IDLE),
+    DriverEvent.LOST: (frozenset(DriverStatus) - {D.OFFLINE}, D.OFFLINE),
+}
+
+#: Statuses in which a driver may be offered a new job.
+DISPATCHABLE = frozenset({D.IDLE})
+#: Statuses in which a driver holds orders that must be re-dispatched if it is lost.
+HOLDING_ORDERS = _WORKING
+
+
+class IllegalDriverTransition(Exception):
+    def __init__(self, event: DriverEvent, status: DriverStatus):
+        super().__init__(f"a driver that is {status.value} cannot {event.value}")
+        self.event = event
+        self.status = status
+
+
+def apply_driver(status: DriverStatus, event: DriverEvent) -> DriverStatus:
+    """The driver's status after ``event``; raises ``IllegalDriverTransition`` otherwise."""
+    sources, target = DRIVER_TRANSITIONS[event]
+    if status not in sources:
+        raise IllegalDriverTransition(event, status)
+    return target

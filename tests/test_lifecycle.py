@@ -113,3 +113,45 @@ def test_who_may_do_what():
     assert lc.allowed(OrderState(Kitchen.ACCEPTED, Courier.ASSIGNED), Event.CANCEL, Actor.CUSTOMER) is None
     picked = OrderState(Kitchen.READY, Courier.PICKED_UP)
     assert lc.allowed(picked, Event.CANCEL, Actor.ADMIN) is not None
+
+
+from dispatch.lifecycle import (  # noqa: E402
+    DRIVER_TRANSITIONS,
+    DriverEvent,
+    DriverStatus,
+    IllegalDriverTransition,
+    apply_driver,
+)
+
+
+def test_driver_table_exhaustively():
+    for event, (sources, target) in DRIVER_TRANSITIONS.items():
+        for status in DriverStatus:
+            if status in sources:
+                assert apply_driver(status, event) is target
+            else:
+                with pytest.raises(IllegalDriverTransition):
+                    apply_driver(status, event)
+
+
+def test_driver_day():
+    status = DriverStatus.OFFLINE
+    for event in [DriverEvent.GO_ONLINE, DriverEvent.OFFER, DriverEvent.DECLINE, DriverEvent.OFFER,
+                  DriverEvent.ACCEPT, DriverEvent.ARRIVE, DriverEvent.PICK_UP, DriverEvent.DELIVER_ONE,
+                  DriverEvent.DELIVER_LAST, DriverEvent.GO_OFFLINE]:
+        status = apply_driver(status, event)
+    assert status is DriverStatus.OFFLINE
+
+
+def test_every_driver_status_is_reachable_and_can_get_back_offline():
+    reachable, frontier = {DriverStatus.OFFLINE}, [DriverStatus.OFFLINE]
+    while frontier:
+        status = frontier.pop()
+        for event, (sources, target) in DRIVER_TRANSITIONS.items():
+            if status in sources and target not in reachable:
+                reachable.add(target)
+                frontier.append(target)
+    assert reachable == set(DriverStatus)
+    for status in DriverStatus:
+        if status is not DriverStatus.OFFLINE:
+            assert apply_driver(status, DriverEvent.LOST) is DriverStatus.OFFLINE

@@ -1,0 +1,182 @@
+"""The websocket protocol, sans I/O: frame decoding and validation, encoding, rate limits.
+
+Frames are msgpack maps in binary websocket frames (JSON objects in text
+frames are accepted for debugging), each with a ``type``. Everything here is
+pure: the socket handlers in ``server/ws.py`` feed bytes and the current time
+in, and get messages, errors and decisions out. See ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Literal, Union
+
+import msgpack
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from server.errors import validation_details
+from server.schemas import Id, Latitude, Longitude
+
+MAX_FRAME_BYTES = 4096
+PROTOCOL_VERSION = 1
+#: Websocket close code for repeated abuse (RFC 6455 "policy violation").
+CLOSE_POLICY_VIOLATION = 1008
+
+Token = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# Driver -> server ---------------------------------------------------------------
+
+
+class Gps(Message):
+    type: Literal["gps"]
+    lat: Latitude
+    lng: Longitude
+    heading: Annotated[float, Field(ge=0, le=360, allow_inf_nan=False)] | None = None
+    speed: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] | None = None
+    t: Annotated[int, Field(ge=0, le=2**53)] | None = None
+    seq: Annotated[int, Field(ge=0, le=2**53)] = 0
+
+
+class GoOnline(Message):
+    type: Literal["online"]
+
+
+class GoOffline(Message):
+    type: Literal["offline"]
+
+
+class AcceptOffer(Message):
+    type: Literal["accept"]
+    offer_id: Token
+
+
+class DeclineOffer(Message):
+    type: Literal["decline"]
+    offer_id: Token
+
+
+class AtRestaurant(Message):
+    type: Literal["at_restaurant"]
+    job_id: Token
+
+
+class PickedUp(Message):
+    type: Literal["picked_up"]
+    job_id: Token
+
+
+class Delivered(Message):
+    type: Literal["delivered"]
+    order_id: Id
+
+
+class Ping(Message):
+    type: Literal["ping"]
+
+
+DriverMessage = Annotated[
+    Union[Gps, GoOnline, GoOffline, AcceptOffer, DeclineOffer, AtRestaurant, PickedUp, Delivered, Ping],
+    Field(discriminator="type"),
+]
+
+# Customer -> server -------------------------------------------------------------
+
+
+class Subscribe(Message):
+    type: Literal["subscribe"]
+    order_id: Id
+    after_seq: Annotated[int, Field(ge=0, le=2**31)] = 0
+
+
+class Unsubscribe(Message):
+    type: Literal["unsubscribe"]
+    order_id: Id
+
+
+CustomerMessage = Annotated[Union[Subscribe, Unsubscribe, Ping], Field(discriminator="type")]
+
+DRIVER_MESSAGES: TypeAdapter = TypeAdapter(DriverMessage)
+CUSTOMER_MESSAGES: TypeAdapter = TypeAdapter(CustomerMessage)
+
+
+class ProtocolError(Exception):
+    """A frame the server cannot act on; answered with an error frame."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def decode(frame: bytes | str, messages: TypeAdapter):
+    """The validated message in ``frame`` (msgpack if bytes, JSON if text); ``ProtocolError`` otherwise."""
+    if len(frame) > MAX_FRAME_BYTES:
+        raise ProtocolError("frame_too_large", f"frames are limited to {MAX_FRAME_BYTES} bytes")
+    try:
+        if isinstance(frame, (bytes, bytearray, memoryview)):
+            data = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+        else:
+            data = orjson.loads(frame)
+    except Exception as exc:  # msgpack raises a family of unrelated exception types
+        raise ProtocolError("malformed_frame", f"the frame could not be decoded: {type(exc).__name__}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("malformed_frame", "a frame must be a map with a 'type'")
+    try:
+        return messages.validate_python(data)
+    except ValidationError as exc:
+        details = validation_details(exc)
+        first = details[0] if details else {"field": "frame", "problem": "invalid"}
+        raise ProtocolError("invalid_message", f"{first['field']}: {first['problem']}") from None
+
+
+def encode(message: dict, binary: bool = True) -> bytes | str:
+    """A frame for ``message``: msgpack bytes, or JSON text for debugging clients."""
+    if binary:
+        return msgpack.packb(message, use_bin_type=True)
+    return orjson.dumps(message).decode()
+
+
+def error_frame(code: str, message: str) -> dict:
+    return {"type": "error", "code": code, "message": message}
+
+
+@dataclass
+class TokenBucket:
+    """A rate limit: ``rate`` messages per second with bursts up to ``burst``; time is passed in."""
+
+    rate: float
+    burst: float
+    tokens: float = field(default=-1.0)
+    updated: float = 0.0
+
+    def allow(self, now: float, cost: float = 1.0) -> bool:
+        """Take ``cost`` tokens at time ``now`` (seconds) if there are enough."""
+        if self.tokens < 0:
+            self.tokens, self.updated = self.burst, now
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= cost:
+            self.tokens -= cost
+            return True
+        return False
+
+
+@dataclass
+class AbuseMeter:
+    """Counts a connection's bad frames; past ``limit`` within ``window_s`` it should be closed."""
+
+    limit: int = 20
+    window_s: float = 10.0
+    strikes: list[float] = field(default_factory=list)
+
+    def strike(self, now: float) -> bool:
+        """Record one bad frame at ``now``; True when the connection has earned a 1008 close."""
+        self.strikes = [t for t in self.strikes if now - t < self.window_s]
+        self.strikes.append(now)
+        return len(self.strikes) > self.limit

@@ -1,0 +1,81 @@
+"""``hexdispatch serve`` on embedded defaults: starts, answers, keeps data across restarts, stops cleanly."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+BIN = Path(sys.executable).with_name("hexdispatch")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(workdir: Path, port: int) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "RAY_ADDRESS", "REDIS_URL"}}
+    return subprocess.Popen(
+        [str(BIN), "serve", "--port", str(port), "--log-level", "warning"],
+        cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read().decode(errors="replace")
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError("server did not become healthy")
+
+
+def stop(proc: subprocess.Popen) -> list[psutil.Process]:
+    """Ctrl-C the server; return any of its descendants still alive afterwards."""
+    descendants = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 0
+    gone, alive = psutil.wait_procs(descendants, timeout=20)
+    return alive
+
+
+def token(workdir: Path, role: str, sub: str) -> str:
+    out = subprocess.run([str(BIN), "token", "--role", role, "--sub", sub], cwd=workdir, capture_output=True, check=True)
+    return out.stdout.decode().strip()
+
+
+def test_serve_on_embedded_defaults(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start(tmp_path, port)
+    try:
+        wait_healthy(url, proc)
+        auth = {"authorization": f"Bearer {token(tmp_path, 'restaurant', 'r-1')}"}
+        body = {"name": "Persisted", "address": "1 Main St", "latitude": 41.88, "longitude": -87.63}
+        r = httpx.post(f"{url}/v1/restaurants", json=body, headers=auth)
+        assert r.status_code == 201, r.text
+        rid = r.json()["id"]
+    finally:
+        leftovers = stop(proc) if proc.poll() is None else []
+    assert leftovers == [], f"orphaned processes: {[p.name() for p in leftovers]}"
+    assert (tmp_path / ".hexdispatch" / "pgdata" / "PG_VERSION").exists()
+
+    proc = start(tmp_path, port)
+    try:
+        wait_healthy(url, proc)
+        r = httpx.get(f"{url}/v1/restaurants/{rid}", headers=auth)
+        assert r.status_code == 200 and r.json()["name"] == "Persisted"
+    finally:
+        leftovers = stop(proc) if proc.poll() is None else []
+    assert leftovers == []
