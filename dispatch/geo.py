@@ -12,7 +12,10 @@ def haversine_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
     phi1, phi2 = math.radians(lat1), math.radians(lat2)
     dphi = phi2 - phi1
     dlmb = math.radians(lng2 - lng1)
-    a = math.sin(dphi / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlmb / 2) ** 2
+    # Products, not ``** 2``: CPython's pow() and numba's squaring can differ in
+    # the last bit, and the jitted copy of this function must equal it exactly.
+    sin_dphi, sin_dlmb = math.sin(dphi / 2), math.sin(dlmb / 2)
+    a = sin_dphi * sin_dphi + math.cos(phi1) * math.cos(phi2) * sin_dlmb * sin_dlmb
     return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))
 
 

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from server import db
+from server import ws
 from server.api import drivers, orders, restaurants
 from server.config import Settings
 from server.errors import EXCEPTION_HANDLERS
@@ -26,8 +27,11 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-def routes() -> list[Route]:
-    return [Route("/v1/health", health, methods=["GET"]), *restaurants.ROUTES, *orders.ROUTES, *drivers.ROUTES]
+def routes() -> list:
+    return [
+        Route("/v1/health", health, methods=["GET"]),
+        *restaurants.ROUTES, *orders.ROUTES, *drivers.ROUTES, *ws.ROUTES,
+    ]
 
 
 @contextlib.asynccontextmanager
@@ -52,8 +56,14 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             stack.push_async_callback(app.state.redis.aclose)
         else:
             app.state.redis = None
+        app.state.gateway = None
         if settings.use_ray:
+            from server.gateway import Gateway
+
             stack.callback(_connect_ray(settings))
+            app.state.gateway = Gateway(dsn, app.state.pool, settings.gateway)
+            await app.state.gateway.start()
+            stack.push_async_callback(app.state.gateway.stop)
         log.info("hexdispatch ready (database %s)", db.redact(dsn))
         yield
 

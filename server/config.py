@@ -40,6 +40,8 @@ class Settings:
     default_delivery_fee_cents: int = 299
     #: Delivery radius for restaurants that do not set their own, metres.
     default_delivery_radius_m: int = 5000
+    #: Knobs of live dispatch (front door batching, cell ticks, matcher): see server/gateway.py.
+    gateway: "GatewayParams" = field(default_factory=lambda: _default_gateway_params())
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -63,6 +65,12 @@ class Settings:
         if self.jwt_secret:
             return self.jwt_secret
         return load_or_create_secret(self.home / SECRET_FILE)
+
+
+def _default_gateway_params():
+    from server.gateway import GatewayParams
+
+    return GatewayParams()
 
 
 def load_or_create_secret(path: Path) -> str:

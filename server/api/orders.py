@@ -40,6 +40,8 @@ async def place_order(request: Request) -> JSONResponse:
     row, created = await orders.place_order(
         request.app.state.pool, principal, key, request_fingerprint(order), order
     )
+    if created:
+        notify(request, row["id"], "placed")
     return JSONResponse(order_view(row), status_code=201 if created else 200)
 
 
@@ -73,7 +75,17 @@ async def order_events(request: Request) -> JSONResponse:
     return JSONResponse({"items": [event_view(r) for r in rows]})
 
 
-async def _apply(request: Request, event: Event, roles: tuple[Role, ...], argument=None, payload=None):
+def notify(request: Request, order_id: int, change: str) -> None:
+    """Tell live dispatch (when this server runs it) that an order changed."""
+    gateway = request.app.state.gateway
+    if gateway is not None:
+        gateway.notify_order(order_id, change)
+
+
+CHANGES = {Event.CANCEL: "cancelled", Event.REVISE_READY: "ready", Event.MARK_READY: "ready"}
+
+
+async def _apply(request: Request, event: Event, roles: tuple[Role, ...], arguments=(), payload=None):
     principal = caller(request, *roles)
     order_id = path_id(request, "order_id", "order")
     row = await orders.apply_event(
@@ -83,9 +95,11 @@ async def _apply(request: Request, event: Event, roles: tuple[Role, ...], argume
         actor=orders.ROLE_ACTOR[principal.role],
         actor_label=principal.actor,
         principal=principal,
-        argument=argument,
+        arguments=arguments,
         payload=payload,
     )
+    if event in CHANGES:
+        notify(request, order_id, CHANGES[event])
     return JSONResponse(order_view(row))
 
 
@@ -114,7 +128,7 @@ async def revise_ready(request: Request) -> JSONResponse:
     caller(request, *KITCHEN)
     data = await body(request, ReadyRevision)
     return await _apply(
-        request, Event.REVISE_READY, KITCHEN, argument=data.ready_in_minutes,
+        request, Event.REVISE_READY, KITCHEN, arguments=(data.ready_in_minutes,),
         payload={"ready_in_minutes": data.ready_in_minutes},
     )
 

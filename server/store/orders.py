@@ -20,23 +20,23 @@ ORDER_COLUMNS = """
     o.total_cents, o.dropoff_lat, o.dropoff_lng, o.dropoff_address, o.notes, o.status,
     o.kitchen_status, o.courier_status, o.cancelled, o.driver_id, o.version, o.placed_at,
     o.ready_estimate_at, o.ready_at, o.assigned_at, o.picked_up_at, o.delivered_at,
-    o.cancelled_at, o.updated_at
+    o.cancelled_at, o.updated_at, o.job_id
 """
 
 EVENT_COLUMNS = "id, order_id, seq, type, status, payload, actor, at"
 
 # Which timestamps (and other columns) each event stamps, as SQL assignments.
-# $7 is the event's argument: the driver id (ASSIGN) or minutes until ready (REVISE_READY).
+# $7, $8 are the event's arguments: (driver id, job id) for ASSIGN, (minutes until ready,) for REVISE_READY.
 EVENT_EFFECTS: dict[Event, str] = {
     Event.ACCEPT: "",
     Event.START_PREPARING: "",
     Event.MARK_READY: "ready_at = coalesce(ready_at, now())",
     Event.REVISE_READY: "ready_estimate_at = now() + make_interval(mins => $7::int)",
-    Event.ASSIGN: "driver_id = $7::text, assigned_at = now()",
+    Event.ASSIGN: "driver_id = $7::text, job_id = $8::text, assigned_at = now()",
     Event.ARRIVE: "",
     Event.PICK_UP: "ready_at = coalesce(ready_at, now()), picked_up_at = now()",
     Event.DELIVER: "delivered_at = now()",
-    Event.UNASSIGN: "driver_id = NULL, assigned_at = NULL",
+    Event.UNASSIGN: "driver_id = NULL, job_id = NULL, assigned_at = NULL",
     Event.CANCEL: "cancelled_at = now()",
 }
 assert set(EVENT_EFFECTS) == set(lifecycle.TRANSITIONS), "every lifecycle event needs its effects"
@@ -189,52 +189,61 @@ async def list_events(conn, principal: Principal, order_id: int, after_seq: int)
     )
 
 
-async def apply_event(
-    pool,
+async def apply_event(pool, order_id: int, event: Event, **kwargs) -> asyncpg.Record:
+    """:func:`apply_event_on` in a transaction of its own."""
+    async with pool.acquire() as conn, conn.transaction():
+        return await apply_event_on(conn, order_id, event, **kwargs)
+
+
+async def apply_event_on(
+    conn,
     order_id: int,
     event: Event,
     *,
     actor: Actor,
     actor_label: str,
     principal: Principal | None = None,
-    argument: object = None,
+    arguments: tuple = (),
     payload: dict | None = None,
     expected_version: int | None = None,
+    expected_driver: str | None = None,
 ) -> asyncpg.Record:
-    """Apply a lifecycle event to an order, atomically with its audit event.
+    """Apply a lifecycle event to an order, with its audit event, inside the caller's transaction.
 
     ``principal`` (when given) must be able to see the order, else 404. An
     illegal transition is a 409 and changes nothing; so is a stale
-    ``expected_version``. ``argument`` feeds the event's effect (the driver id
-    of ASSIGN, the minutes of REVISE_READY).
+    ``expected_version``, or an order not held by ``expected_driver``.
+    ``arguments`` feed the event's effect (see ``EVENT_EFFECTS``).
     """
-    async with pool.acquire() as conn, conn.transaction():
-        if principal is not None:
-            clause, params = visibility(principal, 2)
-        else:
-            clause, params = "TRUE", []
-        row = await conn.fetchrow(
-            f"SELECT {ORDER_COLUMNS} FROM orders o WHERE o.id = $1 AND {clause} FOR UPDATE", order_id, *params
-        )
-        if row is None:
-            raise not_found("order")
-        if expected_version is not None and row["version"] != expected_version:
-            raise ApiError(409, "version_conflict", f"the order is at version {row['version']}, not {expected_version}")
-        state = lifecycle.state_from_row(row["kitchen_status"], row["courier_status"], row["cancelled"])
-        try:
-            new = lifecycle.apply(state, event, actor)
-        except IllegalTransition as exc:
-            raise ApiError(409, "illegal_transition", str(exc)) from None
-        effect = EVENT_EFFECTS[event]
-        sets = [
-            "kitchen_status = $3", "courier_status = $4", "cancelled = $5", "status = $6",
-            "version = version + 1", "updated_at = now()",
-        ] + ([effect] if effect else [])
-        updated = await conn.fetchrow(
-            f"""WITH o AS (UPDATE orders SET {", ".join(sets)} WHERE id = $1 AND version = $2 RETURNING *)
-                SELECT {ORDER_COLUMNS} FROM o""",
-            order_id, row["version"], new.kitchen.value, new.courier.value, new.cancelled, new.status.value,
-            *([argument] if "$7" in effect else []),
-        )
-        await _append_event(conn, updated, event.value, payload or {}, actor_label)
-        return updated
+    if principal is not None:
+        clause, params = visibility(principal, 2)
+    else:
+        clause, params = "TRUE", []
+    row = await conn.fetchrow(
+        f"SELECT {ORDER_COLUMNS} FROM orders o WHERE o.id = $1 AND {clause} FOR UPDATE", order_id, *params
+    )
+    if row is None:
+        raise not_found("order")
+    if expected_version is not None and row["version"] != expected_version:
+        raise ApiError(409, "version_conflict", f"the order is at version {row['version']}, not {expected_version}")
+    if expected_driver is not None and row["driver_id"] != expected_driver:
+        raise ApiError(409, "not_your_order", "the order is not assigned to this driver")
+    state = lifecycle.state_from_row(row["kitchen_status"], row["courier_status"], row["cancelled"])
+    try:
+        new = lifecycle.apply(state, event, actor)
+    except IllegalTransition as exc:
+        raise ApiError(409, "illegal_transition", str(exc)) from None
+    effect = EVENT_EFFECTS[event]
+    sets = [
+        "kitchen_status = $3", "courier_status = $4", "cancelled = $5", "status = $6",
+        "version = version + 1", "updated_at = now()",
+    ] + ([effect] if effect else [])
+    used = sum(f"${7 + i}" in effect for i in range(len(arguments)))
+    updated = await conn.fetchrow(
+        f"""WITH o AS (UPDATE orders SET {", ".join(sets)} WHERE id = $1 AND version = $2 RETURNING *)
+            SELECT {ORDER_COLUMNS} FROM o""",
+        order_id, row["version"], new.kitchen.value, new.courier.value, new.cancelled, new.status.value,
+        *arguments[:used],
+    )
+    await _append_event(conn, updated, event.value, payload or {}, actor_label)
+    return updated

@@ -1,0 +1,317 @@
+"""The cell actor: the I/O shell around ``dispatch.cell.CellCore`` for one H3 cell.
+
+One actor per H3 cell at ``CELL_RES`` (named ``cell-<h3 index>`` so the Ray
+dashboard shows which cell is which). It owns the live state of its cell,
+runs the matcher every tick, persists every decision in Postgres, and hands
+messages for drivers to the front-door process (gateway) holding each
+driver's socket, which collects them by long-polling :meth:`CellActor.poll`.
+
+On (re)start it rebuilds its pending and active orders from Postgres; drivers
+re-appear with their next GPS fix. A periodic sweep re-reads the cell's
+unassigned orders, so an order whose notification was lost is still dispatched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+
+import h3.api.basic_int as h3
+
+from dispatch.cell import (
+    CellCore,
+    CellError,
+    CellParams,
+    Command,
+    LiveOrder,
+    PersistAssignment,
+    PersistOrderEvent,
+    SendToDriver,
+)
+from dispatch.cells import descendant_range
+from dispatch.lifecycle import Actor, DriverEvent, Event
+
+log = logging.getLogger("hexdispatch.cell")
+
+#: H3 resolution of a cell actor. Resolution 6 cells are about 36 km^2 (3.7 km
+#: edges): a few minutes' drive across, so most pickups are matched inside one
+#: cell, while a metro area needs tens of actors rather than thousands.
+CELL_RES = 6
+NAMESPACE = "hexdispatch"
+
+_ORDER_EVENTS = {"arrive": Event.ARRIVE, "pick_up": Event.PICK_UP, "deliver": Event.DELIVER, "unassign": Event.UNASSIGN}
+
+LIVE_ORDER_SELECT = """
+    SELECT o.id, o.restaurant_id, r.latitude AS restaurant_lat, r.longitude AS restaurant_lng,
+           o.dropoff_lat, o.dropoff_lng, extract(epoch FROM o.placed_at) AS placed_at,
+           extract(epoch FROM coalesce(least(o.ready_at, o.ready_estimate_at), o.ready_estimate_at)) AS ready_at,
+           o.courier_status, o.driver_id, o.job_id
+    FROM orders o JOIN restaurants r ON r.id = o.restaurant_id
+"""
+#: Every order of a cell still to be delivered ($1, $2: the cell's range of restaurant cells).
+LIVE_ORDERS_SQL = LIVE_ORDER_SELECT + """
+    WHERE NOT o.cancelled AND o.courier_status <> 'delivered' AND r.h3_cell BETWEEN $1 AND $2
+"""
+#: One order, as a cell sees it.
+LIVE_ORDER_SQL = LIVE_ORDER_SELECT + " WHERE o.id = $1"
+
+
+def cell_of_point(lat: float, lng: float) -> str:
+    """The cell (hex string) whose actor owns a point."""
+    return h3.int_to_str(h3.latlng_to_cell(lat, lng, CELL_RES))
+
+
+def actor_name(cell_id: str) -> str:
+    return f"cell-{cell_id}"
+
+
+def live_order(row) -> LiveOrder:
+    return LiveOrder(
+        id=row["id"], restaurant_id=row["restaurant_id"],
+        restaurant_lat=row["restaurant_lat"], restaurant_lng=row["restaurant_lng"],
+        dropoff_lat=row["dropoff_lat"], dropoff_lng=row["dropoff_lng"],
+        placed_at=float(row["placed_at"]), ready_at=float(row["ready_at"]),
+    )
+
+
+class CellActor:
+    """A Ray actor (see :func:`cell_actor_class`) holding one cell's live state."""
+
+    def __init__(self, cell_id: str, dsn: str, params: CellParams | None = None, tick_s: float = 0.25,
+                 sweep_s: float = 15.0):
+        self.cell_id = cell_id
+        self.dsn = dsn
+        self.core = CellCore(cell_id, params)
+        self.tick_s = tick_s
+        self.sweep_s = sweep_s
+        self.pool = None
+        self.outbox: dict[str, list[tuple[str, dict]]] = defaultdict(list)
+        self.wakeups: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self.driver_gateway: dict[str, str] = {}
+        self.started: asyncio.Task | None = None
+        self.stats = {"ticks": 0, "tick_seconds": 0.0, "gps_fixes": 0, "offers": 0}
+        self._lock = None
+
+    # Lifecycle ---------------------------------------------------------------
+
+    async def ready(self) -> dict:
+        """Open the database, rebuild from Postgres, start ticking (idempotent)."""
+        await self._ensure_started()
+        return {"cell": self.cell_id, **self.core.load()}
+
+    async def _ensure_started(self) -> None:
+        if self.started is not None:
+            return
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self.started is None:
+                from server.db import create_pool
+
+                self.pool = await create_pool(self.dsn, min_size=1, max_size=4)
+                await self._rebuild(time.time())
+                self.started = asyncio.get_running_loop().create_task(self._run())
+
+    async def _rebuild(self, now: float) -> None:
+        lo, hi = descendant_range(h3.str_to_int(self.cell_id))
+        rows = await self.pool.fetch(LIVE_ORDERS_SQL, lo, hi)
+        jobs: dict[str, list] = defaultdict(list)
+        for row in rows:
+            if row["job_id"] is None:
+                self.core.add_order(live_order(row))
+            else:
+                jobs[row["job_id"]].append(row)
+        for job_id, job_rows in jobs.items():
+            statuses = {r["courier_status"] for r in job_rows}
+            self.core.restore_job(
+                job_id, job_rows[0]["driver_id"], [live_order(r) for r in job_rows],
+                picked_up="picked_up" in statuses, at_restaurant="at_restaurant" in statuses, now=now,
+            )
+        log.info("cell %s rebuilt: %d pending, %d jobs", self.cell_id, len(rows), len(jobs))
+
+    async def _run(self) -> None:
+        last_sweep = time.time()
+        while True:
+            await asyncio.sleep(self.tick_s)
+            try:
+                await self._tick()
+                if time.time() - last_sweep >= self.sweep_s:
+                    last_sweep = time.time()
+                    await self._sweep()
+            except Exception:  # a failed tick must not kill the cell: log it and tick again
+                log.exception("cell %s tick failed", self.cell_id)
+
+    async def _tick(self) -> None:
+        started = time.perf_counter()
+        commands = self.core.tick(time.time())
+        self.stats["ticks"] += 1
+        self.stats["tick_seconds"] = time.perf_counter() - started
+        await self._execute(commands)
+
+    async def _sweep(self) -> None:
+        """Pick up orders whose notification never arrived; drop ones cancelled behind our back."""
+        lo, hi = descendant_range(h3.str_to_int(self.cell_id))
+        rows = await self.pool.fetch(LIVE_ORDERS_SQL, lo, hi)
+        live = {row["id"] for row in rows}
+        for row in rows:
+            if row["job_id"] is None:
+                self.core.add_order(live_order(row))
+        for order_id in [i for i in self.core.orders if i not in live]:
+            await self._execute(self.core.withdraw_order(order_id, "cancelled"))
+
+    # Commands ----------------------------------------------------------------
+
+    async def _execute(self, commands: list[Command]) -> list[dict]:
+        """Carry out the core's commands; return the error frames for the calling driver."""
+        errors: list[dict] = []
+        for command in commands:
+            if isinstance(command, SendToDriver):
+                self._send(command.driver_id, command.message)
+            elif isinstance(command, PersistAssignment):
+                ok, reason = await self._persist_assignment(command)
+                await self._execute(self.core.assignment_persisted(command.job_id, ok, reason))
+            elif isinstance(command, PersistOrderEvent):
+                error = await self._persist_order_event(command)
+                if error:
+                    errors.append(error)
+        return errors
+
+    def _send(self, driver_id: str, message: dict) -> None:
+        if message.get("type") == "offer":
+            self.stats["offers"] += 1
+        gateway = self.driver_gateway.get(driver_id)
+        if gateway is None:
+            return  # the driver has no socket anywhere; offers to it expire and move on
+        self.outbox[gateway].append((driver_id, message))
+        self.wakeups[gateway].set()
+
+    async def _persist_assignment(self, command: PersistAssignment) -> tuple[bool, str]:
+        from server.errors import ApiError
+        from server.store.orders import apply_event_on
+
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "INSERT INTO drivers (id, vehicle, capacity) VALUES ($1, 'car', 1) ON CONFLICT DO NOTHING",
+                    command.driver_id,
+                )
+                for order_id in command.order_ids:
+                    await apply_event_on(
+                        conn, order_id, Event.ASSIGN, actor=Actor.SYSTEM, actor_label=f"system:{actor_name(self.cell_id)}",
+                        arguments=(command.driver_id, command.job_id),
+                        payload={"driver_id": command.driver_id, "job_id": command.job_id},
+                    )
+            return True, ""
+        except ApiError as exc:
+            log.info("cell %s: assignment %s refused: %s", self.cell_id, command.job_id, exc.message)
+            return False, exc.message
+
+    async def _persist_order_event(self, command: PersistOrderEvent) -> dict | None:
+        from server.errors import ApiError
+        from server.store.orders import apply_event
+
+        event = _ORDER_EVENTS[command.event]
+        by_system = event is Event.UNASSIGN
+        try:
+            await apply_event(
+                self.pool, command.order_id, event,
+                actor=Actor.SYSTEM if by_system else Actor.DRIVER,
+                actor_label=f"system:{actor_name(self.cell_id)}" if by_system else f"driver:{command.driver_id}",
+                payload={"driver_id": command.driver_id, **({"reason": command.reason} if command.reason else {})},
+                expected_driver=command.driver_id,
+            )
+            return None
+        except ApiError as exc:
+            log.warning("cell %s: %s on order %s refused: %s", self.cell_id, command.event, command.order_id, exc.message)
+            return {"type": "error", "code": exc.code, "message": exc.message}
+
+    # Calls from front doors ------------------------------------------------------
+
+    async def push_gps(self, gateway_id: str, fixes: list[tuple]) -> int:
+        """A batch of fixes ``(driver_id, lat, lng, heading, speed, capacity)`` from one gateway."""
+        await self._ensure_started()
+        now = time.time()
+        for driver_id, lat, lng, heading, speed, capacity in fixes:
+            self.driver_gateway[driver_id] = gateway_id
+            self.core.driver_seen(driver_id, lat, lng, now, capacity=capacity, heading=heading, speed=speed)
+        self.stats["gps_fixes"] += len(fixes)
+        return len(fixes)
+
+    async def poll(self, gateway_id: str, timeout_s: float = 5.0) -> list[tuple[str, dict]]:
+        """Messages for drivers on ``gateway_id``; waits up to ``timeout_s`` for the first one."""
+        await self._ensure_started()
+        wakeup = self.wakeups[gateway_id]
+        if not self.outbox[gateway_id]:
+            try:
+                await asyncio.wait_for(wakeup.wait(), timeout_s)
+            except asyncio.TimeoutError:
+                pass
+        wakeup.clear()
+        messages, self.outbox[gateway_id] = self.outbox[gateway_id], []
+        return messages
+
+    async def driver_message(self, gateway_id: str, driver_id: str, kind: str, fields: dict) -> list[dict]:
+        """A driver's accept, decline, at-restaurant, picked-up, delivered or offline; returns error frames."""
+        await self._ensure_started()
+        now = time.time()
+        self.driver_gateway[driver_id] = gateway_id
+        core = self.core
+        try:
+            if kind == "accept":
+                commands = core.accept(driver_id, fields["offer_id"], now)
+            elif kind == "decline":
+                commands = core.decline(driver_id, fields["offer_id"], now)
+            elif kind == "at_restaurant":
+                commands = core.job_event(driver_id, fields["job_id"], DriverEvent.ARRIVE)
+            elif kind == "picked_up":
+                commands = core.job_event(driver_id, fields["job_id"], DriverEvent.PICK_UP)
+            elif kind == "delivered":
+                commands = core.delivered(driver_id, fields["order_id"])
+            elif kind == "offline":
+                core.driver_offline(driver_id, now)
+                commands = []
+            else:
+                return [{"type": "error", "code": "unknown_message", "message": f"cells do not handle {kind!r}"}]
+        except CellError as exc:
+            return [{"type": "error", "code": exc.code, "message": exc.message}]
+        except Exception as exc:  # an illegal driver transition: refuse, keep the cell alive
+            return [{"type": "error", "code": "illegal_transition", "message": str(exc)}]
+        return await self._execute(commands)
+
+    async def add_order(self, order: dict) -> None:
+        """A newly placed order (idempotent); matched at once so the offer goes out without waiting."""
+        await self._ensure_started()
+        self.core.add_order(LiveOrder(**order))
+        await self._tick()
+
+    async def cancel_order(self, order_id: int, reason: str) -> None:
+        await self._ensure_started()
+        await self._execute(self.core.withdraw_order(order_id, reason))
+
+    async def revise_ready(self, order_id: int, ready_at: float) -> None:
+        await self._ensure_started()
+        self.core.revise_ready(order_id, ready_at)
+
+    async def remove_driver(self, driver_id: str) -> bool:
+        """Hand a driver over to another cell; refused (False) while it has an offer or a job."""
+        await self._ensure_started()
+        removed = self.core.remove_driver(driver_id) is not None
+        if removed:
+            self.driver_gateway.pop(driver_id, None)
+        return removed
+
+    async def load(self) -> dict:
+        """What an operator sees of this cell (also exported as metrics)."""
+        return {"cell": self.cell_id, **self.core.load(), **self.stats}
+
+    async def ping(self) -> str:
+        return self.cell_id
+
+
+def cell_actor_class():
+    """The Ray actor class: restarted on failure, its calls retried across restarts."""
+    import ray
+
+    return ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0)(CellActor)

@@ -1,0 +1,64 @@
+"""An async driver app: streams GPS, receives offers, reports its progress."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from clients.ws import Link, ws_url
+
+
+class DriverClient:
+    """One driver's connection. Messages from the server arrive in ``inbox`` (a queue of dicts)."""
+
+    def __init__(self, base_url: str, token: str, **link_options):
+        self.link = Link(ws_url(base_url, "/v1/ws/driver", token), **link_options)
+        self.seq = 0
+
+    @property
+    def inbox(self) -> asyncio.Queue:
+        return self.link.inbox
+
+    async def __aenter__(self) -> "DriverClient":
+        await self.link.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.link.stop()
+
+    async def gps(self, lat: float, lng: float, heading: float | None = None, speed: float | None = None) -> None:
+        self.seq += 1
+        await self.link.send({"type": "gps", "lat": lat, "lng": lng, "heading": heading, "speed": speed,
+                              "t": int(time.time() * 1000), "seq": self.seq})
+
+    async def online(self) -> None:
+        await self.link.send({"type": "online"})
+
+    async def offline(self) -> None:
+        await self.link.send({"type": "offline"})
+
+    async def accept(self, offer_id: str) -> None:
+        await self.link.send({"type": "accept", "offer_id": offer_id})
+
+    async def decline(self, offer_id: str) -> None:
+        await self.link.send({"type": "decline", "offer_id": offer_id})
+
+    async def at_restaurant(self, job_id: str) -> None:
+        await self.link.send({"type": "at_restaurant", "job_id": job_id})
+
+    async def picked_up(self, job_id: str) -> None:
+        await self.link.send({"type": "picked_up", "job_id": job_id})
+
+    async def delivered(self, order_id: int) -> None:
+        await self.link.send({"type": "delivered", "order_id": order_id})
+
+    async def next(self, *types: str, timeout_s: float = 10.0) -> dict:
+        """The next message of one of ``types`` (others are skipped); TimeoutError if none comes."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise asyncio.TimeoutError(f"no {types} within {timeout_s}s")
+            message = await asyncio.wait_for(self.inbox.get(), remaining)
+            if not types or message.get("type") in types:
+                return message

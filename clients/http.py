@@ -1,0 +1,69 @@
+"""An async client for the JSON API (httpx), acting as one principal."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: dict):
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        super().__init__(f"{status} {error.get('code')}: {error.get('message')}")
+        self.status = status
+        self.code = error.get("code")
+
+
+class ApiClient:
+    def __init__(self, base_url: str, token: str, *, timeout_s: float = 10.0, client: httpx.AsyncClient | None = None):
+        self.http = client or httpx.AsyncClient(base_url=base_url, timeout=timeout_s)
+        self.headers = {"authorization": f"Bearer {token}"}
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def call(self, method: str, path: str, **kwargs) -> dict:
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        response = await self.http.request(method, path, headers=headers, **kwargs)
+        body = response.json()
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, body)
+        return body
+
+    async def create_restaurant(self, **fields) -> dict:
+        return await self.call("POST", "/v1/restaurants", json=fields)
+
+    async def add_item(self, restaurant_id: int, name: str, price_cents: int, **fields) -> dict:
+        return await self.call("POST", f"/v1/restaurants/{restaurant_id}/menu/items",
+                               json={"name": name, "price_cents": price_cents, **fields})
+
+    async def nearby(self, lat: float, lng: float, **params) -> dict:
+        return await self.call("GET", "/v1/restaurants/nearby", params={"lat": lat, "lng": lng, **params})
+
+    async def menu(self, restaurant_id: int) -> dict:
+        return await self.call("GET", f"/v1/restaurants/{restaurant_id}/menu")
+
+    async def place_order(self, restaurant_id: int, items: list[dict], dropoff: tuple[float, float],
+                          idempotency_key: str | None = None) -> dict:
+        return await self.call(
+            "POST", "/v1/orders",
+            json={"restaurant_id": restaurant_id, "items": items, "dropoff": {"lat": dropoff[0], "lng": dropoff[1]}},
+            headers={"Idempotency-Key": idempotency_key or uuid.uuid4().hex},
+        )
+
+    async def order(self, order_id: int) -> dict:
+        return await self.call("GET", f"/v1/orders/{order_id}")
+
+    async def events(self, order_id: int, after: int = 0) -> list[dict]:
+        return (await self.call("GET", f"/v1/orders/{order_id}/events", params={"after": after}))["items"]
+
+    async def cancel(self, order_id: int, reason: str = "") -> dict:
+        return await self.call("POST", f"/v1/orders/{order_id}/cancel", json={"reason": reason})
+
+    async def kitchen(self, order_id: int, action: str) -> dict:
+        """``action``: accept, start-preparing or ready."""
+        return await self.call("POST", f"/v1/orders/{order_id}/{action}")
+
+    async def revise_ready(self, order_id: int, minutes: int) -> dict:
+        return await self.call("POST", f"/v1/orders/{order_id}/ready-estimate", json={"ready_in_minutes": minutes})

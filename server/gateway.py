@@ -1,0 +1,387 @@
+"""The front door's live side: sockets in this process, cell actors in Ray, events from Postgres.
+
+One :class:`Gateway` per front-door process. It
+
+* batches GPS fixes per cell and pushes each batch to its cell actor in one
+  Ray call every ``gps_flush_s`` (never one call per fix);
+* long-polls every cell it has drivers in for messages to them (offers,
+  assignments, cancellations) and writes them to the drivers' sockets;
+* routes drivers' replies to the cell that holds their offer or job, and
+  hands an idle driver over when it crosses into another cell;
+* forwards order status events (Postgres ``LISTEN order_events``) to the
+  customers following the order, without gaps (a missing sequence number is
+  fetched from ``order_events``), and the assigned driver's position
+  (latest wins, at most one per ``position_interval_s`` per order).
+
+Sockets are represented by :class:`Outbox` objects; a slow consumer loses
+positions, never status events, and never slows anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from actors.cell import CELL_RES, LIVE_ORDER_SQL, NAMESPACE, actor_name, cell_actor_class, cell_of_point
+from dispatch.cell import CellParams
+
+log = logging.getLogger("hexdispatch.gateway")
+
+
+@dataclass(frozen=True)
+class GatewayParams:
+    gps_flush_s: float = 0.1
+    """How often buffered GPS fixes are pushed to their cells (one Ray call per cell)."""
+    poll_timeout_s: float = 5.0
+    """How long one long-poll of a cell waits for messages."""
+    position_interval_s: float = 1.0
+    """Least time between two driver positions sent for one order."""
+    handover_retry_s: float = 5.0
+    """Least time between two attempts to hand a busy driver over."""
+    max_backlog: int = 1000
+    """Status events queued for one socket before it is closed (it resumes on reconnect)."""
+    cell_tick_s: float = 0.25
+    """Matching tick of each cell actor."""
+    cell: CellParams = field(default_factory=CellParams)
+
+
+class Outbox:
+    """What one socket has yet to receive: reliable messages in order, positions latest-wins."""
+
+    def __init__(self, max_backlog: int):
+        self.reliable: list[dict] = []
+        self.positions: dict[object, dict] = {}
+        self.wakeup = asyncio.Event()
+        self.max_backlog = max_backlog
+        self.overflowed = False
+        self.closed = False
+
+    def send(self, message: dict) -> None:
+        if self.closed:
+            return
+        self.reliable.append(message)
+        if len(self.reliable) > self.max_backlog:
+            self.overflowed = True
+        self.wakeup.set()
+
+    def send_latest(self, key: object, message: dict) -> None:
+        if self.closed:
+            return
+        self.positions[key] = message
+        self.wakeup.set()
+
+    async def next_batch(self) -> list[dict]:
+        """Wait for messages; reliable ones first, then the latest positions."""
+        await self.wakeup.wait()
+        self.wakeup.clear()
+        batch, self.reliable = self.reliable, []
+        batch += list(self.positions.values())
+        self.positions.clear()
+        return batch
+
+
+@dataclass(eq=False)
+class DriverLink:
+    driver_id: str
+    outbox: Outbox
+    capacity: int = 1
+    home_cell: str | None = None
+    last_handover_try: float = 0.0
+    orders: set[int] = field(default_factory=set)
+    last_fix: tuple | None = None
+
+
+@dataclass(eq=False)
+class CustomerLink:
+    customer_id: str
+    outbox: Outbox
+    last_seq: dict[int, int] = field(default_factory=dict)
+    last_position_at: dict[int, float] = field(default_factory=dict)
+
+
+class Gateway:
+    def __init__(self, dsn: str, pool, params: GatewayParams | None = None):
+        self.id = f"gw-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.dsn = dsn
+        self.pool = pool
+        self.params = params or GatewayParams()
+        self.cells: dict[str, object] = {}
+        self.cell_ready: dict[str, asyncio.Task] = {}
+        self.pollers: dict[str, asyncio.Task] = {}
+        self.fixes: dict[str, dict[str, tuple]] = defaultdict(dict)
+        self.drivers: dict[str, DriverLink] = {}
+        self.customers: dict[int, set[CustomerLink]] = defaultdict(set)
+        self.order_driver: dict[int, str] = {}
+        self.tasks: set[asyncio.Task] = set()
+        self.listener = None
+        self.stats = {"gps_in": 0, "gps_batches": 0, "status_out": 0, "positions_out": 0}
+        self._flusher: asyncio.Task | None = None
+        self._actor_class = cell_actor_class()
+
+    # Lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        import asyncpg
+
+        self.listener = await asyncpg.connect(self.dsn)
+        await self.listener.add_listener("order_events", self._on_notify)
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def stop(self) -> None:
+        for task in [self._flusher, *self.pollers.values(), *self.tasks]:
+            if task is not None:
+                task.cancel()
+        if self.listener is not None:
+            await self.listener.close()
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    # Cells ---------------------------------------------------------------------------
+
+    def cell(self, cell_id: str):
+        """The actor of ``cell_id``, created on first use (shared by every front door)."""
+        handle = self.cells.get(cell_id)
+        if handle is None:
+            handle = self._actor_class.options(
+                name=actor_name(cell_id), namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
+            ).remote(cell_id, self.dsn, self.params.cell, self.params.cell_tick_s)
+            self.cells[cell_id] = handle
+            self.cell_ready[cell_id] = self._spawn(self._ready(cell_id, handle))
+        if cell_id not in self.pollers:
+            self.pollers[cell_id] = asyncio.get_running_loop().create_task(self._poll_loop(cell_id))
+        return handle
+
+    async def _ready(self, cell_id: str, handle) -> None:
+        try:
+            await handle.ready.remote()
+        except Exception:
+            log.exception("cell %s failed to start", cell_id)
+
+    async def _poll_loop(self, cell_id: str) -> None:
+        while True:
+            try:
+                messages = await self.cells[cell_id].poll.remote(self.id, self.params.poll_timeout_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("poll of cell %s failed; retrying", cell_id, exc_info=True)
+                await asyncio.sleep(0.5)
+                continue
+            for driver_id, message in messages:
+                self._to_driver(driver_id, message)
+
+    def _to_driver(self, driver_id: str, message: dict) -> None:
+        link = self.drivers.get(driver_id)
+        kind = message.get("type")
+        if kind == "assigned":
+            order_ids = {o["order_id"] for o in message["orders"]}
+            for order_id in order_ids:
+                self.order_driver[order_id] = driver_id
+            if link is not None:
+                link.orders |= order_ids
+        elif kind == "cancelled" and link is not None:
+            link.orders.discard(message["order_id"])
+            self.order_driver.pop(message["order_id"], None)
+        if link is not None:
+            link.outbox.send(message)
+
+    # GPS in, positions out ---------------------------------------------------------
+
+    async def gps(self, link: DriverLink, lat: float, lng: float, heading, speed, now: float) -> None:
+        """Buffer one fix for its cell; forward it to customers following this driver."""
+        here = cell_of_point(lat, lng)
+        if link.home_cell is None:
+            link.home_cell = here
+        elif here != link.home_cell and now - link.last_handover_try >= self.params.handover_retry_s:
+            link.last_handover_try = now
+            self._spawn(self._handover(link, here))
+        link.last_fix = (lat, lng, heading, speed)
+        self.fixes[link.home_cell][link.driver_id] = (link.driver_id, lat, lng, heading, speed, link.capacity)
+        self.stats["gps_in"] += 1
+        for order_id in link.orders:
+            self._position_to_customers(order_id, link.driver_id, lat, lng, heading, now)
+
+    async def _handover(self, link: DriverLink, new_cell: str) -> None:
+        old = link.home_cell
+        try:
+            moved = await self.cell(old).remove_driver.remote(link.driver_id)
+        except Exception:
+            log.warning("handover of %s from %s failed", link.driver_id, old, exc_info=True)
+            return
+        if moved and link.home_cell == old:
+            link.home_cell = new_cell
+            self.fixes[old].pop(link.driver_id, None)
+            self.cell(new_cell)
+
+    def _position_to_customers(self, order_id: int, driver_id: str, lat, lng, heading, now: float) -> None:
+        for customer in self.customers.get(order_id, ()):
+            if now - customer.last_position_at.get(order_id, 0.0) < self.params.position_interval_s:
+                continue
+            customer.last_position_at[order_id] = now
+            customer.outbox.send_latest(("position", order_id), {
+                "type": "driver_position", "order_id": order_id, "driver_id": driver_id,
+                "lat": lat, "lng": lng, "heading": heading, "t": now,
+            })
+            self.stats["positions_out"] += 1
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.params.gps_flush_s)
+            batches = {cell: list(fixes.values()) for cell, fixes in self.fixes.items() if fixes}
+            for cell in batches:
+                self.fixes[cell] = {}
+            if not batches:
+                continue
+            calls = [self.cell(cell).push_gps.remote(self.id, fixes) for cell, fixes in batches.items()]
+            self.stats["gps_batches"] += len(calls)
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            for cell, result in zip(batches, results):
+                if isinstance(result, Exception):
+                    log.warning("GPS batch to cell %s failed: %s", cell, result)
+
+    # Drivers ----------------------------------------------------------------------------
+
+    async def attach_driver(self, driver_id: str, outbox: Outbox) -> DriverLink:
+        """A driver's socket opened here; its open jobs (if any) are found in Postgres."""
+        link = DriverLink(driver_id, outbox)
+        previous = self.drivers.get(driver_id)
+        if previous is not None:
+            previous.outbox.closed = True  # the newest connection wins
+            link.home_cell, link.orders = previous.home_cell, previous.orders
+        self.drivers[driver_id] = link
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO drivers (id, vehicle, capacity) VALUES ($1, 'car', 1) ON CONFLICT DO NOTHING", driver_id
+            )
+            capacity = await conn.fetchval("SELECT capacity FROM drivers WHERE id = $1", driver_id)
+            rows = await conn.fetch(
+                """SELECT o.id, r.latitude, r.longitude FROM orders o JOIN restaurants r ON r.id = o.restaurant_id
+                   WHERE o.driver_id = $1 AND NOT o.cancelled AND o.courier_status <> 'delivered'""",
+                driver_id,
+            )
+        link.capacity = capacity or 1
+        for row in rows:
+            link.orders.add(row["id"])
+            self.order_driver[row["id"]] = driver_id
+            link.home_cell = cell_of_point(row["latitude"], row["longitude"])
+        return link
+
+    def detach_driver(self, link: DriverLink) -> None:
+        """The socket closed; the cell notices the silence and acts after its heartbeat TTL."""
+        link.outbox.closed = True
+        if self.drivers.get(link.driver_id) is link:
+            del self.drivers[link.driver_id]
+
+    async def driver_says(self, link: DriverLink, kind: str, fields: dict) -> list[dict]:
+        """Route a driver's reply to its cell; returns frames for the driver (errors, or an ack)."""
+        if link.home_cell is None:
+            return [{"type": "error", "code": "no_position", "message": "send a GPS fix first"}]
+        replies = await self.cell(link.home_cell).driver_message.remote(self.id, link.driver_id, kind, fields)
+        if not replies and kind == "delivered":
+            link.orders.discard(fields["order_id"])
+            self.order_driver.pop(fields["order_id"], None)
+        return replies or [{"type": "ack", "of": kind, **fields}]
+
+    # Orders from the HTTP API ---------------------------------------------------------
+
+    async def order_changed(self, order_id: int, change: str) -> None:
+        """Tell the order's cell about a placement, a new ready estimate or a cancellation."""
+        try:
+            row = await self.pool.fetchrow(LIVE_ORDER_SQL, order_id)
+            if row is None:
+                return
+            handle = self.cell(cell_of_point(row["restaurant_lat"], row["restaurant_lng"]))
+            if change == "placed":
+                from actors.cell import live_order
+
+                order = live_order(row)
+                await handle.add_order.remote({k: getattr(order, k) for k in (
+                    "id", "restaurant_id", "restaurant_lat", "restaurant_lng", "dropoff_lat", "dropoff_lng",
+                    "placed_at", "ready_at")})
+            elif change == "ready":
+                await handle.revise_ready.remote(order_id, float(row["ready_at"]))
+            elif change == "cancelled":
+                await handle.cancel_order.remote(order_id, "cancelled")
+        except Exception:
+            # The cell's periodic sweep of Postgres will still pick the change up.
+            log.warning("telling the cell about order %s (%s) failed", order_id, change, exc_info=True)
+
+    def notify_order(self, order_id: int, change: str) -> None:
+        self._spawn(self.order_changed(order_id, change))
+
+    # Customers and status events ------------------------------------------------------
+
+    async def subscribe(self, customer: CustomerLink, order_id: int, after_seq: int) -> None:
+        """Follow an order: every status event after ``after_seq``, then live ones, then positions."""
+        customer.last_seq[order_id] = after_seq
+        self.customers[order_id].add(customer)
+        driver = await self.pool.fetchval("SELECT driver_id FROM orders WHERE id = $1", order_id)
+        if driver is not None:
+            self.order_driver.setdefault(order_id, driver)
+            link = self.drivers.get(driver)
+            if link is not None:
+                link.orders.add(order_id)
+        await self._catch_up(customer, order_id)
+
+    def unsubscribe(self, customer: CustomerLink, order_id: int | None = None) -> None:
+        for oid in [order_id] if order_id is not None else list(customer.last_seq):
+            self.customers.get(oid, set()).discard(customer)
+            customer.last_seq.pop(oid, None)
+
+    async def _catch_up(self, customer: CustomerLink, order_id: int) -> None:
+        rows = await self.pool.fetch(
+            "SELECT order_id, seq, type, status, payload, actor, at FROM order_events"
+            " WHERE order_id = $1 AND seq > $2 ORDER BY seq",
+            order_id, customer.last_seq.get(order_id, 0),
+        )
+        for row in rows:
+            self._status_to(customer, dict(row))
+
+    def _status_to(self, customer: CustomerLink, event: dict) -> bool:
+        """Send ``event`` if it is the next one for this customer; False if there is a gap."""
+        order_id, seq = event["order_id"], event["seq"]
+        last = customer.last_seq.get(order_id)
+        if last is None or seq <= last:
+            return True
+        if seq != last + 1:
+            return False
+        customer.last_seq[order_id] = seq
+        at = event["at"]
+        customer.outbox.send({
+            "type": "status", "order_id": order_id, "seq": seq, "event": event["type"], "status": event["status"],
+            "payload": event.get("payload") or {}, "at": at if isinstance(at, str) else at.isoformat(),
+        })
+        self.stats["status_out"] += 1
+        return True
+
+    def _on_notify(self, connection, pid, channel, payload: str) -> None:
+        import orjson
+
+        event = orjson.loads(payload)
+        order_id = event["order_id"]
+        if event["type"] == "assign":
+            driver = (event.get("payload") or {}).get("driver_id")
+            if driver:
+                self.order_driver[order_id] = driver
+                link = self.drivers.get(driver)
+                if link is not None:
+                    link.orders.add(order_id)
+        for customer in list(self.customers.get(order_id, ())):
+            if not self._status_to(customer, event):
+                self._spawn(self._catch_up(customer, order_id))
+
+    def load(self) -> dict:
+        return {
+            "gateway": self.id, "drivers": len(self.drivers), "cells": len(self.cells),
+            "followed_orders": sum(1 for s in self.customers.values() if s), "cell_res": CELL_RES, **self.stats,
+        }

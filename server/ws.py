@@ -1,0 +1,186 @@
+"""Websocket endpoints ``/v1/ws/driver`` and ``/v1/ws/customer`` (see ``docs/protocol.md``).
+
+Each connection authenticates with its JWT (``?token=`` or an
+``Authorization: Bearer`` header), then runs a reader (frames in: decode,
+validate, rate-limit, act) and a writer (its :class:`~server.gateway.Outbox`
+out). Bad frames get an error frame; repeated abuse closes the socket with
+1008. Nothing a client sends can crash the server or a cell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from server import protocol as p
+from server.auth import Principal, Role, bearer_token, require_role, verify_token
+from server.errors import ApiError
+from server.gateway import CustomerLink, Outbox
+from server.store import orders as order_store
+
+log = logging.getLogger("hexdispatch.ws")
+
+GPS_RATE, GPS_BURST = 2.0, 10.0
+OTHER_RATE, OTHER_BURST = 5.0, 20.0
+CLOSE_SERVER_OVERLOADED = 1013  # "try again later": the client reconnects and resumes
+
+
+def _principal(websocket: WebSocket, role: Role) -> Principal:
+    token = websocket.query_params.get("token") or bearer_token(websocket.headers.get("authorization"))
+    return require_role(verify_token(websocket.app.state.jwt_secret, token), role)
+
+
+class Connection:
+    """One accepted socket: its format (msgpack or JSON), outbox, limits and writer task."""
+
+    def __init__(self, websocket: WebSocket, max_backlog: int):
+        self.websocket = websocket
+        self.binary = True
+        self.outbox = Outbox(max_backlog)
+        self.gps_bucket = p.TokenBucket(GPS_RATE, GPS_BURST)
+        self.other_bucket = p.TokenBucket(OTHER_RATE, OTHER_BURST)
+        self.abuse = p.AbuseMeter()
+        self.writer: asyncio.Task | None = None
+
+    async def write_loop(self) -> None:
+        while not self.outbox.closed:
+            batch = await self.outbox.next_batch()
+            if self.outbox.overflowed:
+                await self.websocket.close(CLOSE_SERVER_OVERLOADED, "too far behind; reconnect and resume")
+                return
+            for message in batch:
+                frame = p.encode(message, self.binary)
+                if self.binary:
+                    await self.websocket.send_bytes(frame)
+                else:
+                    await self.websocket.send_text(frame)
+        with contextlib.suppress(Exception):
+            await self.websocket.close(1000, "replaced by a newer connection")
+
+    async def frames(self):
+        """Yield raw frames until the client goes away."""
+        while True:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("bytes") is not None:
+                self.binary = True
+                yield message["bytes"]
+            elif message.get("text") is not None:
+                self.binary = False
+                yield message["text"]
+
+    def error(self, code: str, message: str) -> bool:
+        """Queue an error frame and count a strike; True when the socket must be closed (1008)."""
+        self.outbox.send(p.error_frame(code, message))
+        return self.abuse.strike(time.monotonic())
+
+    async def close_for_abuse(self) -> None:
+        await asyncio.sleep(0.05)  # let the last error frame go out first
+        await self.websocket.close(p.CLOSE_POLICY_VIOLATION, "too many invalid or excess messages")
+
+
+async def _serve(websocket: WebSocket, role: Role, handle) -> None:
+    gateway = websocket.app.state.gateway
+    try:
+        principal = _principal(websocket, role)
+    except ApiError as exc:
+        await websocket.close(p.CLOSE_POLICY_VIOLATION, exc.message[:120])
+        return
+    if gateway is None:
+        await websocket.close(1011, "live dispatch is not running on this server")
+        return
+    await websocket.accept()
+    conn = Connection(websocket, gateway.params.max_backlog)
+    conn.writer = asyncio.get_running_loop().create_task(conn.write_loop())
+    try:
+        await handle(websocket, gateway, principal, conn)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        conn.outbox.closed = True
+        conn.outbox.wakeup.set()
+        conn.writer.cancel()
+
+
+async def driver_socket(websocket: WebSocket) -> None:
+    await _serve(websocket, Role.DRIVER, _driver_session)
+
+
+async def customer_socket(websocket: WebSocket) -> None:
+    await _serve(websocket, Role.CUSTOMER, _customer_session)
+
+
+async def _driver_session(websocket, gateway, principal: Principal, conn: Connection) -> None:
+    link = await gateway.attach_driver(principal.sub, conn.outbox)
+    conn.outbox.send({"type": "welcome", "driver_id": principal.sub, "protocol": p.PROTOCOL_VERSION,
+                      "orders": sorted(link.orders)})
+    try:
+        async for frame in conn.frames():
+            now = time.monotonic()
+            try:
+                message = p.decode(frame, p.DRIVER_MESSAGES)
+            except p.ProtocolError as exc:
+                if conn.error(exc.code, exc.message):
+                    return await conn.close_for_abuse()
+                continue
+            bucket = conn.gps_bucket if isinstance(message, p.Gps) else conn.other_bucket
+            if not bucket.allow(now):
+                if conn.error("rate_limited", f"too many {message.type} messages; slow down"):
+                    return await conn.close_for_abuse()
+                continue
+            if isinstance(message, p.Gps):
+                await gateway.gps(link, message.lat, message.lng, message.heading, message.speed, time.time())
+            elif isinstance(message, p.Ping):
+                conn.outbox.send({"type": "pong"})
+            elif isinstance(message, p.GoOnline):
+                conn.outbox.send({"type": "ack", "of": "online"})
+            else:
+                fields = message.model_dump(exclude={"type"})
+                for reply in await gateway.driver_says(link, message.type, fields):
+                    conn.outbox.send(reply)
+    finally:
+        gateway.detach_driver(link)
+
+
+async def _customer_session(websocket, gateway, principal: Principal, conn: Connection) -> None:
+    customer = CustomerLink(principal.sub, conn.outbox)
+    try:
+        async for frame in conn.frames():
+            try:
+                message = p.decode(frame, p.CUSTOMER_MESSAGES)
+            except p.ProtocolError as exc:
+                if conn.error(exc.code, exc.message):
+                    return await conn.close_for_abuse()
+                continue
+            if not conn.other_bucket.allow(time.monotonic()):
+                if conn.error("rate_limited", "too many messages; slow down"):
+                    return await conn.close_for_abuse()
+                continue
+            if isinstance(message, p.Ping):
+                conn.outbox.send({"type": "pong"})
+            elif isinstance(message, p.Subscribe):
+                async with websocket.app.state.pool.acquire() as db:
+                    order = await order_store.get_order(db, principal, message.order_id)
+                if order is None:
+                    if conn.error("not_found", "order not found"):
+                        return await conn.close_for_abuse()
+                    continue
+                conn.outbox.send({"type": "subscribed", "order_id": message.order_id})
+                await gateway.subscribe(customer, message.order_id, message.after_seq)
+            elif isinstance(message, p.Unsubscribe):
+                gateway.unsubscribe(customer, message.order_id)
+                conn.outbox.send({"type": "unsubscribed", "order_id": message.order_id})
+    finally:
+        gateway.unsubscribe(customer)
+
+
+ROUTES = [
+    WebSocketRoute("/v1/ws/driver", driver_socket),
+    WebSocketRoute("/v1/ws/customer", customer_socket),
+]

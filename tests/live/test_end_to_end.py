@@ -1,0 +1,66 @@
+import asyncio
+import uuid
+
+from clients.customer import CustomerClient
+from clients.driver import DriverClient
+from clients.http import ApiClient
+from tests.conftest import token
+
+EXPECTED = ["placed", "driver_assigned", "at_restaurant", "picked_up", "delivered"]
+
+
+async def setup_restaurant(live, spot, n_items=1):
+    owner = ApiClient(live.url, token("restaurant", f"r-{uuid.uuid4().hex[:8]}"))
+    rest = await owner.create_restaurant(name="Live Kitchen", address="1 Test St", latitude=spot[0],
+                                         longitude=spot[1], prep_minutes=1)
+    items = [await owner.add_item(rest["id"], f"Dish {i}", 900 + i) for i in range(n_items)]
+    return owner, rest, items
+
+
+async def run_driver(driver: DriverClient, position, deliveries: list):
+    """Accept every offer, go through the job, deliver; record delivered order ids."""
+    while True:
+        offer = await driver.next("offer", timeout_s=60)
+        await driver.accept(offer["offer_id"])
+        assigned = await driver.next("assigned", "error", timeout_s=10)
+        if assigned["type"] == "error":
+            continue
+        await driver.gps(*position)
+        await driver.at_restaurant(assigned["job_id"])
+        await driver.next("ack", timeout_s=10)
+        await driver.picked_up(assigned["job_id"])
+        await driver.next("ack", timeout_s=10)
+        for order in assigned["orders"]:
+            await driver.gps(order["dropoff"]["lat"], order["dropoff"]["lng"])
+            await asyncio.sleep(1.2)  # let the customer see the driver move
+            await driver.gps(order["dropoff"]["lat"], order["dropoff"]["lng"])
+            await driver.delivered(order["order_id"])
+            await driver.next("ack", timeout_s=10)
+            deliveries.append(order["order_id"])
+
+
+async def test_order_is_offered_assigned_and_delivered_with_live_status(live, spot, pool):
+    owner, rest, [item] = await setup_restaurant(live, spot)
+    customer_id = f"c-{uuid.uuid4().hex[:8]}"
+    customer_api = ApiClient(live.url, token("customer", customer_id))
+    deliveries: list[int] = []
+    async with DriverClient(live.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) as driver, \
+            CustomerClient(live.url, token("customer", customer_id)) as customer:
+        assert (await driver.next("welcome"))["orders"] == []
+        await driver.gps(spot[0] + 0.002, spot[1])
+        order = await customer_api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
+        await customer.follow(order["id"])
+        worker = asyncio.get_running_loop().create_task(run_driver(driver, (spot[0] + 0.002, spot[1]), deliveries))
+        try:
+            await customer.wait_for(lambda c: c.statuses(order["id"])[-1:] == ["delivered"], timeout_s=60)
+            await customer.wait_for(lambda c: deliveries, timeout_s=10)
+        finally:
+            worker.cancel()
+    assert deliveries == [order["id"]]
+    assert customer.statuses(order["id"]) == EXPECTED
+    assert [e["seq"] for e in customer.events[order["id"]]] == [1, 2, 3, 4, 5]
+    assert customer.positions[order["id"]], "the customer never saw the driver"
+    rows = await pool.fetch("SELECT type FROM order_events WHERE order_id = $1 ORDER BY seq", order["id"])
+    assert [r["type"] for r in rows] == ["placed", "assign", "arrive", "pick_up", "deliver"]
+    final = await customer_api.order(order["id"])
+    assert final["status"] == "delivered" and final["delivered_at"] is not None

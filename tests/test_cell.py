@@ -1,0 +1,204 @@
+"""The sans-I/O cell: offers, acceptance, declines, expiry, lost drivers, cancellations."""
+
+import random
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from dispatch.cell import (
+    CellCore, CellError, CellParams, LiveOrder, OrderPhase, PersistAssignment, PersistOrderEvent, SendToDriver,
+)
+from dispatch.lifecycle import DriverEvent, DriverStatus
+
+LAT, LNG = 41.88, -87.63
+T0 = 1_800_000_000.0
+
+
+def order(oid: int, now: float = T0, ready_in_s: float = 0.0, dlat: float = 0.0) -> LiveOrder:
+    return LiveOrder(oid, restaurant_id=oid, restaurant_lat=LAT + dlat, restaurant_lng=LNG,
+                     dropoff_lat=LAT + dlat + 0.01, dropoff_lng=LNG + 0.01, placed_at=now, ready_at=now + ready_in_s)
+
+
+def offers_of(commands, driver_id=None):
+    return [c.message for c in commands if isinstance(c, SendToDriver) and c.message["type"] == "offer"
+            and (driver_id is None or c.driver_id == driver_id)]
+
+
+def test_offer_accept_deliver():
+    cell = CellCore("c1")
+    cell.driver_seen("near", LAT + 0.001, LNG, T0)
+    cell.driver_seen("far", LAT + 0.05, LNG, T0)
+    cell.add_order(order(1))
+    commands = cell.tick(T0)
+    [offer] = offers_of(commands)
+    assert offers_of(commands, "near") == [offer]
+    assert [o["order_id"] for o in offer["orders"]] == [1]
+    assert cell.drivers["near"].status is DriverStatus.OFFERED
+    [persist] = cell.accept("near", offer["offer_id"], T0 + 5)
+    assert isinstance(persist, PersistAssignment) and persist.order_ids == (1,)
+    with pytest.raises(CellError):
+        cell.job_event("near", persist.job_id, DriverEvent.ARRIVE)  # not confirmed yet
+    [assigned] = cell.assignment_persisted(persist.job_id, ok=True)
+    assert assigned.message["type"] == "assigned"
+    assert [c.event for c in cell.job_event("near", persist.job_id, DriverEvent.ARRIVE)] == ["arrive"]
+    assert [c.event for c in cell.job_event("near", persist.job_id, DriverEvent.PICK_UP)] == ["pick_up"]
+    [deliver] = cell.delivered("near", 1)
+    assert isinstance(deliver, PersistOrderEvent) and deliver.event == "deliver"
+    assert cell.drivers["near"].status is DriverStatus.IDLE and not cell.jobs and not cell.orders
+
+
+def test_decline_goes_to_the_next_driver_and_never_back():
+    cell = CellCore("c1")
+    cell.driver_seen("a", LAT + 0.001, LNG, T0)
+    cell.driver_seen("b", LAT + 0.02, LNG, T0)
+    cell.add_order(order(1))
+    [offer] = offers_of(cell.tick(T0), "a")
+    cell.decline("a", offer["offer_id"], T0 + 1)
+    assert cell.drivers["a"].status is DriverStatus.IDLE
+    commands = cell.tick(T0 + 2)
+    assert offers_of(commands, "a") == [] and len(offers_of(commands, "b")) == 1
+
+
+def test_offer_expiry_moves_on():
+    cell = CellCore("c1", CellParams(offer_ttl_s=10))
+    cell.driver_seen("a", LAT, LNG, T0)
+    cell.driver_seen("b", LAT + 0.02, LNG, T0)
+    cell.add_order(order(1))
+    [offer] = offers_of(cell.tick(T0), "a")
+    for t in (T0 + 5, T0 + 9):
+        cell.driver_seen("a", LAT, LNG, t)
+        cell.driver_seen("b", LAT + 0.02, LNG, t)
+    commands = cell.tick(T0 + 11)
+    withdrawn = [c for c in commands if isinstance(c, SendToDriver) and c.message["type"] == "offer_withdrawn"]
+    assert [c.driver_id for c in withdrawn] == ["a"]
+    assert len(offers_of(commands, "b")) == 1
+    with pytest.raises(CellError):
+        cell.accept("a", offer["offer_id"], T0 + 12)
+
+
+def test_lost_driver_orders_are_redispatched():
+    cell = CellCore("c1", CellParams(heartbeat_ttl_s=30))
+    cell.driver_seen("a", LAT, LNG, T0)
+    cell.add_order(order(1))
+    [offer] = offers_of(cell.tick(T0))
+    [persist] = cell.accept("a", offer["offer_id"], T0 + 1)
+    cell.assignment_persisted(persist.job_id, ok=True)
+    cell.driver_seen("b", LAT + 0.01, LNG, T0 + 40)
+    commands = cell.tick(T0 + 40)
+    assert [(c.order_id, c.event) for c in commands if isinstance(c, PersistOrderEvent)] == [(1, "unassign")]
+    assert cell.drivers["a"].status is DriverStatus.OFFLINE
+    assert len(offers_of(commands, "b")) == 1
+    # The lost driver comes back online and is dispatchable again.
+    cell.driver_seen("a", LAT, LNG, T0 + 50)
+    assert cell.drivers["a"].status is DriverStatus.IDLE
+
+
+def test_refused_assignment_releases_driver_and_orders():
+    cell = CellCore("c1")
+    cell.driver_seen("a", LAT, LNG, T0)
+    cell.add_order(order(1))
+    [offer] = offers_of(cell.tick(T0))
+    [persist] = cell.accept("a", offer["offer_id"], T0 + 1)
+    [withdrawn] = cell.assignment_persisted(persist.job_id, ok=False, reason="version conflict")
+    assert withdrawn.message["type"] == "job_withdrawn"
+    assert cell.drivers["a"].status is DriverStatus.IDLE and cell.orders[1].phase is OrderPhase.PENDING
+
+
+def test_cancellation_withdraws_offer_or_recalls_driver():
+    cell = CellCore("c1")
+    cell.driver_seen("a", LAT, LNG, T0)
+    cell.driver_seen("b", LAT + 0.3, LNG, T0)
+    cell.add_order(order(1))
+    cell.add_order(order(2, dlat=0.3))
+    commands = cell.tick(T0)
+    offer_a, offer_b = offers_of(commands, "a")[0], offers_of(commands, "b")[0]
+    [msg] = cell.withdraw_order(1, "cancelled by customer")
+    assert msg.message["type"] == "offer_withdrawn" and cell.drivers["a"].status is DriverStatus.IDLE
+    [persist] = cell.accept("b", offer_b["offer_id"], T0 + 1)
+    cell.assignment_persisted(persist.job_id, ok=True)
+    [recall] = cell.withdraw_order(2, "cancelled by customer")
+    assert recall.message == {"type": "cancelled", "order_id": 2, "reason": "cancelled by customer"}
+    assert cell.drivers["b"].status is DriverStatus.IDLE and not cell.jobs
+
+
+def test_bad_driver_inputs_are_refused_without_changing_state():
+    cell = CellCore("c1")
+    with pytest.raises(CellError):
+        cell.accept("ghost", "offer-x", T0)
+    cell.driver_seen("a", LAT, LNG, T0)
+    with pytest.raises(CellError):
+        cell.accept("a", "offer-x", T0)
+    with pytest.raises(CellError):
+        cell.delivered("a", 5)
+    assert cell.drivers["a"].status is DriverStatus.IDLE
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_random_days_keep_the_invariants(seed):
+    rng = random.Random(seed)
+    cell = CellCore("c1", CellParams(offer_ttl_s=15, heartbeat_ttl_s=25))
+    now, next_order = T0, 1
+    drivers = [f"d{i}" for i in range(rng.randint(1, 6))]
+    for step in range(120):
+        now += rng.uniform(0.5, 4)
+        for d in drivers:
+            if rng.random() < 0.8:
+                cell.driver_seen(d, LAT + rng.uniform(-0.02, 0.02), LNG + rng.uniform(-0.02, 0.02), now)
+        if rng.random() < 0.3:
+            cell.add_order(order(next_order, now, rng.uniform(0, 900), dlat=rng.uniform(-0.02, 0.02)))
+            next_order += 1
+        commands = cell.tick(now)
+        for c in list(commands):
+            if isinstance(c, SendToDriver) and c.message["type"] == "offer":
+                roll = rng.random()
+                if roll < 0.6:
+                    commands += cell.accept(c.driver_id, c.message["offer_id"], now)
+                elif roll < 0.8:
+                    commands += cell.decline(c.driver_id, c.message["offer_id"], now)
+            if isinstance(c, PersistAssignment):
+                cell.assignment_persisted(c.job_id, ok=rng.random() < 0.9)
+        for job in list(cell.jobs.values()):
+            driver = cell.drivers[job.driver_id]
+            if any(cell.orders[i].phase is OrderPhase.ASSIGNING for i in job.order_ids):
+                continue
+            try:
+                if driver.status is DriverStatus.EN_ROUTE and rng.random() < 0.5:
+                    cell.job_event(driver.id, job.id, DriverEvent.ARRIVE)
+                elif driver.status is DriverStatus.AT_RESTAURANT and rng.random() < 0.5:
+                    cell.job_event(driver.id, job.id, DriverEvent.PICK_UP)
+                elif driver.status is DriverStatus.DELIVERING:
+                    cell.delivered(driver.id, next(i for i in job.order_ids if i not in job.delivered))
+            except CellError:
+                pytest.fail("a legal driver report was refused")
+        if cell.orders and rng.random() < 0.05:
+            cell.withdraw_order(rng.choice(sorted(cell.orders)), "cancelled")
+        check_invariants(cell)
+
+
+def check_invariants(cell: CellCore) -> None:
+    holders: dict[int, str] = {}
+    for offer in cell.offers.values():
+        assert cell.drivers[offer.driver_id].status is DriverStatus.OFFERED
+        assert cell.drivers[offer.driver_id].offer_id == offer.id
+        for oid in offer.order_ids:
+            assert oid not in holders, "order in two offers or jobs"
+            holders[oid] = offer.id
+            assert cell.orders[oid].phase is OrderPhase.OFFERED
+    for job in cell.jobs.values():
+        driver = cell.drivers[job.driver_id]
+        assert driver.job_id == job.id
+        assert driver.status in (DriverStatus.EN_ROUTE, DriverStatus.AT_RESTAURANT, DriverStatus.DELIVERING)
+        for oid in set(job.order_ids) - job.delivered:
+            assert oid not in holders, "order in two offers or jobs"
+            holders[oid] = job.id
+            assert cell.orders[oid].driver_id == job.driver_id
+    for driver in cell.drivers.values():
+        assert (driver.status is DriverStatus.OFFERED) == (driver.offer_id is not None)
+        if driver.status in (DriverStatus.IDLE, DriverStatus.OFFLINE):
+            assert driver.job_id is None
+    for order in cell.orders.values():
+        if order.phase is OrderPhase.PENDING:
+            assert order.id not in holders
+        else:
+            assert order.id in holders
