@@ -31,6 +31,7 @@ from dispatch.cell import (
     SendToDriver,
 )
 from dispatch.cells import descendant_range
+from dispatch.geo import haversine_m
 from dispatch.lifecycle import Actor, DriverEvent, Event
 
 log = logging.getLogger("hexdispatch.cell")
@@ -40,6 +41,9 @@ log = logging.getLogger("hexdispatch.cell")
 #: cell, while a metro area needs tens of actors rather than thousands.
 CELL_RES = 6
 NAMESPACE = "hexdispatch"
+#: After lending a driver, fixes still routed here (sent before the front door
+#: learnt of the move) are ignored for this long.
+LENT_FIX_GRACE_S = 5.0
 
 _ORDER_EVENTS = {"arrive": Event.ARRIVE, "pick_up": Event.PICK_UP, "deliver": Event.DELIVER, "unassign": Event.UNASSIGN}
 
@@ -91,8 +95,12 @@ class CellActor:
         self.wakeups: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self.driver_gateway: dict[str, str] = {}
         self.started: asyncio.Task | None = None
-        self.stats = {"ticks": 0, "tick_seconds": 0.0, "gps_fixes": 0, "offers": 0}
+        self.stats = {"ticks": 0, "tick_seconds": 0.0, "gps_fixes": 0, "offers": 0, "borrowed": 0, "lent": 0}
         self._lock = None
+        # Drivers lent to a neighbour: fixes still routed here are ignored until the front door follows.
+        self.lent_until: dict[str, float] = {}
+        self.borrow_tried: dict[int, float] = {}
+        self.neighbours: dict[str, object] = {}
 
     # Lifecycle ---------------------------------------------------------------
 
@@ -145,10 +153,58 @@ class CellActor:
 
     async def _tick(self) -> None:
         started = time.perf_counter()
-        commands = self.core.tick(time.time())
+        now = time.time()
+        commands = self.core.tick(now)
         self.stats["ticks"] += 1
         self.stats["tick_seconds"] = time.perf_counter() - started
         await self._execute(commands)
+        if await self._borrow(now):
+            await self._execute(self.core.tick(now))
+
+    async def _borrow(self, now: float) -> bool:
+        """Borrow idle drivers of neighbouring cells for orders no local driver took; True if any came."""
+        params = self.core.params
+        borrowed = False
+        for order in self.core.unoffered_orders(now, params.borrow_after_s)[:5]:
+            if now - self.borrow_tried.get(order.id, 0.0) < params.borrow_after_s:
+                continue
+            self.borrow_tried[order.id] = now
+            for neighbour in self._neighbours_nearest_first(order.restaurant_lat, order.restaurant_lng):
+                try:
+                    lent = await neighbour.lend_driver.remote(order.restaurant_lat, order.restaurant_lng,
+                                                              params.borrow_radius_m)
+                except Exception:
+                    continue
+                if lent is not None:
+                    self.core.driver_seen(lent["id"], lent["lat"], lent["lng"], now, capacity=lent["capacity"])
+                    if lent["gateway"]:
+                        self.driver_gateway[lent["id"]] = lent["gateway"]
+                        self._send(lent["id"], {"type": "rehome"})  # the front door now routes it here
+                    self.stats["borrowed"] += 1
+                    borrowed = True
+                    break
+        for order_id in [i for i in self.borrow_tried if i not in self.core.orders]:
+            del self.borrow_tried[order_id]
+        return borrowed
+
+    def _neighbours_nearest_first(self, lat: float, lng: float) -> list:
+        """Handles of the live neighbouring cell actors, nearest (to the point) first."""
+        import ray
+
+        ring = sorted(h3.grid_ring(h3.str_to_int(self.cell_id), 1),
+                      key=lambda c: haversine_m(lat, lng, *h3.cell_to_latlng(c)))
+        handles = []
+        for cell in ring:
+            cell_id = h3.int_to_str(cell)
+            handle = self.neighbours.get(cell_id)
+            if handle is None:
+                try:
+                    handle = ray.get_actor(actor_name(cell_id), namespace=NAMESPACE)
+                except ValueError:
+                    continue  # no actor there: no drivers there
+                self.neighbours[cell_id] = handle
+            handles.append(handle)
+        return handles
 
     async def _sweep(self) -> None:
         """Pick up orders whose notification never arrived; drop ones cancelled behind our back."""
@@ -234,6 +290,8 @@ class CellActor:
         await self._ensure_started()
         now = time.time()
         for driver_id, lat, lng, heading, speed, capacity in fixes:
+            if self.lent_until.get(driver_id, 0.0) > now:
+                continue
             self.driver_gateway[driver_id] = gateway_id
             self.core.driver_seen(driver_id, lat, lng, now, capacity=capacity, heading=heading, speed=speed)
         self.stats["gps_fixes"] += len(fixes)
@@ -252,9 +310,15 @@ class CellActor:
         messages, self.outbox[gateway_id] = self.outbox[gateway_id], []
         return messages
 
-    async def driver_message(self, gateway_id: str, driver_id: str, kind: str, fields: dict) -> list[dict]:
-        """A driver's accept, decline, at-restaurant, picked-up, delivered or offline; returns error frames."""
+    async def driver_message(self, gateway_id: str, driver_id: str, kind: str, fields: dict,
+                             fix: tuple | None = None) -> list[dict]:
+        """A driver's accept, decline, at-restaurant, picked-up, delivered or offline; returns error frames.
+
+        ``fix`` is the driver's latest GPS fix not yet pushed, applied first.
+        """
         await self._ensure_started()
+        if fix is not None:
+            await self.push_gps(gateway_id, [fix])
         now = time.time()
         self.driver_gateway[driver_id] = gateway_id
         core = self.core
@@ -301,6 +365,17 @@ class CellActor:
         if removed:
             self.driver_gateway.pop(driver_id, None)
         return removed
+
+    async def lend_driver(self, lat: float, lng: float, radius_m: float) -> dict | None:
+        """Give the nearest idle driver within ``radius_m`` to a neighbouring cell (atomically)."""
+        await self._ensure_started()
+        driver = self.core.nearest_idle(lat, lng, radius_m)
+        if driver is None or self.core.remove_driver(driver.id) is None:
+            return None
+        self.lent_until[driver.id] = time.time() + LENT_FIX_GRACE_S
+        self.stats["lent"] += 1
+        return {"id": driver.id, "lat": driver.lat, "lng": driver.lng, "capacity": driver.capacity,
+                "gateway": self.driver_gateway.pop(driver.id, None)}
 
     async def load(self) -> dict:
         """What an operator sees of this cell (also exported as metrics)."""

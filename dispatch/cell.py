@@ -29,6 +29,7 @@ from enum import Enum
 
 import numpy as np
 
+from dispatch.geo import haversine_m
 from dispatch.lifecycle import DriverEvent, DriverStatus, apply_driver
 from dispatch.matcher import Drivers, MatchParams, Orders, TravelModel, match
 
@@ -47,6 +48,10 @@ class CellParams:
     """Most pending orders one tick considers (the most urgent first)."""
     policy: str = "slack"
     """Matcher policy (see ``dispatch.matcher``)."""
+    borrow_after_s: float = 3.0
+    """An order no local driver took for this long may borrow an idle driver of a neighbouring cell."""
+    borrow_radius_m: float = 3000.0
+    """How far from the restaurant a borrowed driver may be."""
     match: MatchParams = field(default_factory=MatchParams)
 
 
@@ -190,6 +195,22 @@ class CellCore:
         if driver is None or driver.status not in (DriverStatus.IDLE, DriverStatus.OFFLINE):
             return None
         return self.drivers.pop(driver_id)
+
+    def nearest_idle(self, lat: float, lng: float, radius_m: float) -> LiveDriver | None:
+        """The idle driver nearest to a point within ``radius_m``, if any (ties: lower id)."""
+        best, best_m = None, radius_m
+        for driver in sorted(self.drivers.values(), key=lambda d: d.id):
+            if driver.status is DriverStatus.IDLE:
+                metres = haversine_m(lat, lng, driver.lat, driver.lng)
+                if metres <= best_m:
+                    best, best_m = driver, metres
+        return best
+
+    def unoffered_orders(self, now: float, older_than_s: float) -> list[LiveOrder]:
+        """Pending orders no driver of this cell has taken for ``older_than_s`` seconds, oldest first."""
+        waiting = [o for o in self.orders.values()
+                   if o.phase is OrderPhase.PENDING and now - o.placed_at >= older_than_s]
+        return sorted(waiting, key=lambda o: (o.placed_at, o.id))
 
     def _driver(self, driver_id: str) -> LiveDriver:
         driver = self.drivers.get(driver_id)

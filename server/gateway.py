@@ -178,11 +178,17 @@ class Gateway:
                 await asyncio.sleep(0.5)
                 continue
             for driver_id, message in messages:
-                self._to_driver(driver_id, message)
+                self._to_driver(driver_id, message, cell_id)
 
-    def _to_driver(self, driver_id: str, message: dict) -> None:
+    def _to_driver(self, driver_id: str, message: dict, cell_id: str) -> None:
         link = self.drivers.get(driver_id)
         kind = message.get("type")
+        if link is not None and kind in ("rehome", "offer", "assigned") and link.home_cell != cell_id:
+            # Only the cell that holds a driver sends it work: it was borrowed by that cell.
+            self.fixes[link.home_cell].pop(driver_id, None)
+            link.home_cell = cell_id
+        if kind == "rehome":
+            return
         if kind == "assigned":
             order_ids = {o["order_id"] for o in message["orders"]}
             for order_id in order_ids:
@@ -286,7 +292,9 @@ class Gateway:
         """Route a driver's reply to its cell; returns frames for the driver (errors, or an ack)."""
         if link.home_cell is None:
             return [{"type": "error", "code": "no_position", "message": "send a GPS fix first"}]
-        replies = await self.cell(link.home_cell).driver_message.remote(self.id, link.driver_id, kind, fields)
+        # A fix still waiting for the next flush goes first, so the cell knows the driver.
+        fix = self.fixes[link.home_cell].pop(link.driver_id, None)
+        replies = await self.cell(link.home_cell).driver_message.remote(self.id, link.driver_id, kind, fields, fix)
         if not replies and kind == "delivered":
             link.orders.discard(fields["order_id"])
             self.order_driver.pop(fields["order_id"], None)

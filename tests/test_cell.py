@@ -202,3 +202,16 @@ def check_invariants(cell: CellCore) -> None:
             assert order.id not in holders
         else:
             assert order.id in holders
+
+
+def test_nearest_idle_and_unoffered():
+    cell = CellCore("c1")
+    cell.driver_seen("far", LAT + 0.02, LNG, T0)
+    cell.driver_seen("near", LAT + 0.001, LNG, T0)
+    cell.driver_seen("busy", LAT, LNG, T0)
+    cell.drivers["busy"].status = DriverStatus.OFFERED
+    assert cell.nearest_idle(LAT, LNG, 5000).id == "near"
+    assert cell.nearest_idle(LAT, LNG, 50) is None
+    cell.add_order(order(1, now=T0))
+    cell.add_order(order(2, now=T0 + 5))
+    assert [o.id for o in cell.unoffered_orders(T0 + 6, older_than_s=3)] == [1]

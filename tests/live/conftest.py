@@ -16,7 +16,7 @@ from tests.conftest import token
 
 LIVE_PARAMS = GatewayParams(
     gps_flush_s=0.05, poll_timeout_s=2.0, cell_tick_s=0.1,
-    cell=CellParams(offer_ttl_s=3.0, heartbeat_ttl_s=4.0),
+    cell=CellParams(offer_ttl_s=3.0, heartbeat_ttl_s=4.0, borrow_after_s=1.0),
 )
 
 

@@ -1,0 +1,85 @@
+"""Orders on both sides of a cell edge compete for the same drivers: never a double assignment."""
+
+import asyncio
+import uuid
+
+import h3.api.basic_int as h3
+
+from actors.cell import CELL_RES
+from clients.driver import DriverClient
+from clients.http import ApiClient
+from tests.conftest import token
+
+
+def edge_points(spot, inset_m=150.0):
+    """Two points ``inset_m`` from the midpoint of an edge, one inside each of the two cells."""
+    a = h3.latlng_to_cell(spot[0], spot[1], CELL_RES)
+    b = h3.grid_ring(a, 1)[0]
+    (lat1, lng1), (lat2, lng2) = h3.directed_edge_to_boundary(h3.cells_to_directed_edge(a, b))
+    mid = ((lat1 + lat2) / 2, (lng1 + lng2) / 2)
+
+    def toward(cell):
+        clat, clng = h3.cell_to_latlng(cell)
+        d = ((clat - mid[0]) ** 2 + (clng - mid[1]) ** 2) ** 0.5
+        step = inset_m / 111_000 / d
+        return (mid[0] + (clat - mid[0]) * step, mid[1] + (clng - mid[1]) * step)
+
+    pa, pb = toward(a), toward(b)
+    assert h3.latlng_to_cell(*pa, CELL_RES) == a and h3.latlng_to_cell(*pb, CELL_RES) == b
+    return pa, pb
+
+
+async def accept_everything(driver: DriverClient, jobs: list):
+    while True:
+        message = await driver.next("offer", "assigned")
+        if message["type"] == "offer":
+            await driver.accept(message["offer_id"])
+        else:
+            jobs.append(message)
+
+
+async def test_no_double_assignment_across_a_cell_edge(live, spot, pool):
+    in_a, in_b = edge_points(spot)
+    owner = ApiClient(live.url, token("restaurant", f"r-{uuid.uuid4().hex[:8]}"))
+    rest_a = await owner.create_restaurant(name="A side", address="x", latitude=in_a[0], longitude=in_a[1], prep_minutes=1)
+    rest_b = await owner.create_restaurant(name="B side", address="x", latitude=in_b[0], longitude=in_b[1], prep_minutes=1)
+    item_a = await owner.add_item(rest_a["id"], "a", 500)
+    item_b = await owner.add_item(rest_b["id"], "b", 500)
+    drivers = [DriverClient(live.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) for _ in range(3)]
+    jobs: list[dict] = []
+    workers = []
+    try:
+        for i, driver in enumerate(drivers):
+            await driver.__aenter__()
+            await driver.gps(in_a[0] + 0.0003 * i, in_a[1])
+            workers.append(asyncio.get_running_loop().create_task(accept_everything(driver, jobs)))
+        await asyncio.sleep(0.5)
+        customer = ApiClient(live.url, token("customer", f"c-{uuid.uuid4().hex[:8]}"))
+        placed = await asyncio.gather(*[
+            customer.place_order(rest["id"], [{"item_id": item["id"]}], (in_a[0] + 0.01, in_a[1]))
+            for rest, item in [(rest_a, item_a), (rest_b, item_b), (rest_a, item_a), (rest_b, item_b)]
+        ])
+        order_ids = [o["id"] for o in placed]
+        for _ in range(150):
+            if len(jobs) >= 3:
+                break
+            await asyncio.sleep(0.1)
+        # Give any would-be second assignment time to show up.
+        await asyncio.sleep(1.5)
+    finally:
+        for worker in workers:
+            worker.cancel()
+        for driver in drivers:
+            await driver.__aexit__(None, None, None)
+
+    rows = await pool.fetch(
+        "SELECT id, restaurant_id, driver_id, job_id FROM orders WHERE id = ANY($1::bigint[])", order_ids)
+    assigned = [r for r in rows if r["driver_id"] is not None]
+    assert len(assigned) == 3, rows
+    assert len({r["driver_id"] for r in assigned}) == 3, "a driver holds two jobs"
+    assert any(r["restaurant_id"] == rest_b["id"] for r in assigned), "no neighbouring-cell driver served B"
+    assigns = await pool.fetch(
+        "SELECT order_id, count(*) AS n FROM order_events WHERE type = 'assign' AND order_id = ANY($1::bigint[])"
+        " GROUP BY order_id", order_ids)
+    assert all(r["n"] == 1 for r in assigns)
+    assert len(jobs) == 3 and len({j["job_id"] for j in jobs}) == 3

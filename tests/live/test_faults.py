@@ -1,0 +1,127 @@
+"""Faults: a cell actor dies, a driver's phone drops, the server restarts. Nothing acknowledged is lost."""
+
+import asyncio
+import uuid
+
+import ray
+
+from actors.cell import NAMESPACE, actor_name, cell_of_point
+from clients.customer import CustomerClient
+from clients.driver import DriverClient
+from clients.http import ApiClient
+from tests.conftest import token
+from tests.live.conftest import LIVE_PARAMS, LiveServer
+from tests.live.test_end_to_end import EXPECTED, setup_restaurant
+
+
+async def take_job(driver: DriverClient) -> dict:
+    offer = await driver.next("offer", timeout_s=30)
+    await driver.accept(offer["offer_id"])
+    return await driver.next("assigned", timeout_s=15)
+
+
+async def test_cell_actor_killed_mid_delivery(live, spot, pool):
+    owner, rest, [item] = await setup_restaurant(live, spot)
+    customer_id = f"c-{uuid.uuid4().hex[:8]}"
+    api = ApiClient(live.url, token("customer", customer_id))
+    async with DriverClient(live.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) as driver, \
+            CustomerClient(live.url, token("customer", customer_id)) as customer:
+        await driver.gps(spot[0] + 0.001, spot[1])
+        first = await api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
+        await customer.follow(first["id"])
+        job = await take_job(driver)
+        # A second order waits in the cell's heap when the cell dies.
+        second = await api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
+        await customer.follow(second["id"])
+        ray.kill(ray.get_actor(actor_name(cell_of_point(*spot)), namespace=NAMESPACE), no_restart=False)
+        await asyncio.sleep(0.5)
+        for step, kind in [("at_restaurant", "ack"), ("picked_up", "ack")]:
+            await getattr(driver, step)(job["job_id"])
+            reply = await driver.next("ack", "error", timeout_s=30)
+            assert reply["type"] == kind, reply
+            await driver.gps(spot[0] + 0.001, spot[1])
+        await driver.delivered(first["id"])
+        assert (await driver.next("ack", "error", timeout_s=15))["type"] == "ack"
+        # The rebuilt cell still dispatches the order that was waiting.
+        job2 = await take_job(driver)
+        assert [o["order_id"] for o in job2["orders"]] == [second["id"]]
+        await customer.wait_for(lambda c: c.statuses(first["id"]) == EXPECTED, timeout_s=20)
+    assert (await api.order(first["id"]))["status"] == "delivered"
+
+
+async def test_driver_socket_drops_mid_delivery(live, spot):
+    owner, rest, [item] = await setup_restaurant(live, spot)
+    customer_id = f"c-{uuid.uuid4().hex[:8]}"
+    api = ApiClient(live.url, token("customer", customer_id))
+    async with DriverClient(live.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) as driver, \
+            CustomerClient(live.url, token("customer", customer_id)) as customer:
+        await driver.gps(spot[0] + 0.001, spot[1])
+        order = await api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
+        await customer.follow(order["id"])
+        job = await take_job(driver)
+        await driver.at_restaurant(job["job_id"])
+        await driver.next("ack")
+        await driver.picked_up(job["job_id"])
+        await driver.next("ack")
+        await driver.link.drop()
+        await customer.link.drop()  # the customer's phone drops too, and resumes from its last seq
+        welcome = await driver.next("welcome", timeout_s=15)
+        assert welcome["orders"] == [order["id"]] and driver.link.connections == 2
+        await driver.gps(spot[0] + 0.01, spot[1])
+        await driver.delivered(order["id"])
+        assert (await driver.next("ack", "error"))["type"] == "ack"
+        await customer.wait_for(lambda c: c.statuses(order["id"]) == EXPECTED, timeout_s=20)
+        assert customer.link.connections == 2
+
+
+async def test_silent_driver_orders_are_redispatched(live, spot, pool):
+    owner, rest, [item] = await setup_restaurant(live, spot)
+    api = ApiClient(live.url, token("customer", f"c-{uuid.uuid4().hex[:8]}"))
+    async with DriverClient(live.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) as quitter:
+        await quitter.gps(spot[0] + 0.001, spot[1])
+        order = await api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
+        await take_job(quitter)
+    async with DriverClient(live.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) as rescuer:
+        for _ in range(20):  # keep the rescuer alive while the quitter's heartbeat runs out
+            await rescuer.gps(spot[0] + 0.002, spot[1])
+            try:
+                job = await take_job(rescuer)
+                break
+            except asyncio.TimeoutError:
+                continue
+        assert [o["order_id"] for o in job["orders"]] == [order["id"]]
+    events = await pool.fetch("SELECT type, payload FROM order_events WHERE order_id = $1 ORDER BY seq", order["id"])
+    assert [e["type"] for e in events] == ["placed", "assign", "unassign", "assign"]
+    assert events[2]["payload"]["reason"] == "driver lost"
+
+
+async def test_server_restart_loses_nothing(settings, ray_local, spot, pool):
+    server = LiveServer(settings.with_(use_ray=True, migrate_on_start=False, gateway=LIVE_PARAMS))
+    await server.start()
+    owner, rest, [item] = await setup_restaurant(server, spot)
+    customer_id = f"c-{uuid.uuid4().hex[:8]}"
+    driver_id = f"d-{uuid.uuid4().hex[:8]}"
+    order = await ApiClient(server.url, token("customer", customer_id)).place_order(
+        rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
+    async with DriverClient(server.url, token("driver", driver_id)) as driver:
+        await driver.gps(spot[0] + 0.001, spot[1])
+        job = await take_job(driver)
+    await server.stop()
+
+    restarted = LiveServer(settings.with_(use_ray=True, migrate_on_start=False, gateway=LIVE_PARAMS))
+    await restarted.start()
+    try:
+        async with DriverClient(restarted.url, token("driver", driver_id)) as driver, \
+                CustomerClient(restarted.url, token("customer", customer_id)) as customer:
+            welcome = await driver.next("welcome")
+            assert welcome["orders"] == [order["id"]]
+            await driver.gps(spot[0] + 0.001, spot[1])
+            await customer.follow(order["id"])
+            for step in ("at_restaurant", "picked_up"):
+                await getattr(driver, step)(job["job_id"])
+                assert (await driver.next("ack", "error", timeout_s=15))["type"] == "ack"
+            await driver.delivered(order["id"])
+            assert (await driver.next("ack", "error"))["type"] == "ack"
+            await customer.wait_for(lambda c: c.statuses(order["id"]) == EXPECTED, timeout_s=20)
+    finally:
+        await restarted.stop()
