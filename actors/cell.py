@@ -30,7 +30,7 @@ from dispatch.cell import (
     PersistOrderEvent,
     SendToDriver,
 )
-from dispatch.cells import descendant_range
+from dispatch.cells import cell_of, descendant_range
 from dispatch.geo import haversine_m
 from dispatch.lifecycle import Actor, DriverEvent, Event
 
@@ -41,9 +41,10 @@ log = logging.getLogger("hexdispatch.cell")
 #: cell, while a metro area needs tens of actors rather than thousands.
 CELL_RES = 6
 NAMESPACE = "hexdispatch"
-#: After lending a driver, fixes still routed here (sent before the front door
-#: learnt of the move) are ignored for this long.
-LENT_FIX_GRACE_S = 5.0
+#: After a driver leaves (lent to a neighbour, or handed over), fixes still
+#: routed here (sent before the front door learnt of the move) are ignored for
+#: this long, so the driver is never registered in two cells.
+DEPARTED_FIX_GRACE_S = 5.0
 
 _ORDER_EVENTS = {"arrive": Event.ARRIVE, "pick_up": Event.PICK_UP, "deliver": Event.DELIVER, "unassign": Event.UNASSIGN}
 
@@ -63,8 +64,14 @@ LIVE_ORDER_SQL = LIVE_ORDER_SELECT + " WHERE o.id = $1"
 
 
 def cell_of_point(lat: float, lng: float) -> str:
-    """The cell (hex string) whose actor owns a point."""
-    return h3.int_to_str(h3.latlng_to_cell(lat, lng, CELL_RES))
+    """The cell (hex string) whose actor owns a point.
+
+    It is the resolution-``CELL_RES`` ancestor of the point's fine cell (the one
+    the catalog stores), not the coarse cell containing the point: H3 children
+    do not nest exactly, and this way every restaurant a cell owns lies in the
+    cell's ``descendant_range``.
+    """
+    return h3.int_to_str(h3.cell_to_parent(cell_of(lat, lng), CELL_RES))
 
 
 def actor_name(cell_id: str) -> str:
@@ -85,6 +92,7 @@ class CellActor:
 
     def __init__(self, cell_id: str, dsn: str, params: CellParams | None = None, tick_s: float = 0.25,
                  sweep_s: float = 15.0):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.cell_id = cell_id
         self.dsn = dsn
         self.core = CellCore(cell_id, params)
@@ -97,8 +105,8 @@ class CellActor:
         self.started: asyncio.Task | None = None
         self.stats = {"ticks": 0, "tick_seconds": 0.0, "gps_fixes": 0, "offers": 0, "borrowed": 0, "lent": 0}
         self._lock = None
-        # Drivers lent to a neighbour: fixes still routed here are ignored until the front door follows.
-        self.lent_until: dict[str, float] = {}
+        # Drivers that left this cell: fixes still routed here are ignored until the front door follows.
+        self.departed_until: dict[str, float] = {}
         self.borrow_tried: dict[int, float] = {}
         self.neighbours: dict[str, object] = {}
 
@@ -214,8 +222,15 @@ class CellActor:
         for row in rows:
             if row["job_id"] is None:
                 self.core.add_order(live_order(row))
-        for order_id in [i for i in self.core.orders if i not in live]:
-            await self._execute(self.core.withdraw_order(order_id, "cancelled"))
+        missing = [i for i in self.core.orders if i not in live]
+        if missing:
+            cancelled = await self.pool.fetch(
+                "SELECT id FROM orders WHERE id = ANY($1::bigint[]) AND cancelled", missing)
+            for row in cancelled:
+                await self._execute(self.core.withdraw_order(row["id"], "cancelled"))
+        now = time.time()
+        for driver_id in [d for d, until in self.departed_until.items() if until < now]:
+            del self.departed_until[driver_id]
 
     # Commands ----------------------------------------------------------------
 
@@ -223,6 +238,7 @@ class CellActor:
         """Carry out the core's commands; return the error frames for the calling driver."""
         errors: list[dict] = []
         for command in commands:
+            log.info("cell %s: %s", self.cell_id, command)
             if isinstance(command, SendToDriver):
                 self._send(command.driver_id, command.message)
             elif isinstance(command, PersistAssignment):
@@ -290,7 +306,8 @@ class CellActor:
         await self._ensure_started()
         now = time.time()
         for driver_id, lat, lng, heading, speed, capacity in fixes:
-            if self.lent_until.get(driver_id, 0.0) > now:
+            if self.departed_until.get(driver_id, 0.0) > now:
+                log.info("cell %s: fix of departed driver %s ignored", self.cell_id, driver_id)
                 continue
             self.driver_gateway[driver_id] = gateway_id
             self.core.driver_seen(driver_id, lat, lng, now, capacity=capacity, heading=heading, speed=speed)
@@ -362,8 +379,10 @@ class CellActor:
         """Hand a driver over to another cell; refused (False) while it has an offer or a job."""
         await self._ensure_started()
         removed = self.core.remove_driver(driver_id) is not None
+        log.info("cell %s: hand-over of %s %s", self.cell_id, driver_id, "done" if removed else "refused")
         if removed:
             self.driver_gateway.pop(driver_id, None)
+            self.departed_until[driver_id] = time.time() + DEPARTED_FIX_GRACE_S
         return removed
 
     async def lend_driver(self, lat: float, lng: float, radius_m: float) -> dict | None:
@@ -372,7 +391,8 @@ class CellActor:
         driver = self.core.nearest_idle(lat, lng, radius_m)
         if driver is None or self.core.remove_driver(driver.id) is None:
             return None
-        self.lent_until[driver.id] = time.time() + LENT_FIX_GRACE_S
+        log.info("cell %s: lent driver %s", self.cell_id, driver.id)
+        self.departed_until[driver.id] = time.time() + DEPARTED_FIX_GRACE_S
         self.stats["lent"] += 1
         return {"id": driver.id, "lat": driver.lat, "lng": driver.lng, "capacity": driver.capacity,
                 "gateway": self.driver_gateway.pop(driver.id, None)}

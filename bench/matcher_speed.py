@@ -45,18 +45,26 @@ def city(seed: int, n_orders: int, n_drivers: int, n_restaurants: int = 800):
 
 
 def kernel_tick(module, now, drivers, orders, travel: TravelModel, params: MatchParams):
-    """Prefilter, slack/cost, slack-priority assignment and exchanges: the numeric core of one tick."""
+    """Bundling, prefilter, slack/cost, slack-priority assignment and exchanges, all with
+    ``module``'s kernels: the numeric core of one ``match(policy="slack")`` call."""
+    n = len(orders.ready_at)
+    by_restaurant = np.lexsort((np.arange(n), orders.ready_at, orders.restaurant_id)).astype(np.int64)
+    jobs, lengths = module.bundle_orders(
+        by_restaurant, orders.restaurant_id.astype(np.int64), orders.restaurant_x, orders.restaurant_y,
+        orders.drop_x, orders.drop_y, orders.ready_at, travel.kind, travel.metres_per_minute,
+        params.dropoff_service, params.bundle_ready_window, params.bundle_max_delay, params.max_bundle_size)
+    lead = jobs[:, 0]
+    job_ready = np.where(jobs >= 0, orders.ready_at[jobs], -np.inf).max(axis=1)
     scale_x, scale_y = travel.planar_scale(float(drivers.y.mean()))
-    candidates = module.nearest_candidates(orders.restaurant_x, orders.restaurant_y, drivers.x, drivers.y,
+    candidates = module.nearest_candidates(orders.restaurant_x[lead], orders.restaurant_y[lead], drivers.x, drivers.y,
                                            scale_x, scale_y, params.candidates_per_order, params.max_candidate_radius_m)
     kept, _, _, cost, urgency = module.slack_and_cost(
-        now, candidates, drivers.x, drivers.y, drivers.free_at, drivers.shift_end, orders.restaurant_x,
-        orders.restaurant_y, orders.ready_at, params.pickup_lead, travel.kind, travel.metres_per_minute,
+        now, candidates, drivers.x, drivers.y, drivers.free_at, drivers.shift_end, orders.restaurant_x[lead],
+        orders.restaurant_y[lead], job_ready, params.pickup_lead, travel.kind, travel.metres_per_minute,
         params.lateness_weight, params.idle_weight, params.travel_weight)
-    sizes = np.ones(len(urgency), np.int64)
     capacity = drivers.capacity.astype(np.int64)
-    greedy = module.assign_in_priority_order(urgency, urgency <= params.commit_window, kept, cost, sizes, capacity)
-    return module.improve_by_exchanges(greedy, kept, cost, sizes, capacity, params.exchange_passes)
+    greedy = module.assign_in_priority_order(urgency, urgency <= params.commit_window, kept, cost, lengths, capacity)
+    return module.improve_by_exchanges(greedy, kept, cost, lengths, capacity, params.exchange_passes)
 
 
 def timed(function, repeats: int) -> list[float]:

@@ -14,6 +14,7 @@ class DriverClient:
     def __init__(self, base_url: str, token: str, **link_options):
         self.link = Link(ws_url(base_url, "/v1/ws/driver", token), **link_options)
         self.seq = 0
+        self.errors: list[dict] = []
 
     @property
     def inbox(self) -> asyncio.Queue:
@@ -62,3 +63,5 @@ class DriverClient:
             message = await asyncio.wait_for(self.inbox.get(), remaining)
             if not types or message.get("type") in types:
                 return message
+            if message.get("type") == "error":
+                self.errors.append(message)  # kept for whoever audits the session

@@ -302,11 +302,15 @@ def bundle_orders(by_restaurant, restaurant_id, restaurant_x, restaurant_y, drop
         best_route = 0.0
         for job in range(first_job, n_jobs):
             length = job_length[job]
-            if length >= max_size or ready[order] - ready[jobs[job, 0]] > ready_window:
+            if length >= max_size:
                 continue
             pickup = ready[order]
+            earliest = ready[order]
             for s in range(length):
                 pickup = max(pickup, ready[jobs[job, s]])
+                earliest = min(earliest, ready[jobs[job, s]])
+            if pickup - earliest > ready_window:
+                continue
             for position in range(length + 1):
                 for s in range(length + 1):
                     if s < position:

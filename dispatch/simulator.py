@@ -11,7 +11,7 @@ no assignment before every order in it was placed. Decisions are taken every
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -68,8 +68,6 @@ def label_position(instance: Instance, courier: int, label: str) -> tuple[float,
 
 def mdrp_match_params(instance: Instance, params: MatchParams) -> MatchParams:
     """``params`` with the instance's service times filled in."""
-    from dataclasses import replace
-
     return replace(params, pickup_lead=instance.pickup_service / 2, dropoff_service=instance.dropoff_service)
 
 
@@ -97,7 +95,8 @@ def replay(
     courier_y = instance.courier_y.copy()
     free_at = instance.courier_on.copy()
     label = [ON_LOCATION] * instance.n_couriers
-    capacity = np.full(instance.n_couriers, 1 if policy == "nearest" else params.max_bundle_size, np.int64)
+    # MDRP bundles have no size limit; the matcher's max_bundle_size is the only bound.
+    capacity = np.full(instance.n_couriers, params.max_bundle_size, np.int64)
     restaurant_x = instance.restaurant_x[instance.order_restaurant]
     restaurant_y = instance.restaurant_y[instance.order_restaurant]
     assigned = np.zeros(n_orders, np.bool_)

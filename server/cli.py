@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("server.serve", "run the dispatch server (HTTP API and websockets)"),
     "token": ("server.tokens", "mint a JWT for the local secret"),
     "replay": ("bench.replay", "replay MDRP instances offline through the dispatch core"),
+    "simulate": ("clients.simulate", "run a live simulated city against a running server"),
 }
 
 

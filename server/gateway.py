@@ -44,6 +44,8 @@ class GatewayParams:
     """Least time between two driver positions sent for one order."""
     handover_retry_s: float = 5.0
     """Least time between two attempts to hand a busy driver over."""
+    borrowed_hold_s: float = 30.0
+    """A driver borrowed by a neighbouring cell stays there at least this long (no hand-over back)."""
     max_backlog: int = 1000
     """Status events queued for one socket before it is closed (it resumes on reconnect)."""
     cell_tick_s: float = 0.25
@@ -183,10 +185,18 @@ class Gateway:
     def _to_driver(self, driver_id: str, message: dict, cell_id: str) -> None:
         link = self.drivers.get(driver_id)
         kind = message.get("type")
+        if link is not None and kind == "offer" and link.orders and link.home_cell != cell_id:
+            # A stale registration of a driver busy elsewhere: refuse for it rather than double-book.
+            self._spawn(self.cell(cell_id).driver_message.remote(self.id, driver_id, "decline",
+                                                                   {"offer_id": message["offer_id"]}))
+            return
         if link is not None and kind in ("rehome", "offer", "assigned") and link.home_cell != cell_id:
             # Only the cell that holds a driver sends it work: it was borrowed by that cell.
+            log.info("driver %s now in cell %s (was %s) by %s", driver_id, cell_id, link.home_cell, kind)
             self.fixes[link.home_cell].pop(driver_id, None)
             link.home_cell = cell_id
+            # It was moved here for an order: do not hand it straight back by position.
+            link.last_handover_try = time.time() + self.params.borrowed_hold_s - self.params.handover_retry_s
         if kind == "rehome":
             return
         if kind == "assigned":
@@ -203,7 +213,8 @@ class Gateway:
 
     # GPS in, positions out ---------------------------------------------------------
 
-    async def gps(self, link: DriverLink, lat: float, lng: float, heading, speed, now: float) -> None:
+    async def gps(self, link: DriverLink, lat: float, lng: float, heading, speed, now: float,
+                  fix_t: int | None = None) -> None:
         """Buffer one fix for its cell; forward it to customers following this driver."""
         here = cell_of_point(lat, lng)
         if link.home_cell is None:
@@ -215,7 +226,7 @@ class Gateway:
         self.fixes[link.home_cell][link.driver_id] = (link.driver_id, lat, lng, heading, speed, link.capacity)
         self.stats["gps_in"] += 1
         for order_id in link.orders:
-            self._position_to_customers(order_id, link.driver_id, lat, lng, heading, now)
+            self._position_to_customers(order_id, link.driver_id, lat, lng, heading, now, fix_t)
 
     async def _handover(self, link: DriverLink, new_cell: str) -> None:
         old = link.home_cell
@@ -225,18 +236,20 @@ class Gateway:
             log.warning("handover of %s from %s failed", link.driver_id, old, exc_info=True)
             return
         if moved and link.home_cell == old:
+            log.info("driver %s handed over from %s to %s", link.driver_id, old, new_cell)
             link.home_cell = new_cell
             self.fixes[old].pop(link.driver_id, None)
             self.cell(new_cell)
 
-    def _position_to_customers(self, order_id: int, driver_id: str, lat, lng, heading, now: float) -> None:
+    def _position_to_customers(self, order_id: int, driver_id: str, lat, lng, heading, now: float,
+                               fix_t: int | None) -> None:
         for customer in self.customers.get(order_id, ()):
             if now - customer.last_position_at.get(order_id, 0.0) < self.params.position_interval_s:
                 continue
             customer.last_position_at[order_id] = now
             customer.outbox.send_latest(("position", order_id), {
                 "type": "driver_position", "order_id": order_id, "driver_id": driver_id,
-                "lat": lat, "lng": lng, "heading": heading, "t": now,
+                "lat": lat, "lng": lng, "heading": heading, "t": now, "fix_t": fix_t,
             })
             self.stats["positions_out"] += 1
 
@@ -295,6 +308,8 @@ class Gateway:
         # A fix still waiting for the next flush goes first, so the cell knows the driver.
         fix = self.fixes[link.home_cell].pop(link.driver_id, None)
         replies = await self.cell(link.home_cell).driver_message.remote(self.id, link.driver_id, kind, fields, fix)
+        for reply in replies:
+            log.info("driver %s %s %s refused by cell %s: %s", link.driver_id, kind, fields, link.home_cell, reply)
         if not replies and kind == "delivered":
             link.orders.discard(fields["order_id"])
             self.order_driver.pop(fields["order_id"], None)

@@ -135,7 +135,7 @@ async def _driver_session(websocket, gateway, principal: Principal, conn: Connec
                     return await conn.close_for_abuse()
                 continue
             if isinstance(message, p.Gps):
-                await gateway.gps(link, message.lat, message.lng, message.heading, message.speed, time.time())
+                await gateway.gps(link, message.lat, message.lng, message.heading, message.speed, time.time(), message.t)
             elif isinstance(message, p.Ping):
                 conn.outbox.send({"type": "pong"})
             elif isinstance(message, p.GoOnline):

@@ -70,6 +70,11 @@ async def restaurant_owner(conn, restaurant_id: int) -> str | None:
     return await conn.fetchval("SELECT owner_sub FROM restaurants WHERE id = $1", restaurant_id)
 
 
+#: Radii (metres) tried before the requested one: a dense downtown fills a page
+#: within a few hundred metres, and then there is no need to look further.
+NEARBY_STEPS_M = (250.0, 1000.0)
+
+
 async def nearby(
     conn,
     *,
@@ -84,44 +89,63 @@ async def nearby(
 ) -> list[asyncpg.Record]:
     """Restaurants that deliver to (lat, lng) within ``radius_m``, nearest first, then by id.
 
-    ``after`` is the (distance, id) of the last row of the previous page.
+    ``after`` is the (distance, id) of the last row of the previous page. The
+    search widens step by step and stops at the first radius that already
+    holds ``limit`` rows: those are then exactly the nearest ``limit``.
     """
-    lows, highs = cover_ranges(lat, lng, radius_m)
     pattern = None
     if name_contains is not None:
         escaped = name_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         pattern = f"%{escaped}%"
     after_distance, after_id = after if after is not None else (None, None)
-    return await conn.fetch(
-        f"""
-        SELECT {RESTAURANT_COLUMNS}, {DISTANCE_SQL} AS distance_m
-        FROM unnest($3::bigint[], $4::bigint[]) AS cover(lo, hi)
-        JOIN restaurants r ON r.h3_cell BETWEEN cover.lo AND cover.hi
-        WHERE {DISTANCE_SQL} <= least($5, r.delivery_radius_m)
-          AND ($6::text IS NULL OR $6 = ANY (r.cuisine_tags))
-          AND ($7::text IS NULL OR r.name ILIKE $7)
-          AND (NOT $8 OR restaurant_open_at(r.is_open, r.opening_hours, r.timezone, now()))
-          AND ($9::float8 IS NULL OR ({DISTANCE_SQL}, r.id) > ($9, $10::bigint))
-        ORDER BY distance_m, r.id
-        LIMIT $11
-        """,
-        lat, lng, lows, highs, float(radius_m), cuisine, pattern, open_now, after_distance, after_id, limit,
-    )
+    floor = after_distance or 0.0
+    radii = [r for r in NEARBY_STEPS_M if floor < r < radius_m] + [float(radius_m)]
+    for search_radius in radii:
+        lows, highs = cover_ranges(lat, lng, search_radius)
+        rows = await conn.fetch(
+            NEARBY_SQL, lat, lng, lows, highs, search_radius, cuisine, pattern, open_now, after_distance, after_id,
+            limit,
+        )
+        if len(rows) >= limit:
+            break
+    return rows
 
 
-async def menu(conn, restaurant_id: int) -> tuple[asyncpg.Record | None, list[asyncpg.Record], int]:
-    """The restaurant (with open_now), its items in menu order, and its count of active orders."""
-    restaurant = await get_restaurant(conn, restaurant_id)
-    if restaurant is None:
-        return None, [], 0
-    items = await conn.fetch(
-        f"SELECT {ITEM_COLUMNS} FROM menu_items WHERE restaurant_id = $1 ORDER BY id", restaurant_id
-    )
-    active = await conn.fetchval(
-        "SELECT count(*) FROM orders WHERE restaurant_id = $1 AND NOT cancelled AND courier_status <> 'delivered'",
+# One index range scan per cover range (the LATERAL subquery with OFFSET 0 keeps
+# the planner from flattening it into a scan of the whole table).
+NEARBY_SQL = f"""
+    SELECT {RESTAURANT_COLUMNS}, {DISTANCE_SQL} AS distance_m
+    FROM unnest($3::bigint[], $4::bigint[]) AS cover(lo, hi)
+    CROSS JOIN LATERAL (
+        SELECT * FROM restaurants r0 WHERE r0.h3_cell BETWEEN cover.lo AND cover.hi OFFSET 0
+    ) AS r
+    WHERE {DISTANCE_SQL} <= least($5, r.delivery_radius_m)
+      AND ($6::text IS NULL OR $6 = ANY (r.cuisine_tags))
+      AND ($7::text IS NULL OR r.name ILIKE $7)
+      AND (NOT $8 OR restaurant_open_at(r.is_open, r.opening_hours, r.timezone, now()))
+      AND ($9::float8 IS NULL OR ({DISTANCE_SQL}, r.id) > ($9, $10::bigint))
+    ORDER BY distance_m, r.id
+    LIMIT $11
+"""
+
+
+async def menu(conn, restaurant_id: int) -> tuple[asyncpg.Record | None, list[dict], int]:
+    """The restaurant (with open_now), its items in menu order, and its count of active orders.
+
+    One round trip: the items come back as one JSON array.
+    """
+    row = await conn.fetchrow(
+        f"""SELECT {RESTAURANT_COLUMNS},
+                (SELECT count(*) FROM orders o
+                 WHERE o.restaurant_id = r.id AND NOT o.cancelled AND o.courier_status <> 'delivered') AS active_orders,
+                (SELECT coalesce(json_agg(i ORDER BY i.id), '[]'::json)
+                 FROM (SELECT {ITEM_COLUMNS} FROM menu_items WHERE restaurant_id = r.id) AS i) AS items
+            FROM restaurants r WHERE r.id = $1""",
         restaurant_id,
     )
-    return restaurant, items, active
+    if row is None:
+        return None, [], 0
+    return row, row["items"], row["active_orders"]
 
 
 async def create_item(conn, restaurant_id: int, fields: dict) -> asyncpg.Record:

@@ -125,3 +125,26 @@ def test_feasibility_checker_follows_couriers_timelines():
     late_start = dataclasses.replace(solution.moves[1], departure_time=solution.moves[1].departure_time + 1000)
     broken = dataclasses.replace(solution, moves=[first, late_start] + solution.moves[2:])
     assert any("not at" in p or "departs before arriving" in p for p in check_solution(broken))
+
+
+def test_replay_cli_writes_files_and_table(tmp_path, capsys):
+    from bench.replay import main
+
+    folder = tmp_path / "instances" / "tiny"
+    folder.mkdir(parents=True)
+    for name, text in random_instance_text(11, 25, 4, 3).items():
+        (folder / name).write_text(text)
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "instances"), "--policy", "slack", "--policy", "nearest", "--out", str(out),
+                 "--quiet"]) == 0
+    for policy in ("slack", "nearest"):
+        written = sorted(p.name for p in (out / "tiny" / policy).iterdir())
+        assert written == ["metrics.json", "solution_info_assignments.txt", "solution_info_couriers.txt",
+                           "solution_info_orders.txt"]
+        assert json.loads((out / "tiny" / policy / "metrics.json").read_text())["feasible"]
+    table = capsys.readouterr().out
+    assert "| tiny | slack |" in table and "| tiny | nearest |" in table
+    assert (out / "comparison.md").read_text().strip() == table.strip()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(empty), "--quiet"]) == 2

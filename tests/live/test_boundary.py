@@ -83,3 +83,30 @@ async def test_no_double_assignment_across_a_cell_edge(live, spot, pool):
         " GROUP BY order_id", order_ids)
     assert all(r["n"] == 1 for r in assigns)
     assert len(jobs) == 3 and len({j["job_id"] for j in jobs}) == 3
+
+
+async def test_borrowed_driver_completes_the_job(live, spot):
+    in_a, in_b = edge_points(spot)
+    owner = ApiClient(live.url, token("restaurant", f"r-{uuid.uuid4().hex[:8]}"))
+    rest_b = await owner.create_restaurant(name="B side", address="x", latitude=in_b[0], longitude=in_b[1], prep_minutes=1)
+    item_b = await owner.add_item(rest_b["id"], "b", 500)
+    customer = ApiClient(live.url, token("customer", f"c-{uuid.uuid4().hex[:8]}"))
+    async with DriverClient(live.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) as driver:
+        await driver.gps(*in_a)
+        await asyncio.sleep(0.3)
+        order = await customer.place_order(rest_b["id"], [{"item_id": item_b["id"]}], (in_b[0], in_b[1] + 0.005))
+        offer = await driver.next("offer", timeout_s=15)
+        await driver.accept(offer["offer_id"])
+        job = await driver.next("assigned")
+        for position in (in_a, in_b):  # drives across the edge to the restaurant
+            await driver.gps(*position)
+            await asyncio.sleep(0.6)
+        for step in ("at_restaurant", "picked_up"):
+            await getattr(driver, step)(job["job_id"])
+            reply = await driver.next("ack", "error")
+            assert reply["type"] == "ack", reply
+        await driver.gps(in_b[0], in_b[1] + 0.005)
+        await driver.delivered(order["id"])
+        reply = await driver.next("ack", "error")
+        assert reply["type"] == "ack", reply
+    assert (await customer.order(order["id"]))["status"] == "delivered"

@@ -64,3 +64,25 @@ async def test_order_is_offered_assigned_and_delivered_with_live_status(live, sp
     assert [r["type"] for r in rows] == ["placed", "assign", "arrive", "pick_up", "deliver"]
     final = await customer_api.order(order["id"])
     assert final["status"] == "delivered" and final["delivered_at"] is not None
+
+
+async def test_customer_cancellation_recalls_the_driver(live, spot):
+    owner, rest, [item] = await setup_restaurant(live, spot)
+    customer_id = f"c-{uuid.uuid4().hex[:8]}"
+    api = ApiClient(live.url, token("customer", customer_id))
+    async with DriverClient(live.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) as driver:
+        await driver.gps(spot[0] + 0.001, spot[1])
+        order = await api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
+        offer = await driver.next("offer", timeout_s=15)
+        await driver.accept(offer["offer_id"])
+        job = await driver.next("assigned")
+        cancelled = await api.cancel(order["id"], reason="changed my mind")
+        assert cancelled["status"] == "cancelled"
+        recall = await driver.next("cancelled", timeout_s=10)
+        assert recall["order_id"] == order["id"]
+        await driver.at_restaurant(job["job_id"])
+        assert (await driver.next("ack", "error"))["type"] == "error"  # the job is gone
+        # The driver is free again: the next order is offered to it.
+        second = await api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
+        offer = await driver.next("offer", timeout_s=15)
+        assert [o["order_id"] for o in offer["orders"]] == [second["id"]]
