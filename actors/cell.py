@@ -238,7 +238,7 @@ class CellActor:
         """Carry out the core's commands; return the error frames for the calling driver."""
         errors: list[dict] = []
         for command in commands:
-            log.info("cell %s: %s", self.cell_id, command)
+            log.debug("cell %s: %s", self.cell_id, command)
             if isinstance(command, SendToDriver):
                 self._send(command.driver_id, command.message)
             elif isinstance(command, PersistAssignment):
@@ -307,7 +307,7 @@ class CellActor:
         now = time.time()
         for driver_id, lat, lng, heading, speed, capacity in fixes:
             if self.departed_until.get(driver_id, 0.0) > now:
-                log.info("cell %s: fix of departed driver %s ignored", self.cell_id, driver_id)
+                log.debug("cell %s: fix of departed driver %s ignored", self.cell_id, driver_id)
                 continue
             self.driver_gateway[driver_id] = gateway_id
             self.core.driver_seen(driver_id, lat, lng, now, capacity=capacity, heading=heading, speed=speed)
@@ -379,7 +379,7 @@ class CellActor:
         """Hand a driver over to another cell; refused (False) while it has an offer or a job."""
         await self._ensure_started()
         removed = self.core.remove_driver(driver_id) is not None
-        log.info("cell %s: hand-over of %s %s", self.cell_id, driver_id, "done" if removed else "refused")
+        log.debug("cell %s: hand-over of %s %s", self.cell_id, driver_id, "done" if removed else "refused")
         if removed:
             self.driver_gateway.pop(driver_id, None)
             self.departed_until[driver_id] = time.time() + DEPARTED_FIX_GRACE_S

@@ -45,6 +45,7 @@ import orjson
 from tqdm import tqdm
 
 from bench import catalog_metro as metro
+from clients.http import wait_until_healthy
 from bench.catalog_load import SQL_VARIANTS, LoadJob, LoadResult, h3_nearby, run_job
 from server import db
 from server.auth import Role, mint_token
@@ -316,23 +317,6 @@ def running_server(dsn: str, jwt_secret: str, workers: int) -> Iterator[tuple[st
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def wait_until_healthy(base_url: str, process: subprocess.Popen, timeout_s: float = 60.0) -> None:
-    """Poll ``/v1/health`` until it answers 200; fail early if the server process exits."""
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with status {process.returncode}")
-        try:
-            if httpx.get(f"{base_url}/v1/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("the server did not become healthy in time")
 
 
 def server_pids(parent: int) -> list[int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
 import uuid
 
 import httpx
@@ -67,3 +69,18 @@ class ApiClient:
 
     async def revise_ready(self, order_id: int, minutes: int) -> dict:
         return await self.call("POST", f"/v1/orders/{order_id}/ready-estimate", json={"ready_in_minutes": minutes})
+
+
+def wait_until_healthy(base_url: str, process: subprocess.Popen | None = None, timeout_s: float = 120.0) -> None:
+    """Poll ``/v1/health`` until it answers 200; fail early if the server ``process`` exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited with status {process.returncode}")
+        try:
+            if httpx.get(f"{base_url}/v1/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the server did not become healthy in time")

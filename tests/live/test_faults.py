@@ -1,7 +1,9 @@
 """Faults: a cell actor dies, a driver's phone drops, the server restarts. Nothing acknowledged is lost."""
 
 import asyncio
+import contextlib
 import uuid
+from types import SimpleNamespace
 
 import ray
 
@@ -20,16 +22,25 @@ async def take_job(driver: DriverClient) -> dict:
     return await driver.next("assigned", timeout_s=15)
 
 
-async def test_cell_actor_killed_mid_delivery(live, spot, pool):
+@contextlib.asynccontextmanager
+async def assigned_order(live, spot):
+    """A restaurant, a driver, a customer following one order that the driver has taken."""
     owner, rest, [item] = await setup_restaurant(live, spot)
     customer_id = f"c-{uuid.uuid4().hex[:8]}"
     api = ApiClient(live.url, token("customer", customer_id))
     async with DriverClient(live.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) as driver, \
             CustomerClient(live.url, token("customer", customer_id)) as customer:
         await driver.gps(spot[0] + 0.001, spot[1])
-        first = await api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
-        await customer.follow(first["id"])
+        order = await api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
+        await customer.follow(order["id"])
         job = await take_job(driver)
+        yield SimpleNamespace(api=api, driver=driver, customer=customer, order=order, job=job, rest=rest, item=item)
+
+
+async def test_cell_actor_killed_mid_delivery(live, spot, pool):
+    async with assigned_order(live, spot) as world:
+        api, driver, customer, first, job = world.api, world.driver, world.customer, world.order, world.job
+        rest, item = world.rest, world.item
         # A second order waits in the cell's heap when the cell dies.
         second = await api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
         await customer.follow(second["id"])
@@ -50,15 +61,8 @@ async def test_cell_actor_killed_mid_delivery(live, spot, pool):
 
 
 async def test_driver_socket_drops_mid_delivery(live, spot):
-    owner, rest, [item] = await setup_restaurant(live, spot)
-    customer_id = f"c-{uuid.uuid4().hex[:8]}"
-    api = ApiClient(live.url, token("customer", customer_id))
-    async with DriverClient(live.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) as driver, \
-            CustomerClient(live.url, token("customer", customer_id)) as customer:
-        await driver.gps(spot[0] + 0.001, spot[1])
-        order = await api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
-        await customer.follow(order["id"])
-        job = await take_job(driver)
+    async with assigned_order(live, spot) as world:
+        driver, customer, order, job = world.driver, world.customer, world.order, world.job
         await driver.at_restaurant(job["job_id"])
         await driver.next("ack")
         await driver.picked_up(job["job_id"])

@@ -11,6 +11,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from clients.http import wait_until_healthy
+
 BIN = Path(sys.executable).with_name("hexdispatch")
 
 
@@ -26,19 +28,6 @@ def start(workdir: Path, port: int) -> subprocess.Popen:
         [str(BIN), "serve", "--port", str(port), "--log-level", "warning"],
         cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read().decode(errors="replace")
-        try:
-            if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError("server did not become healthy")
 
 
 def stop(proc: subprocess.Popen) -> list[psutil.Process]:
@@ -60,7 +49,7 @@ def test_serve_on_embedded_defaults(tmp_path):
     url = f"http://127.0.0.1:{port}"
     proc = start(tmp_path, port)
     try:
-        wait_healthy(url, proc)
+        wait_until_healthy(url, proc)
         auth = {"authorization": f"Bearer {token(tmp_path, 'restaurant', 'r-1')}"}
         body = {"name": "Persisted", "address": "1 Main St", "latitude": 41.88, "longitude": -87.63}
         r = httpx.post(f"{url}/v1/restaurants", json=body, headers=auth)
@@ -73,7 +62,7 @@ def test_serve_on_embedded_defaults(tmp_path):
 
     proc = start(tmp_path, port)
     try:
-        wait_healthy(url, proc)
+        wait_until_healthy(url, proc)
         r = httpx.get(f"{url}/v1/restaurants/{rid}", headers=auth)
         assert r.status_code == 200 and r.json()["name"] == "Persisted"
     finally:
