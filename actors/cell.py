@@ -1,6 +1,7 @@
 """The cell actor: the I/O shell around ``dispatch.cell.CellCore`` for one H3 cell.
 
-One actor per H3 cell at ``CELL_RES`` (named ``cell-<h3 index>`` so the Ray
+One actor per H3 cell at a configurable resolution, ``DEFAULT_CELL_RES`` unless
+``HEXDISPATCH_CELL_RES`` says otherwise (named ``cell-<h3 index>`` so the Ray
 dashboard shows which cell is which). It owns the live state of its cell,
 runs the matcher every tick, persists every decision in Postgres, and hands
 messages for drivers to the front-door process (gateway) holding each
@@ -39,7 +40,7 @@ log = logging.getLogger("hexdispatch.cell")
 #: H3 resolution of a cell actor. Resolution 6 cells are about 36 km^2 (3.7 km
 #: edges): a few minutes' drive across, so most pickups are matched inside one
 #: cell, while a metro area needs tens of actors rather than thousands.
-CELL_RES = 6
+DEFAULT_CELL_RES = 6
 NAMESPACE = "hexdispatch"
 #: After a driver leaves (lent to a neighbour, or handed over), fixes still
 #: routed here (sent before the front door learnt of the move) are ignored for
@@ -63,15 +64,15 @@ LIVE_ORDERS_SQL = LIVE_ORDER_SELECT + """
 LIVE_ORDER_SQL = LIVE_ORDER_SELECT + " WHERE o.id = $1"
 
 
-def cell_of_point(lat: float, lng: float) -> str:
+def cell_of_point(lat: float, lng: float, res: int = DEFAULT_CELL_RES) -> str:
     """The cell (hex string) whose actor owns a point.
 
-    It is the resolution-``CELL_RES`` ancestor of the point's fine cell (the one
+    It is the resolution-``res`` ancestor of the point's fine cell (the one
     the catalog stores), not the coarse cell containing the point: H3 children
     do not nest exactly, and this way every restaurant a cell owns lies in the
     cell's ``descendant_range``.
     """
-    return h3.int_to_str(h3.cell_to_parent(cell_of(lat, lng), CELL_RES))
+    return h3.int_to_str(h3.cell_to_parent(cell_of(lat, lng), res))
 
 
 def actor_name(cell_id: str) -> str:

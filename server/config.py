@@ -54,6 +54,10 @@ class Settings:
             "home": Path(env.get("HEXDISPATCH_HOME", ".hexdispatch")),
             "jwt_secret": env.get("HEXDISPATCH_JWT_SECRET") or None,
         }
+        if env.get("HEXDISPATCH_CELL_RES"):
+            from server.gateway import GatewayParams
+
+            values["gateway"] = GatewayParams(cell_res=int(env["HEXDISPATCH_CELL_RES"]))
         values.update(overrides)
         return cls(**values)
 

@@ -28,7 +28,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from actors.cell import CELL_RES, LIVE_ORDER_SQL, NAMESPACE, actor_name, cell_actor_class, cell_of_point
+from actors.cell import DEFAULT_CELL_RES, LIVE_ORDER_SQL, NAMESPACE, actor_name, cell_actor_class, cell_of_point
 from dispatch.cell import CellParams
 
 log = logging.getLogger("hexdispatch.gateway")
@@ -36,6 +36,8 @@ log = logging.getLogger("hexdispatch.gateway")
 
 @dataclass(frozen=True)
 class GatewayParams:
+    cell_res: int = DEFAULT_CELL_RES
+    """H3 resolution of the cell actors (see ``actors.cell``); every front door must agree on it."""
     gps_flush_s: float = 0.1
     """How often buffered GPS fixes are pushed to their cells (one Ray call per cell)."""
     poll_timeout_s: float = 5.0
@@ -216,7 +218,7 @@ class Gateway:
     async def gps(self, link: DriverLink, lat: float, lng: float, heading, speed, now: float,
                   fix_t: int | None = None) -> None:
         """Buffer one fix for its cell; forward it to customers following this driver."""
-        here = cell_of_point(lat, lng)
+        here = cell_of_point(lat, lng, self.params.cell_res)
         if link.home_cell is None:
             link.home_cell = here
         elif here != link.home_cell and now - link.last_handover_try >= self.params.handover_retry_s:
@@ -292,7 +294,7 @@ class Gateway:
         for row in rows:
             link.orders.add(row["id"])
             self.order_driver[row["id"]] = driver_id
-            link.home_cell = cell_of_point(row["latitude"], row["longitude"])
+            link.home_cell = cell_of_point(row["latitude"], row["longitude"], self.params.cell_res)
         return link
 
     def detach_driver(self, link: DriverLink) -> None:
@@ -323,7 +325,7 @@ class Gateway:
             row = await self.pool.fetchrow(LIVE_ORDER_SQL, order_id)
             if row is None:
                 return
-            handle = self.cell(cell_of_point(row["restaurant_lat"], row["restaurant_lng"]))
+            handle = self.cell(cell_of_point(row["restaurant_lat"], row["restaurant_lng"], self.params.cell_res))
             if change == "placed":
                 from actors.cell import live_order
 
@@ -406,5 +408,5 @@ class Gateway:
     def load(self) -> dict:
         return {
             "gateway": self.id, "drivers": len(self.drivers), "cells": len(self.cells),
-            "followed_orders": sum(1 for s in self.customers.values() if s), "cell_res": CELL_RES, **self.stats,
+            "followed_orders": sum(1 for s in self.customers.values() if s), "cell_res": self.params.cell_res, **self.stats,
         }

@@ -86,3 +86,50 @@ async def test_customer_cancellation_recalls_the_driver(live, spot):
         second = await api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
         offer = await driver.next("offer", timeout_s=15)
         assert [o["order_id"] for o in offer["orders"]] == [second["id"]]
+
+
+async def test_twenty_drivers_ten_orders_each_delivered_once(live, spot, pool):
+    owner, rest, items = await setup_restaurant(live, spot, n_items=3)
+    drivers = [DriverClient(live.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) for _ in range(20)]
+    deliveries: list[int] = []
+    workers = []
+    customers: list[tuple[CustomerClient, dict]] = []
+    try:
+        for i, driver in enumerate(drivers):
+            await driver.__aenter__()
+            position = (spot[0] + 0.002 * (i % 5), spot[1] + 0.002 * (i // 5))
+            await driver.gps(*position)
+            workers.append(asyncio.get_running_loop().create_task(run_driver(driver, position, deliveries)))
+        for i in range(10):
+            customer_id = f"c-{uuid.uuid4().hex[:8]}"
+            order = await ApiClient(live.url, token("customer", customer_id)).place_order(
+                rest["id"], [{"item_id": items[i % 3]["id"]}], (spot[0] + 0.01, spot[1] + 0.001 * i))
+            follower = CustomerClient(live.url, token("customer", customer_id))
+            await follower.__aenter__()
+            await follower.follow(order["id"])
+            customers.append((follower, order))
+        for follower, order in customers:
+            await follower.wait_for(lambda c, o=order: c.statuses(o["id"])[-1:] == ["delivered"], timeout_s=90)
+        for _ in range(50):
+            if len(deliveries) >= 10:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        for worker in workers:
+            worker.cancel()
+        for driver in drivers:
+            await driver.__aexit__(None, None, None)
+        for follower, _ in customers:
+            await follower.__aexit__(None, None, None)
+    order_ids = sorted(order["id"] for _, order in customers)
+    assert sorted(deliveries) == order_ids, "each order delivered exactly once"
+    for follower, order in customers:
+        assert follower.statuses(order["id"]) == EXPECTED
+        assert follower.positions[order["id"]], "the customer never saw the driver"
+    rows = await pool.fetch(
+        "SELECT order_id, array_agg(type ORDER BY seq) AS types, array_agg(seq ORDER BY seq) AS seqs"
+        " FROM order_events WHERE order_id = ANY($1::bigint[]) GROUP BY order_id", order_ids)
+    assert len(rows) == 10
+    for row in rows:
+        assert row["types"] == ["placed", "assign", "arrive", "pick_up", "deliver"]
+        assert row["seqs"] == [1, 2, 3, 4, 5]
