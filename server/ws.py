@@ -75,6 +75,24 @@ class Connection:
                 self.binary = False
                 yield message["text"]
 
+    async def messages(self, adapter):
+        """Validated, rate-limited messages; the rest get error frames, and abuse closes with 1008."""
+        async for frame in self.frames():
+            try:
+                message = p.decode(frame, adapter)
+            except p.ProtocolError as exc:
+                if self.error(exc.code, exc.message):
+                    await self.close_for_abuse()
+                    return
+                continue
+            bucket = self.gps_bucket if isinstance(message, p.Gps) else self.other_bucket
+            if not bucket.allow(time.monotonic()):
+                if self.error("rate_limited", f"too many {message.type} messages; slow down"):
+                    await self.close_for_abuse()
+                    return
+                continue
+            yield message
+
     def error(self, code: str, message: str) -> bool:
         """Queue an error frame and count a strike; True when the socket must be closed (1008)."""
         self.outbox.send(p.error_frame(code, message))
@@ -121,19 +139,7 @@ async def _driver_session(websocket, gateway, principal: Principal, conn: Connec
     conn.outbox.send({"type": "welcome", "driver_id": principal.sub, "protocol": p.PROTOCOL_VERSION,
                       "orders": sorted(link.orders)})
     try:
-        async for frame in conn.frames():
-            now = time.monotonic()
-            try:
-                message = p.decode(frame, p.DRIVER_MESSAGES)
-            except p.ProtocolError as exc:
-                if conn.error(exc.code, exc.message):
-                    return await conn.close_for_abuse()
-                continue
-            bucket = conn.gps_bucket if isinstance(message, p.Gps) else conn.other_bucket
-            if not bucket.allow(now):
-                if conn.error("rate_limited", f"too many {message.type} messages; slow down"):
-                    return await conn.close_for_abuse()
-                continue
+        async for message in conn.messages(p.DRIVER_MESSAGES):
             if isinstance(message, p.Gps):
                 await gateway.gps(link, message.lat, message.lng, message.heading, message.speed, time.time(), message.t)
             elif isinstance(message, p.Ping):
@@ -151,17 +157,7 @@ async def _driver_session(websocket, gateway, principal: Principal, conn: Connec
 async def _customer_session(websocket, gateway, principal: Principal, conn: Connection) -> None:
     customer = CustomerLink(principal.sub, conn.outbox)
     try:
-        async for frame in conn.frames():
-            try:
-                message = p.decode(frame, p.CUSTOMER_MESSAGES)
-            except p.ProtocolError as exc:
-                if conn.error(exc.code, exc.message):
-                    return await conn.close_for_abuse()
-                continue
-            if not conn.other_bucket.allow(time.monotonic()):
-                if conn.error("rate_limited", "too many messages; slow down"):
-                    return await conn.close_for_abuse()
-                continue
+        async for message in conn.messages(p.CUSTOMER_MESSAGES):
             if isinstance(message, p.Ping):
                 conn.outbox.send({"type": "pong"})
             elif isinstance(message, p.Subscribe):
