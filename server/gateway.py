@@ -53,6 +53,8 @@ class GatewayParams:
     cell_tick_s: float = 0.25
     """Matching tick of each cell actor."""
     cell: CellParams = field(default_factory=CellParams)
+    cell_resource: str = "cell_host"
+    """Custom Ray resource of the nodes that may host cells (``ray_cluster.yaml``); used when the cluster has it."""
 
 
 class Outbox:
@@ -109,6 +111,17 @@ class CustomerLink:
     last_position_at: dict[int, float] = field(default_factory=dict)
 
 
+def cell_placement(resource: str, cluster_resources: dict) -> dict:
+    """Actor options placing cells on the nodes that offer ``resource``, if any node does.
+
+    A cell asks for a small share of the resource, so a node offering N units
+    hosts up to 1,000 x N cells; without such nodes (one machine), cells go anywhere.
+    """
+    if cluster_resources.get(resource, 0) > 0:
+        return {"resources": {resource: 0.001}}
+    return {}
+
+
 class Gateway:
     def __init__(self, dsn: str, pool, params: GatewayParams | None = None):
         self.id = f"gw-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -127,11 +140,15 @@ class Gateway:
         self.stats = {"gps_in": 0, "gps_batches": 0, "status_out": 0, "positions_out": 0}
         self._flusher: asyncio.Task | None = None
         self._actor_class = cell_actor_class()
+        self.cell_placement: dict = {}
 
     # Lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
         import asyncpg
+        import ray
+
+        self.cell_placement = cell_placement(self.params.cell_resource, ray.cluster_resources())
 
         self.listener = await asyncpg.connect(self.dsn)
         await self.listener.add_listener("order_events", self._on_notify)
@@ -158,6 +175,7 @@ class Gateway:
         if handle is None:
             handle = self._actor_class.options(
                 name=actor_name(cell_id), namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
+                **self.cell_placement,
             ).remote(cell_id, self.dsn, self.params.cell, self.params.cell_tick_s)
             self.cells[cell_id] = handle
             self.cell_ready[cell_id] = self._spawn(self._ready(cell_id, handle))
