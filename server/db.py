@@ -26,10 +26,15 @@ def run_sql(sql: str) -> None:
     alembic's ``op.execute`` goes through a prepared statement, which takes one
     statement only; the raw asyncpg connection takes a whole script.
     """
+    run_on_connection(lambda conn: conn.execute(sql))
+
+
+def run_on_connection(work) -> None:
+    """Run ``await work(conn)`` on the raw asyncpg connection of the current alembic migration."""
     from alembic import op
     from sqlalchemy.util import await_only
 
-    await_only(op.get_bind().connection.driver_connection.execute(sql))
+    await_only(work(op.get_bind().connection.driver_connection))
 
 
 def sqlalchemy_url(dsn: str) -> str:
