@@ -74,7 +74,10 @@ def _connect_ray(settings: Settings):
 
     if ray.is_initialized():
         return lambda: None
-    ray.init(address=settings.ray_address, include_dashboard=settings.ray_address is None, logging_level="WARNING")
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, logging_level="WARNING")
+    else:
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
     return ray.shutdown
 
 
