@@ -265,11 +265,8 @@ class CellActor:
         from server.store.orders import apply_event_on
 
         try:
+            # The driver's row exists: the front door creates it when the driver connects.
             async with self.pool.acquire() as conn, conn.transaction():
-                await conn.execute(
-                    "INSERT INTO drivers (id, vehicle, capacity) VALUES ($1, 'car', 1) ON CONFLICT DO NOTHING",
-                    command.driver_id,
-                )
                 for order_id in command.order_ids:
                     await apply_event_on(
                         conn, order_id, Event.ASSIGN, actor=Actor.SYSTEM, actor_label=f"system:{actor_name(self.cell_id)}",
@@ -401,9 +398,6 @@ class CellActor:
     async def load(self) -> dict:
         """What an operator sees of this cell (also exported as metrics)."""
         return {"cell": self.cell_id, **self.core.load(), **self.stats}
-
-    async def ping(self) -> str:
-        return self.cell_id
 
 
 def cell_actor_class():

@@ -100,7 +100,6 @@ class DriverLink:
     home_cell: str | None = None
     last_handover_try: float = 0.0
     orders: set[int] = field(default_factory=set)
-    last_fix: tuple | None = None
 
 
 @dataclass(eq=False)
@@ -129,12 +128,10 @@ class Gateway:
         self.pool = pool
         self.params = params or GatewayParams()
         self.cells: dict[str, object] = {}
-        self.cell_ready: dict[str, asyncio.Task] = {}
         self.pollers: dict[str, asyncio.Task] = {}
         self.fixes: dict[str, dict[str, tuple]] = defaultdict(dict)
         self.drivers: dict[str, DriverLink] = {}
         self.customers: dict[int, set[CustomerLink]] = defaultdict(set)
-        self.order_driver: dict[int, str] = {}
         self.tasks: set[asyncio.Task] = set()
         self.listener = None
         self.stats = {"gps_in": 0, "gps_batches": 0, "status_out": 0, "positions_out": 0}
@@ -178,7 +175,7 @@ class Gateway:
                 **self.cell_placement,
             ).remote(cell_id, self.dsn, self.params.cell, self.params.cell_tick_s)
             self.cells[cell_id] = handle
-            self.cell_ready[cell_id] = self._spawn(self._ready(cell_id, handle))
+            self._spawn(self._ready(cell_id, handle))
         if cell_id not in self.pollers:
             self.pollers[cell_id] = asyncio.get_running_loop().create_task(self._poll_loop(cell_id))
         return handle
@@ -220,14 +217,10 @@ class Gateway:
         if kind == "rehome":
             return
         if kind == "assigned":
-            order_ids = {o["order_id"] for o in message["orders"]}
-            for order_id in order_ids:
-                self.order_driver[order_id] = driver_id
             if link is not None:
-                link.orders |= order_ids
+                link.orders |= {o["order_id"] for o in message["orders"]}
         elif kind == "cancelled" and link is not None:
             link.orders.discard(message["order_id"])
-            self.order_driver.pop(message["order_id"], None)
         if link is not None:
             link.outbox.send(message)
 
@@ -242,7 +235,6 @@ class Gateway:
         elif here != link.home_cell and now - link.last_handover_try >= self.params.handover_retry_s:
             link.last_handover_try = now
             self._spawn(self._handover(link, here))
-        link.last_fix = (lat, lng, heading, speed)
         self.fixes[link.home_cell][link.driver_id] = (link.driver_id, lat, lng, heading, speed, link.capacity)
         self.stats["gps_in"] += 1
         for order_id in link.orders:
@@ -311,7 +303,6 @@ class Gateway:
         link.capacity = capacity or 1
         for row in rows:
             link.orders.add(row["id"])
-            self.order_driver[row["id"]] = driver_id
             link.home_cell = cell_of_point(row["latitude"], row["longitude"], self.params.cell_res)
         return link
 
@@ -332,7 +323,6 @@ class Gateway:
             log.info("driver %s %s %s refused by cell %s: %s", link.driver_id, kind, fields, link.home_cell, reply)
         if not replies and kind == "delivered":
             link.orders.discard(fields["order_id"])
-            self.order_driver.pop(fields["order_id"], None)
         return replies or [{"type": "ack", "of": kind, **fields}]
 
     # Orders from the HTTP API ---------------------------------------------------------
@@ -370,7 +360,6 @@ class Gateway:
         self.customers[order_id].add(customer)
         driver = await self.pool.fetchval("SELECT driver_id FROM orders WHERE id = $1", order_id)
         if driver is not None:
-            self.order_driver.setdefault(order_id, driver)
             link = self.drivers.get(driver)
             if link is not None:
                 link.orders.add(order_id)
@@ -415,16 +404,9 @@ class Gateway:
         if event["type"] == "assign":
             driver = (event.get("payload") or {}).get("driver_id")
             if driver:
-                self.order_driver[order_id] = driver
                 link = self.drivers.get(driver)
                 if link is not None:
                     link.orders.add(order_id)
         for customer in list(self.customers.get(order_id, ())):
             if not self._status_to(customer, event):
                 self._spawn(self._catch_up(customer, order_id))
-
-    def load(self) -> dict:
-        return {
-            "gateway": self.id, "drivers": len(self.drivers), "cells": len(self.cells),
-            "followed_orders": sum(1 for s in self.customers.values() if s), "cell_res": self.params.cell_res, **self.stats,
-        }
