@@ -21,6 +21,7 @@ from collections import defaultdict
 
 import h3.api.basic_int as h3
 
+from actors.metrics import CellMetrics
 from dispatch.cell import (
     CellCore,
     CellError,
@@ -46,6 +47,10 @@ NAMESPACE = "hexdispatch"
 #: routed here (sent before the front door learnt of the move) are ignored for
 #: this long, so the driver is never registered in two cells.
 DEPARTED_FIX_GRACE_S = 5.0
+#: How often a cell sets its Ray gauges (see ``actors.metrics``).
+METRICS_EXPORT_S = 2.0
+#: A front door that has not polled for this long is gone: its undelivered messages are dropped.
+GATEWAY_SILENT_S = 60.0
 
 _ORDER_EVENTS = {"arrive": Event.ARRIVE, "pick_up": Event.PICK_UP, "deliver": Event.DELIVER, "unassign": Event.UNASSIGN}
 
@@ -79,6 +84,21 @@ def actor_name(cell_id: str) -> str:
     return f"cell-{cell_id}"
 
 
+def cell_handles(namespace: str = NAMESPACE) -> dict[str, object]:
+    """Handles of every cell actor, by cell id (blocking: asks Ray's control store)."""
+    import ray
+
+    handles = {}
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        name = actor["name"]
+        if actor["namespace"] == namespace and name.startswith("cell-"):
+            try:
+                handles[name[len("cell-"):]] = ray.get_actor(name, namespace=namespace)
+            except ValueError:
+                continue  # died since it was listed
+    return handles
+
+
 def live_order(row) -> LiveOrder:
     return LiveOrder(
         id=row["id"], restaurant_id=row["restaurant_id"],
@@ -104,7 +124,9 @@ class CellActor:
         self.wakeups: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self.driver_gateway: dict[str, str] = {}
         self.started: asyncio.Task | None = None
-        self.stats = {"ticks": 0, "tick_seconds": 0.0, "gps_fixes": 0, "offers": 0, "borrowed": 0, "lent": 0}
+        self.metrics = CellMetrics(cell_id)
+        self.stats = {"borrowed": 0, "lent": 0}
+        self.last_poll: dict[str, float] = {}
         self._lock = None
         # Drivers that left this cell: fixes still routed here are ignored until the front door follows.
         self.departed_until: dict[str, float] = {}
@@ -149,11 +171,14 @@ class CellActor:
         log.info("cell %s rebuilt: %d pending, %d jobs", self.cell_id, len(rows), len(jobs))
 
     async def _run(self) -> None:
-        last_sweep = time.time()
+        last_sweep = last_export = time.time()
         while True:
             await asyncio.sleep(self.tick_s)
             try:
                 await self._tick()
+                if time.time() - last_export >= METRICS_EXPORT_S:
+                    last_export = time.time()
+                    self.metrics.export(last_export, self.core.load())
                 if time.time() - last_sweep >= self.sweep_s:
                     last_sweep = time.time()
                     await self._sweep()
@@ -164,8 +189,7 @@ class CellActor:
         started = time.perf_counter()
         now = time.time()
         commands = self.core.tick(now)
-        self.stats["ticks"] += 1
-        self.stats["tick_seconds"] = time.perf_counter() - started
+        self.metrics.tick(time.perf_counter() - started)
         await self._execute(commands)
         if await self._borrow(now):
             await self._execute(self.core.tick(now))
@@ -181,14 +205,14 @@ class CellActor:
             for neighbour in self._neighbours_nearest_first(order.restaurant_lat, order.restaurant_lng):
                 try:
                     lent = await neighbour.lend_driver.remote(order.restaurant_lat, order.restaurant_lng,
-                                                              params.borrow_radius_m)
+                                                              params.borrow_radius_m, self.cell_id)
                 except Exception:
                     continue
                 if lent is not None:
                     self.core.driver_seen(lent["id"], lent["lat"], lent["lng"], now, capacity=lent["capacity"])
                     if lent["gateway"]:
+                        # The lender told the driver's front door to route it here (and poll us).
                         self.driver_gateway[lent["id"]] = lent["gateway"]
-                        self._send(lent["id"], {"type": "rehome"})  # the front door now routes it here
                     self.stats["borrowed"] += 1
                     borrowed = True
                     break
@@ -232,6 +256,13 @@ class CellActor:
         now = time.time()
         for driver_id in [d for d, until in self.departed_until.items() if until < now]:
             del self.departed_until[driver_id]
+        for gateway in [g for g, at in self.last_poll.items() if now - at > GATEWAY_SILENT_S]:
+            log.info("cell %s: front door %s stopped polling; dropping its %d messages",
+                     self.cell_id, gateway, len(self.outbox.get(gateway, ())))
+            for mapping in (self.last_poll, self.outbox, self.wakeups):
+                mapping.pop(gateway, None)
+            for driver_id in [d for d, g in self.driver_gateway.items() if g == gateway]:
+                del self.driver_gateway[driver_id]
 
     # Commands ----------------------------------------------------------------
 
@@ -253,7 +284,7 @@ class CellActor:
 
     def _send(self, driver_id: str, message: dict) -> None:
         if message.get("type") == "offer":
-            self.stats["offers"] += 1
+            self.metrics.offer()
         gateway = self.driver_gateway.get(driver_id)
         if gateway is None:
             return  # the driver has no socket anywhere; offers to it expire and move on
@@ -300,21 +331,29 @@ class CellActor:
     # Calls from front doors ------------------------------------------------------
 
     async def push_gps(self, gateway_id: str, fixes: list[tuple]) -> int:
-        """A batch of fixes ``(driver_id, lat, lng, heading, speed, capacity)`` from one gateway."""
+        """A batch of fixes ``(driver_id, lat, lng, heading, speed, capacity, received_at)`` from one gateway.
+
+        ``received_at`` (the front door's clock when the fix arrived, optional)
+        measures the GPS lag exported as a metric.
+        """
         await self._ensure_started()
         now = time.time()
-        for driver_id, lat, lng, heading, speed, capacity in fixes:
+        lags = []
+        for driver_id, lat, lng, heading, speed, capacity, *received in fixes:
             if self.departed_until.get(driver_id, 0.0) > now:
                 log.debug("cell %s: fix of departed driver %s ignored", self.cell_id, driver_id)
                 continue
             self.driver_gateway[driver_id] = gateway_id
             self.core.driver_seen(driver_id, lat, lng, now, capacity=capacity, heading=heading, speed=speed)
-        self.stats["gps_fixes"] += len(fixes)
+            if received and received[0] is not None:
+                lags.append(max(0.0, now - received[0]))
+        self.metrics.fixes(len(fixes), lags)
         return len(fixes)
 
     async def poll(self, gateway_id: str, timeout_s: float = 5.0) -> list[tuple[str, dict]]:
         """Messages for drivers on ``gateway_id``; waits up to ``timeout_s`` for the first one."""
         await self._ensure_started()
+        self.last_poll[gateway_id] = time.time()
         wakeup = self.wakeups[gateway_id]
         if not self.outbox[gateway_id]:
             try:
@@ -322,6 +361,7 @@ class CellActor:
             except asyncio.TimeoutError:
                 pass
         wakeup.clear()
+        self.last_poll[gateway_id] = time.time()
         messages, self.outbox[gateway_id] = self.outbox[gateway_id], []
         return messages
 
@@ -383,21 +423,45 @@ class CellActor:
             self.departed_until[driver_id] = time.time() + DEPARTED_FIX_GRACE_S
         return removed
 
-    async def lend_driver(self, lat: float, lng: float, radius_m: float) -> dict | None:
-        """Give the nearest idle driver within ``radius_m`` to a neighbouring cell (atomically)."""
+    async def lend_driver(self, lat: float, lng: float, radius_m: float, borrower: str) -> dict | None:
+        """Give the nearest idle driver within ``radius_m`` to the neighbouring cell ``borrower`` (atomically).
+
+        The driver's front door hears of the move from this cell, which it
+        already polls ("rehome"), and starts polling the borrower.
+        """
         await self._ensure_started()
         driver = self.core.nearest_idle(lat, lng, radius_m)
         if driver is None or self.core.remove_driver(driver.id) is None:
             return None
-        log.info("cell %s: lent driver %s", self.cell_id, driver.id)
+        log.info("cell %s: lent driver %s to %s", self.cell_id, driver.id, borrower)
         self.departed_until[driver.id] = time.time() + DEPARTED_FIX_GRACE_S
         self.stats["lent"] += 1
+        self._send(driver.id, {"type": "rehome", "cell": borrower})
         return {"id": driver.id, "lat": driver.lat, "lng": driver.lng, "capacity": driver.capacity,
                 "gateway": self.driver_gateway.pop(driver.id, None)}
 
+    async def nearest_drivers(self, lat: float, lng: float, radius_m: float, k: int) -> dict:
+        """This cell's ``k`` nearest available drivers within ``radius_m``, nearest first (ties: lower id).
+
+        Returns ``{"cell", "drivers": [{"id", "lat", "lng", "distance_m"}], "compute_s", "compute_cpu_s"}``:
+        the wall-clock and CPU time spent answering inside the actor (search
+        and reply), without the Ray round trip. A disk reaching into
+        neighbouring cells needs their answers too: ask each and merge by
+        (distance, id).
+        """
+        await self._ensure_started()
+        started, started_cpu = time.perf_counter(), time.thread_time()
+        drivers = [{"id": hit.driver.id, "lat": hit.driver.lat, "lng": hit.driver.lng, "distance_m": hit.distance_m}
+                   for hit in self.core.nearest_available(lat, lng, radius_m, k)]
+        return {"cell": self.cell_id, "drivers": drivers, "compute_s": time.perf_counter() - started,
+                "compute_cpu_s": time.thread_time() - started_cpu}
+
     async def load(self) -> dict:
-        """What an operator sees of this cell (also exported as metrics)."""
-        return {"cell": self.cell_id, **self.core.load(), **self.stats}
+        """What an operator sees of this cell (also exported as metrics), and the node hosting it."""
+        import ray
+
+        return {"cell": self.cell_id, "node_id": ray.get_runtime_context().get_node_id(),
+                **self.core.load(), **self.metrics.summary(), **self.stats}
 
 
 def cell_actor_class():

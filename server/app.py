@@ -12,9 +12,11 @@ from starlette.routing import Route
 
 from server import db
 from server import ws
-from server.api import drivers, orders, restaurants
+from server.api import admin, drivers, orders, restaurants
 from server.config import Settings
+from server.broker import create_broker
 from server.errors import EXCEPTION_HANDLERS
+from server.ratelimit import create_rate_limiter
 from server.responses import JSONResponse
 
 log = logging.getLogger("hexdispatch.app")
@@ -30,7 +32,7 @@ async def health(request: Request) -> JSONResponse:
 def routes() -> list:
     return [
         Route("/v1/health", health, methods=["GET"]),
-        *restaurants.ROUTES, *orders.ROUTES, *drivers.ROUTES, *ws.ROUTES,
+        *restaurants.ROUTES, *orders.ROUTES, *drivers.ROUTES, *admin.ROUTES, *ws.ROUTES,
     ]
 
 
@@ -47,6 +49,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             await db.migrate(dsn)
         app.state.pool = await db.create_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
         stack.push_async_callback(app.state.pool.close)
+        from server.catalog_cache import CatalogCache  # menu cache + nearby replica, fresh by NOTIFY
+
+        app.state.catalog = await stack.enter_async_context(CatalogCache(dsn, app.state.pool))
         app.state.jwt_secret = settings.resolved_jwt_secret()
         if settings.redis_url:
             import redis.asyncio as aioredis
@@ -56,12 +61,15 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             stack.push_async_callback(app.state.redis.aclose)
         else:
             app.state.redis = None
+        # Several deployments may share one Redis: namespace our keys and channels by our database.
+        redis_prefix = f"hexdispatch:{await db.database_identity(app.state.pool)}:"
+        app.state.rate_limiter = create_rate_limiter(app.state.redis, redis_prefix)
         app.state.gateway = None
         if settings.use_ray:
             from server.gateway import Gateway
 
             stack.callback(_connect_ray(settings))
-            app.state.gateway = Gateway(dsn, app.state.pool, settings.gateway)
+            app.state.gateway = Gateway(dsn, app.state.pool, settings.gateway, create_broker(app.state.redis, redis_prefix))
             await app.state.gateway.start()
             stack.push_async_callback(app.state.gateway.stop)
         log.info("hexdispatch ready (database %s)", db.redact(dsn))
@@ -77,7 +85,8 @@ def _connect_ray(settings: Settings):
     if settings.ray_address:
         ray.init(address=settings.ray_address, logging_level="WARNING")
     else:
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
+        # "local": start our own, never join a cluster some other program left running on this machine.
+        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
     return ray.shutdown
 
 

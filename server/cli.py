@@ -15,29 +15,34 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "token": ("server.tokens", "mint a JWT for the local secret"),
     "replay": ("bench.replay", "replay MDRP instances offline through the dispatch core"),
     "simulate": ("clients.simulate", "run a live simulated city against a running server"),
+    "bench": ("bench.cli", "benchmarks: peak, nearest, mdrp, catalog, quality, speed"),
 }
 
 
-def usage() -> str:
-    width = max(len(name) for name in SUBCOMMANDS)
-    lines = ["usage: hexdispatch COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
-    lines += ["", "Run 'hexdispatch COMMAND --help' for a command's options."]
+def usage(commands: dict[str, tuple[str, str]], prog: str, heading: str) -> str:
+    width = max(len(name) for name in commands)
+    lines = [f"usage: {prog} COMMAND [ARGS...]", "", f"{heading}:"]
+    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in commands.items()]
+    lines += ["", f"Run '{prog} COMMAND --help' for a command's options."]
     return "\n".join(lines)
+
+
+def route(argv: list[str], commands: dict[str, tuple[str, str]], prog: str, heading: str) -> int:
+    """Run ``argv[0]``'s module ``main(argv[1:])`` from ``commands``; return its exit code."""
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(usage(commands, prog, heading))
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in commands:
+        print(f"{prog}: unknown command {name!r}\n\n{usage(commands, prog, heading)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(commands[name][0])
+    return int(module.main(rest) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Route ``hexdispatch COMMAND ...`` to COMMAND's module; return its exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in {"-h", "--help", "help"}:
-        print(usage())
-        return 0
-    name, rest = args[0], args[1:]
-    if name not in SUBCOMMANDS:
-        print(f"hexdispatch: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
-        return 2
-    module = importlib.import_module(SUBCOMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    return route(list(sys.argv[1:] if argv is None else argv), SUBCOMMANDS, "hexdispatch", "commands")
 
 
 if __name__ == "__main__":

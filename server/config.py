@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
+from server.ratelimit import RateLimits
+
 SECRET_FILE = "jwt_secret"
 
 
@@ -40,6 +42,8 @@ class Settings:
     default_delivery_fee_cents: int = 299
     #: Delivery radius for restaurants that do not set their own, metres.
     default_delivery_radius_m: int = 5000
+    #: Rate limits per principal (shared through Redis when ``redis_url`` is set): see server/ratelimit.py.
+    rate_limits: RateLimits = field(default_factory=RateLimits)
     #: Knobs of live dispatch (front door batching, cell ticks, matcher): see server/gateway.py.
     gateway: "GatewayParams" = field(default_factory=lambda: _default_gateway_params())
 
@@ -53,11 +57,10 @@ class Settings:
             "ray_address": env.get("RAY_ADDRESS") or None,
             "home": Path(env.get("HEXDISPATCH_HOME", ".hexdispatch")),
             "jwt_secret": env.get("HEXDISPATCH_JWT_SECRET") or None,
+            "migrate_on_start": env.get("HEXDISPATCH_MIGRATE_ON_START", "1") not in ("0", "false", "no"),
         }
-        if env.get("HEXDISPATCH_CELL_RES"):
-            from server.gateway import GatewayParams
-
-            values["gateway"] = GatewayParams(cell_res=int(env["HEXDISPATCH_CELL_RES"]))
+        if any(env.get(name) for name in GATEWAY_ENV):
+            values["gateway"] = gateway_params_from_env(env)
         values.update(overrides)
         return cls(**values)
 
@@ -75,6 +78,58 @@ def _default_gateway_params():
     from server.gateway import GatewayParams
 
     return GatewayParams()
+
+
+GATEWAY_ENV = ("HEXDISPATCH_CELL_RES", "HEXDISPATCH_CELL_TICK_S", "HEXDISPATCH_CELL_PARAMS")
+
+
+def gateway_params_from_env(env: Mapping[str, str]):
+    """``GatewayParams`` from ``HEXDISPATCH_CELL_RES`` (H3 resolution of the cells),
+    ``HEXDISPATCH_CELL_TICK_S`` (seconds between matching ticks) and ``HEXDISPATCH_CELL_PARAMS``:
+    a JSON object merged into the default ``CellParams``, its ``"match"`` object into
+    ``MatchParams``, e.g. ``{"speed_kmh": 40, "match": {"commit_window": 1.5}}``.
+    Unknown keys and values of the wrong type raise ``ValueError``."""
+    import json
+
+    from dispatch.cell import CellParams
+    from server.gateway import GatewayParams
+
+    changes: dict = {}
+    if env.get("HEXDISPATCH_CELL_RES"):
+        changes["cell_res"] = int(env["HEXDISPATCH_CELL_RES"])
+    if env.get("HEXDISPATCH_CELL_TICK_S"):
+        changes["cell_tick_s"] = float(env["HEXDISPATCH_CELL_TICK_S"])
+        if not 0 < changes["cell_tick_s"] < 60:
+            raise ValueError("HEXDISPATCH_CELL_TICK_S: expected seconds between 0 and 60")
+    if env.get("HEXDISPATCH_CELL_PARAMS"):
+        try:
+            overrides = json.loads(env["HEXDISPATCH_CELL_PARAMS"])
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"HEXDISPATCH_CELL_PARAMS: not JSON: {exc}") from None
+        changes["cell"] = _merged(CellParams(), overrides, "HEXDISPATCH_CELL_PARAMS")
+    return GatewayParams(**changes)
+
+
+def _merged(defaults, overrides, where: str):
+    """The dataclass ``defaults`` with the JSON object ``overrides`` applied (nested dataclasses merged)."""
+    import dataclasses
+
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{where}: expected a JSON object")
+    fields = {f.name for f in dataclasses.fields(defaults)}
+    changes = {}
+    for key, value in overrides.items():
+        if key not in fields:
+            raise ValueError(f"{where}: unknown key {key!r}; known: {', '.join(sorted(fields))}")
+        current = getattr(defaults, key)
+        if dataclasses.is_dataclass(current):
+            value = _merged(current, value, f"{where}.{key}")
+        elif isinstance(current, float) and type(value) is int:
+            value = float(value)
+        elif type(value) is not type(current):
+            raise ValueError(f"{where}.{key}: expected {type(current).__name__}, got {value!r}")
+        changes[key] = value
+    return replace(defaults, **changes)
 
 
 def load_or_create_secret(path: Path) -> str:

@@ -106,3 +106,21 @@ class EmbeddedPostgres:
         if self._server is not None:
             self._server.cleanup()
             self._server = None
+
+
+async def database_identity(pool) -> str:
+    """A short stable id of the database this deployment uses (its cluster's system id and name).
+
+    Front doors of one deployment share it whatever DSN spelling they use, so
+    it namespaces their shared Redis keys apart from other deployments'.
+    """
+    import hashlib
+
+    import asyncpg
+
+    try:
+        system = await pool.fetchval("SELECT system_identifier::text FROM pg_control_system()")
+    except asyncpg.PostgresError:  # not allowed for this role: the name and address must do
+        system = await pool.fetchval("SELECT coalesce(inet_server_addr()::text, '') || ':' || current_setting('port')")
+    name = await pool.fetchval("SELECT current_database()")
+    return hashlib.sha1(f"{system}/{name}".encode()).hexdigest()[:12]

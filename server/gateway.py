@@ -8,10 +8,15 @@ One :class:`Gateway` per front-door process. It
   assignments, cancellations) and writes them to the drivers' sockets;
 * routes drivers' replies to the cell that holds their offer or job, and
   hands an idle driver over when it crosses into another cell;
-* forwards order status events (Postgres ``LISTEN order_events``) to the
-  customers following the order, without gaps (a missing sequence number is
-  fetched from ``order_events``), and the assigned driver's position
-  (latest wins, at most one per ``position_interval_s`` per order).
+* forwards order status events (Postgres ``LISTEN order_events``: every
+  front door hears every event) to the customers following the order,
+  without gaps (a missing sequence number is fetched from ``order_events``);
+* publishes the assigned driver's position (latest wins, at most one per
+  ``position_interval_s`` per order) on the broker (``server.broker``:
+  in memory for one process, Redis for several), which brings it to the
+  front doors whose customers follow that order;
+* announces each driver's new socket on the broker, so its older socket on
+  any front door is closed: a driver has one live session in the whole fleet.
 
 Sockets are represented by :class:`Outbox` objects; a slow consumer loses
 positions, never status events, and never slows anyone else.
@@ -30,6 +35,7 @@ from dataclasses import dataclass, field
 
 from actors.cell import DEFAULT_CELL_RES, LIVE_ORDER_SQL, NAMESPACE, actor_name, cell_actor_class, cell_of_point
 from dispatch.cell import CellParams
+from server.broker import LocalBroker, RedisBroker
 
 log = logging.getLogger("hexdispatch.gateway")
 
@@ -76,6 +82,11 @@ class Outbox:
             self.overflowed = True
         self.wakeup.set()
 
+    def close(self) -> None:
+        """Stop taking messages and wake the writer so it closes the socket."""
+        self.closed = True
+        self.wakeup.set()
+
     def send_latest(self, key: object, message: dict) -> None:
         if self.closed:
             return
@@ -100,6 +111,8 @@ class DriverLink:
     home_cell: str | None = None
     last_handover_try: float = 0.0
     orders: set[int] = field(default_factory=set)
+    position_sent_at: dict[int, float] = field(default_factory=dict)
+    attached_at: float = field(default_factory=time.time)
 
 
 @dataclass(eq=False)
@@ -107,26 +120,29 @@ class CustomerLink:
     customer_id: str
     outbox: Outbox
     last_seq: dict[int, int] = field(default_factory=dict)
-    last_position_at: dict[int, float] = field(default_factory=dict)
 
 
 def cell_placement(resource: str, cluster_resources: dict) -> dict:
     """Actor options placing cells on the nodes that offer ``resource``, if any node does.
 
     A cell asks for a small share of the resource, so a node offering N units
-    hosts up to 1,000 x N cells; without such nodes (one machine), cells go anywhere.
+    hosts up to 1,000 x N cells, and cells are spread over those nodes (Ray's
+    default would pack them onto one node until it is half full); without such
+    nodes (one machine), cells go anywhere.
     """
     if cluster_resources.get(resource, 0) > 0:
-        return {"resources": {resource: 0.001}}
+        return {"resources": {resource: 0.001}, "scheduling_strategy": "SPREAD"}
     return {}
 
 
 class Gateway:
-    def __init__(self, dsn: str, pool, params: GatewayParams | None = None):
+    def __init__(self, dsn: str, pool, params: GatewayParams | None = None,
+                 broker: LocalBroker | RedisBroker | None = None):
         self.id = f"gw-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.dsn = dsn
         self.pool = pool
         self.params = params or GatewayParams()
+        self.broker = broker if broker is not None else LocalBroker()
         self.cells: dict[str, object] = {}
         self.pollers: dict[str, asyncio.Task] = {}
         self.fixes: dict[str, dict[str, tuple]] = defaultdict(dict)
@@ -137,7 +153,7 @@ class Gateway:
         self.stats = {"gps_in": 0, "gps_batches": 0, "status_out": 0, "positions_out": 0}
         self._flusher: asyncio.Task | None = None
         self._actor_class = cell_actor_class()
-        self.cell_placement: dict = {}
+        self._placement: tuple[float, dict] = (-1e9, {})
 
     # Lifecycle -------------------------------------------------------------------
 
@@ -145,18 +161,26 @@ class Gateway:
         import asyncpg
         import ray
 
-        self.cell_placement = cell_placement(self.params.cell_resource, ray.cluster_resources())
-
         self.listener = await asyncpg.connect(self.dsn)
         await self.listener.add_listener("order_events", self._on_notify)
+        self.broker.subscribe("sessions", self._on_session)
+        await self.broker.start()
         self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
 
     async def stop(self) -> None:
         for task in [self._flusher, *self.pollers.values(), *self.tasks]:
             if task is not None:
                 task.cancel()
+        await self.broker.stop()
         if self.listener is not None:
             await self.listener.close()
+
+    def snapshot(self) -> dict:
+        """This front door's counters (the admin API's view of the process)."""
+        return {"gateway": self.id, "pid": os.getpid(), **self.stats, "drivers_connected": len(self.drivers),
+                "customers_connected": len({c for followers in self.customers.values() for c in followers}),
+                "cells_polled": len(self.pollers), "broker": type(self.broker).__name__,
+                **({"broker_stats": self.broker.stats} if hasattr(self.broker, "stats") else {})}
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
@@ -172,13 +196,23 @@ class Gateway:
         if handle is None:
             handle = self._actor_class.options(
                 name=actor_name(cell_id), namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
-                **self.cell_placement,
+                **self._cell_placement(),
             ).remote(cell_id, self.dsn, self.params.cell, self.params.cell_tick_s)
             self.cells[cell_id] = handle
             self._spawn(self._ready(cell_id, handle))
         if cell_id not in self.pollers:
             self.pollers[cell_id] = asyncio.get_running_loop().create_task(self._poll_loop(cell_id))
         return handle
+
+    def _cell_placement(self) -> dict:
+        """Where new cells go (re-read every 30 s: cell-hosting nodes may join after we started)."""
+        import ray
+
+        read_at, placement = self._placement
+        if time.monotonic() - read_at > 30.0:
+            placement = cell_placement(self.params.cell_resource, ray.cluster_resources())
+            self._placement = (time.monotonic(), placement)
+        return placement
 
     async def _ready(self, cell_id: str, handle) -> None:
         try:
@@ -202,20 +236,20 @@ class Gateway:
     def _to_driver(self, driver_id: str, message: dict, cell_id: str) -> None:
         link = self.drivers.get(driver_id)
         kind = message.get("type")
+        if kind == "rehome":
+            # The cell holding the driver lent it to a neighbour: route it there from now on.
+            if link is not None and link.home_cell == cell_id:
+                self._moved(link, message["cell"], "rehome")
+            self.cell(message["cell"])  # poll the borrower even if the driver's socket is gone
+            return
         if link is not None and kind == "offer" and link.orders and link.home_cell != cell_id:
             # A stale registration of a driver busy elsewhere: refuse for it rather than double-book.
             self._spawn(self.cell(cell_id).driver_message.remote(self.id, driver_id, "decline",
                                                                    {"offer_id": message["offer_id"]}))
             return
-        if link is not None and kind in ("rehome", "offer", "assigned") and link.home_cell != cell_id:
+        if link is not None and kind in ("offer", "assigned") and link.home_cell != cell_id:
             # Only the cell that holds a driver sends it work: it was borrowed by that cell.
-            log.info("driver %s now in cell %s (was %s) by %s", driver_id, cell_id, link.home_cell, kind)
-            self.fixes[link.home_cell].pop(driver_id, None)
-            link.home_cell = cell_id
-            # It was moved here for an order: do not hand it straight back by position.
-            link.last_handover_try = time.time() + self.params.borrowed_hold_s - self.params.handover_retry_s
-        if kind == "rehome":
-            return
+            self._moved(link, cell_id, kind)
         if kind == "assigned":
             if link is not None:
                 link.orders |= {o["order_id"] for o in message["orders"]}
@@ -224,21 +258,37 @@ class Gateway:
         if link is not None:
             link.outbox.send(message)
 
+    def _moved(self, link: DriverLink, cell_id: str, why: str) -> None:
+        log.info("driver %s now in cell %s (was %s) by %s", link.driver_id, cell_id, link.home_cell, why)
+        fix = self.fixes[link.home_cell].pop(link.driver_id, None)
+        link.home_cell = cell_id
+        if fix is not None:
+            self.fixes[cell_id][link.driver_id] = fix
+        self.cell(cell_id)
+        # It was moved here for an order: do not hand it straight back by position.
+        link.last_handover_try = time.time() + self.params.borrowed_hold_s - self.params.handover_retry_s
+
     # GPS in, positions out ---------------------------------------------------------
 
     async def gps(self, link: DriverLink, lat: float, lng: float, heading, speed, now: float,
                   fix_t: int | None = None) -> None:
-        """Buffer one fix for its cell; forward it to customers following this driver."""
+        """Buffer one fix for its cell; publish it to the customers following this driver's orders."""
         here = cell_of_point(lat, lng, self.params.cell_res)
         if link.home_cell is None:
             link.home_cell = here
         elif here != link.home_cell and now - link.last_handover_try >= self.params.handover_retry_s:
             link.last_handover_try = now
             self._spawn(self._handover(link, here))
-        self.fixes[link.home_cell][link.driver_id] = (link.driver_id, lat, lng, heading, speed, link.capacity)
+        self.fixes[link.home_cell][link.driver_id] = (link.driver_id, lat, lng, heading, speed, link.capacity, now)
         self.stats["gps_in"] += 1
         for order_id in link.orders:
-            self._position_to_customers(order_id, link.driver_id, lat, lng, heading, now, fix_t)
+            if now - link.position_sent_at.get(order_id, 0.0) < self.params.position_interval_s:
+                continue
+            link.position_sent_at[order_id] = now
+            self.broker.publish(f"order:{order_id}", {
+                "type": "driver_position", "order_id": order_id, "driver_id": link.driver_id,
+                "lat": lat, "lng": lng, "heading": heading, "t": now, "fix_t": fix_t,
+            })
 
     async def _handover(self, link: DriverLink, new_cell: str) -> None:
         old = link.home_cell
@@ -253,16 +303,11 @@ class Gateway:
             self.fixes[old].pop(link.driver_id, None)
             self.cell(new_cell)
 
-    def _position_to_customers(self, order_id: int, driver_id: str, lat, lng, heading, now: float,
-                               fix_t: int | None) -> None:
+    def _on_position(self, message: dict) -> None:
+        """A driver position from the broker: to this process's customers following the order."""
+        order_id = message["order_id"]
         for customer in self.customers.get(order_id, ()):
-            if now - customer.last_position_at.get(order_id, 0.0) < self.params.position_interval_s:
-                continue
-            customer.last_position_at[order_id] = now
-            customer.outbox.send_latest(("position", order_id), {
-                "type": "driver_position", "order_id": order_id, "driver_id": driver_id,
-                "lat": lat, "lng": lng, "heading": heading, "t": now, "fix_t": fix_t,
-            })
+            customer.outbox.send_latest(("position", order_id), message)
             self.stats["positions_out"] += 1
 
     async def _flush_loop(self) -> None:
@@ -287,9 +332,10 @@ class Gateway:
         link = DriverLink(driver_id, outbox)
         previous = self.drivers.get(driver_id)
         if previous is not None:
-            previous.outbox.closed = True  # the newest connection wins
+            previous.outbox.close()  # the newest connection wins
             link.home_cell, link.orders = previous.home_cell, previous.orders
         self.drivers[driver_id] = link
+        self.broker.publish("sessions", {"driver_id": driver_id, "gateway": self.id, "at": link.attached_at})
         async with self.pool.acquire() as conn:
             await conn.execute(
                 "INSERT INTO drivers (id, vehicle, capacity) VALUES ($1, 'car', 1) ON CONFLICT DO NOTHING", driver_id
@@ -308,9 +354,20 @@ class Gateway:
 
     def detach_driver(self, link: DriverLink) -> None:
         """The socket closed; the cell notices the silence and acts after its heartbeat TTL."""
-        link.outbox.closed = True
+        link.outbox.close()
         if self.drivers.get(link.driver_id) is link:
             del self.drivers[link.driver_id]
+
+    def _on_session(self, message: dict) -> None:
+        """A driver opened a socket on another front door: close its older socket here."""
+        if message["gateway"] == self.id:
+            return
+        link = self.drivers.get(message["driver_id"])
+        # Announcements cross in flight when two sockets open at once: the newer one wins everywhere.
+        if link is not None and link.attached_at < message["at"]:
+            log.info("driver %s reconnected to %s; closing its socket here", link.driver_id, message["gateway"])
+            del self.drivers[link.driver_id]
+            link.outbox.close()
 
     async def driver_says(self, link: DriverLink, kind: str, fields: dict) -> list[dict]:
         """Route a driver's reply to its cell; returns frames for the driver (errors, or an ack)."""
@@ -357,6 +414,8 @@ class Gateway:
     async def subscribe(self, customer: CustomerLink, order_id: int, after_seq: int) -> None:
         """Follow an order: every status event after ``after_seq``, then live ones, then positions."""
         customer.last_seq[order_id] = after_seq
+        if not self.customers.get(order_id):
+            self.broker.subscribe(f"order:{order_id}", self._on_position)
         self.customers[order_id].add(customer)
         driver = await self.pool.fetchval("SELECT driver_id FROM orders WHERE id = $1", order_id)
         if driver is not None:
@@ -367,7 +426,12 @@ class Gateway:
 
     def unsubscribe(self, customer: CustomerLink, order_id: int | None = None) -> None:
         for oid in [order_id] if order_id is not None else list(customer.last_seq):
-            self.customers.get(oid, set()).discard(customer)
+            followers = self.customers.get(oid)
+            if followers is not None:
+                followers.discard(customer)
+                if not followers:
+                    del self.customers[oid]
+                    self.broker.unsubscribe(f"order:{oid}")
             customer.last_seq.pop(oid, None)
 
     async def _catch_up(self, customer: CustomerLink, order_id: int) -> None:
@@ -401,12 +465,14 @@ class Gateway:
 
         event = orjson.loads(payload)
         order_id = event["order_id"]
-        if event["type"] == "assign":
-            driver = (event.get("payload") or {}).get("driver_id")
-            if driver:
-                link = self.drivers.get(driver)
-                if link is not None:
-                    link.orders.add(order_id)
+        driver = (event.get("payload") or {}).get("driver_id")
+        link = self.drivers.get(driver) if driver else None
+        if link is not None:
+            if event["type"] == "assign":
+                link.orders.add(order_id)
+            elif event["type"] in ("deliver", "unassign"):
+                link.orders.discard(order_id)
+                link.position_sent_at.pop(order_id, None)
         for customer in list(self.customers.get(order_id, ())):
             if not self._status_to(customer, event):
                 self._spawn(self._catch_up(customer, order_id))

@@ -3,6 +3,11 @@
 With no ``DATABASE_URL`` an embedded Postgres is started under
 ``.hexdispatch/pgdata`` (its data survives restarts); with no ``RAY_ADDRESS``
 a local Ray is started. Both are stopped on Ctrl-C.
+
+``--workers N`` runs N front-door processes on the same port (uvicorn's
+process manager). They share one Ray (started here unless ``RAY_ADDRESS``
+names a cluster), one Postgres, and Redis (``REDIS_URL``, required for N > 1),
+which carries positions, driver sessions and rate limits between them.
 """
 
 from __future__ import annotations
@@ -19,8 +24,12 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="hexdispatch serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("HEXDISPATCH_WORKERS", "1")),
+                        help="front-door processes on this port (N > 1 needs REDIS_URL)")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every pg_ctl call at INFO
 
@@ -29,7 +38,10 @@ def main(argv: list[str]) -> int:
     from server.app import create_app
 
     settings = Settings.from_env()
+    if args.workers > 1 and not settings.redis_url:
+        parser.error("--workers N > 1 needs REDIS_URL: front doors share positions, sessions and rate limits there")
     embedded = None
+    release_ray = None
     try:
         if settings.database_url is None:
             embedded = EmbeddedPostgres(settings.home / "pgdata")
@@ -38,11 +50,27 @@ def main(argv: list[str]) -> int:
         migrate_sync(settings.database_url)
         settings = settings.with_(migrate_on_start=False)
         settings.resolved_jwt_secret()  # create the local secret before anyone asks for a token
-        uvicorn.run(
-            create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
-            lifespan="on", ws_max_size=64 * 1024,
-        )
+        options = dict(host=args.host, port=args.port, log_level=args.log_level, lifespan="on", ws_max_size=64 * 1024)
+        if args.workers == 1:
+            uvicorn.run(create_app(settings), **options)
+        else:
+            if settings.use_ray and not settings.ray_address:
+                release_ray = _start_shared_ray()
+            os.environ["HEXDISPATCH_MIGRATE_ON_START"] = "0"  # done above, once
+            uvicorn.run("server.app:create_app", factory=True, workers=args.workers, **options)
     finally:
+        if release_ray is not None:
+            release_ray()
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+def _start_shared_ray():
+    """Start a local Ray here and point the worker processes at it (``RAY_ADDRESS``); return its stop."""
+    import ray
+
+    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    logging.getLogger("hexdispatch.serve").info("local Ray at %s shared by the workers", os.environ["RAY_ADDRESS"])
+    return ray.shutdown

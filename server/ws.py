@@ -25,8 +25,8 @@ from server.store import orders as order_store
 
 log = logging.getLogger("hexdispatch.ws")
 
+#: GPS frames per socket; other frames and connections are limited per principal (``server.ratelimit``).
 GPS_RATE, GPS_BURST = 2.0, 10.0
-OTHER_RATE, OTHER_BURST = 5.0, 20.0
 CLOSE_SERVER_OVERLOADED = 1013  # "try again later": the client reconnects and resumes
 
 
@@ -38,12 +38,14 @@ def _principal(websocket: WebSocket, role: Role) -> Principal:
 class Connection:
     """One accepted socket: its format (msgpack or JSON), outbox, limits and writer task."""
 
-    def __init__(self, websocket: WebSocket, max_backlog: int):
+    def __init__(self, websocket: WebSocket, max_backlog: int, principal: Principal):
         self.websocket = websocket
         self.binary = True
         self.outbox = Outbox(max_backlog)
         self.gps_bucket = p.TokenBucket(GPS_RATE, GPS_BURST)
-        self.other_bucket = p.TokenBucket(OTHER_RATE, OTHER_BURST)
+        self.limiter = websocket.app.state.rate_limiter
+        self.message_limit = websocket.app.state.settings.rate_limits.ws_message
+        self.message_key = f"ws-message:{principal.role.value}:{principal.sub}"
         self.abuse = p.AbuseMeter()
         self.writer: asyncio.Task | None = None
 
@@ -85,8 +87,11 @@ class Connection:
                     await self.close_for_abuse()
                     return
                 continue
-            bucket = self.gps_bucket if isinstance(message, p.Gps) else self.other_bucket
-            if not bucket.allow(time.monotonic()):
+            if isinstance(message, p.Gps):
+                allowed = self.gps_bucket.allow(time.monotonic())
+            else:
+                allowed = await self.limiter.allow(self.message_key, self.message_limit)
+            if not allowed:
                 if self.error("rate_limited", f"too many {message.type} messages; slow down"):
                     await self.close_for_abuse()
                     return
@@ -113,16 +118,19 @@ async def _serve(websocket: WebSocket, role: Role, handle) -> None:
     if gateway is None:
         await websocket.close(1011, "live dispatch is not running on this server")
         return
+    limits = websocket.app.state.settings.rate_limits
+    if not await websocket.app.state.rate_limiter.allow(f"ws-connect:{role.value}:{principal.sub}", limits.ws_connect):
+        await websocket.close(p.CLOSE_POLICY_VIOLATION, "reconnecting too fast; back off")
+        return
     await websocket.accept()
-    conn = Connection(websocket, gateway.params.max_backlog)
+    conn = Connection(websocket, gateway.params.max_backlog, principal)
     conn.writer = asyncio.get_running_loop().create_task(conn.write_loop())
     try:
         await handle(websocket, gateway, principal, conn)
     except WebSocketDisconnect:
         pass
     finally:
-        conn.outbox.closed = True
-        conn.outbox.wakeup.set()
+        conn.outbox.close()
         conn.writer.cancel()
 
 

@@ -31,6 +31,9 @@ def request_fingerprint(order: OrderIn) -> str:
 
 async def place_order(request: Request) -> JSONResponse:
     principal = caller(request, Role.CUSTOMER)
+    limit = request.app.state.settings.rate_limits.order_placement
+    if not await request.app.state.rate_limiter.allow(f"order-placement:{principal.sub}", limit):
+        raise ApiError(429, "rate_limited", f"at most {limit.rate:g} orders per second (bursts of {limit.burst:g}); retry later")
     key = request.headers.get("idempotency-key", "").strip()
     if not key:
         raise ApiError(400, "idempotency_key_required", "POST /v1/orders needs an Idempotency-Key header")

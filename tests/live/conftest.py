@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import uvicorn
 
 from dispatch.cell import CellParams
+from clients.http import wait_until_healthy
 from server.app import create_app
 from server.gateway import GatewayParams
 from tests.conftest import token
 
 LIVE_PARAMS = GatewayParams(
     gps_flush_s=0.05, poll_timeout_s=2.0, cell_tick_s=0.1,
-    cell=CellParams(offer_ttl_s=3.0, heartbeat_ttl_s=4.0, borrow_after_s=1.0),
+    # Short enough to keep the suite quick, long enough for a loaded 2-core CI machine.
+    cell=CellParams(offer_ttl_s=5.0, heartbeat_ttl_s=8.0, borrow_after_s=1.0),
 )
 
 
@@ -25,7 +32,7 @@ def ray_local():
     """One local Ray for the whole test session."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace="hexdispatch-tests")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace="hexdispatch-tests")
     yield ray
     ray.shutdown()
 
@@ -59,7 +66,8 @@ class LiveServer:
 
 
 @pytest.fixture(scope="session")
-async def live(settings, ray_local):
+async def live(settings, ray_local, pool):
+    """The in-process live server (the ``pool`` fixture has migrated the session database)."""
     server = LiveServer(settings.with_(use_ray=True, migrate_on_start=False, gateway=LIVE_PARAMS))
     await server.start()
     yield server
@@ -74,3 +82,54 @@ def spot():
 
 def tokens(role: str, sub: str) -> str:
     return token(role, sub)
+
+
+HEXDISPATCH = Path(sys.executable).with_name("hexdispatch")
+
+
+class ServerProcess:
+    """``hexdispatch serve`` in its own process, sharing this session's database, Ray and secret."""
+
+    def __init__(self, settings, tmp_path: Path, *extra_args: str, env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp_path / f"serve-{self.port}.log"
+        environment = {
+            **os.environ,
+            "DATABASE_URL": settings.database_url,
+            "HEXDISPATCH_JWT_SECRET": settings.jwt_secret,
+            "HEXDISPATCH_HOME": str(tmp_path / "home"),
+            **(env or {}),
+        }
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [str(HEXDISPATCH), "serve", "--port", str(self.port), "--log-level", "warning", *extra_args],
+                cwd=tmp_path, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    def wait_healthy(self, timeout_s: float = 120.0) -> None:
+        try:
+            wait_until_healthy(self.url, self.process, timeout_s)
+        except Exception as exc:
+            raise RuntimeError(f"{exc}\n--- server log ---\n{self.log.read_text()[-4000:]}") from exc
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def redis_url() -> str:
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        pytest.skip("several front doors need Redis: set REDIS_URL")
+    return url
+
+
+def session_ray_address(ray_local) -> str:
+    """The GCS address of this session's Ray, for server processes to join."""
+    return ray_local.get_runtime_context().gcs_address

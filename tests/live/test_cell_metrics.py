@@ -1,0 +1,69 @@
+"""Cell load reaches operators: Ray's metrics endpoint (the dashboard's source) and the admin API."""
+
+import asyncio
+import re
+import urllib.request
+import uuid
+
+import httpx
+
+from actors.cell import cell_of_point
+from actors.metrics import METRICS
+from clients.driver import DriverClient
+from clients.http import ApiClient
+from tests.conftest import token
+from tests.live.test_end_to_end import setup_restaurant
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        return reply.read().decode()
+
+
+def samples(text: str, name: str, cell: str) -> list[tuple[str, float]]:
+    """(labels, value) of every sample of ``ray_<name>`` tagged with ``cell``."""
+    pattern = re.compile(rf'^ray_{name}\{{(?P<labels>[^}}]*)\}} (?P<value>\S+)$', re.M)
+    return [(m["labels"], float(m["value"])) for m in pattern.finditer(text) if f'cell="{cell}"' in m["labels"]]
+
+
+async def test_cell_figures_are_exported_to_ray_metrics_and_the_admin_api(live, spot, ray_local):
+    owner, rest, [item] = await setup_restaurant(live, spot)
+    cell = cell_of_point(*spot, live.app.state.settings.gateway.cell_res)
+    customer = ApiClient(live.url, token("customer", f"c-{uuid.uuid4().hex[:8]}"))
+    order = await customer.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
+    # One driver declines the order: the cell then holds one driver, one pending order and one offer made.
+    async with DriverClient(live.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) as driver:
+        await driver.gps(spot[0] + 0.001, spot[1])
+        offer = await driver.next("offer", timeout_s=15)
+        await driver.decline(offer["offer_id"])
+        for _ in range(6):
+            await driver.gps(spot[0] + 0.001, spot[1])
+            await asyncio.sleep(0.3)
+
+        async with httpx.AsyncClient() as client:
+            reply = await client.get(f"{live.url}/v1/admin/cells",
+                                     headers={"authorization": f"Bearer {token('admin', 'ops')}"})
+        assert reply.status_code == 200, reply.text
+        mine = [c for c in reply.json()["cells"] if c["cell"] == cell]
+        assert len(mine) == 1
+        load = mine[0]
+        assert load["node_id"] and load["offers"] >= 1 and load["gps_fixes"] >= 7 and load["ticks"] > 0
+        assert load["gps_lag_ms"]["p99"] >= load["gps_lag_ms"]["p50"] >= 0
+        assert sum(load["drivers"].values()) == 1
+
+        port = ray_local.nodes()[0]["MetricsExportPort"]
+        exported: dict[str, list] = {}
+        for _ in range(60):  # the node's metrics agent publishes every few seconds
+            text = await asyncio.to_thread(scrape, port)
+            exported = {name: samples(text, name, cell) for name in METRICS}
+            if all(exported.values()):
+                break
+            await asyncio.sleep(1)
+    assert all(exported.values()), {name: bool(v) for name, v in exported.items()}
+    drivers = {re.search(r'status="(\w+)"', labels)[1]: value for labels, value in exported["hexdispatch_cell_drivers"]}
+    assert sum(drivers.values()) == 1.0
+    assert exported["hexdispatch_cell_gps_per_s"][0][1] >= 0.0
+    await customer.cancel(order["id"])
+    async with httpx.AsyncClient() as client:
+        denied = await client.get(f"{live.url}/v1/admin/cells", headers={"authorization": f"Bearer {token('customer', 'c')}"})
+    assert denied.status_code == 403 and denied.json()["error"]["code"]

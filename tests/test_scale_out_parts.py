@@ -1,0 +1,99 @@
+"""The pieces several front doors share: the broker and the rate limiter, against a real Redis."""
+
+import asyncio
+import os
+import uuid
+
+import pytest
+
+from server.broker import LocalBroker, RedisBroker
+from server.ratelimit import Limit, LocalRateLimiter, RedisRateLimiter
+
+
+@pytest.fixture
+async def redis_clients():
+    """Two independent Redis clients (as two processes would have), or a skip without Redis."""
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        pytest.skip("needs REDIS_URL")
+    import redis.asyncio as aioredis
+
+    clients = [aioredis.from_url(url), aioredis.from_url(url)]
+    yield clients
+    for client in clients:
+        await client.aclose()
+
+
+def test_local_limiter_allows_a_burst_then_the_rate():
+    limiter, limit = LocalRateLimiter(), Limit(rate=2.0, burst=3.0)
+    assert [limiter.allow_now("k", limit, 0.0) for _ in range(4)] == [True, True, True, False]
+    assert limiter.allow_now("k", limit, 0.5) and not limiter.allow_now("k", limit, 0.5)
+    assert limiter.allow_now("other", limit, 0.5), "keys are independent"
+
+
+async def test_redis_limit_is_shared_by_two_processes(redis_clients):
+    prefix = f"test-{uuid.uuid4().hex}:"
+    first, second = (RedisRateLimiter(client, prefix) for client in redis_clients)
+    limit = Limit(rate=0.5, burst=4.0)
+    results = [await (first if i % 2 else second).allow("customer-1", limit) for i in range(8)]
+    assert results == [True] * 4 + [False] * 4
+    assert await first.allow("customer-2", limit)
+    await asyncio.sleep(2.1)  # one token at 0.5/s
+    assert await second.allow("customer-1", limit)
+    assert not await first.allow("customer-1", limit)
+
+
+async def test_redis_limiter_falls_back_to_local_limits_when_redis_is_away():
+    import redis.asyncio as aioredis
+
+    dead = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    limiter = RedisRateLimiter(dead, "test:")
+    limit = Limit(rate=0.1, burst=2.0)
+    assert [await limiter.allow("k", limit) for _ in range(3)] == [True, True, False]
+    await dead.aclose()
+
+
+def test_local_broker_delivers_to_the_subscribed_channel_only():
+    broker, seen = LocalBroker(), []
+    broker.subscribe("order:1", seen.append)
+    broker.publish("order:1", {"n": 1})
+    broker.publish("order:2", {"n": 2})
+    broker.unsubscribe("order:1")
+    broker.publish("order:1", {"n": 3})
+    assert seen == [{"n": 1}]
+
+
+async def wait_for(predicate, timeout_s=5.0):
+    for _ in range(int(timeout_s / 0.02)):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+async def test_redis_broker_carries_messages_between_processes(redis_clients):
+    prefix = f"test-{uuid.uuid4().hex}:"
+    here, there = (RedisBroker(client, prefix) for client in redis_clients)
+    await here.start()
+    await there.start()
+    try:
+        received, sessions = [], []
+        there.subscribe("order:7", received.append)
+        there.subscribe("sessions", sessions.append)
+        await wait_for(lambda: there.stats["round_trips"] == 0 and not there._subscribe)
+        await asyncio.sleep(0.1)  # the SUBSCRIBE reaches Redis
+        for n in range(50):
+            here.publish("order:7", {"n": n})
+        here.publish("order:8", {"n": "not followed"})
+        here.publish("sessions", {"driver_id": "d1"})
+        await wait_for(lambda: len(received) == 50 and sessions)
+        assert [m["n"] for m in received] == list(range(50)), "in order, none lost"
+        assert here.stats["round_trips"] < 50, "publishes are pipelined"
+        there.unsubscribe("order:7")
+        await asyncio.sleep(0.2)
+        here.publish("order:7", {"n": "late"})
+        await asyncio.sleep(0.3)
+        assert len(received) == 50
+    finally:
+        await here.stop()
+        await there.stop()
