@@ -149,7 +149,8 @@ class CellActor:
             if self.started is None:
                 from server.db import create_pool
 
-                self.pool = await create_pool(self.dsn, min_size=1, max_size=4)
+                # A metro runs tens of cells against one Postgres: a quiet cell gives its connections back.
+                self.pool = await create_pool(self.dsn, min_size=0, max_size=3, idle_close_s=10.0)
                 await self._rebuild(time.time())
                 self.started = asyncio.get_running_loop().create_task(self._run())
 

@@ -3,8 +3,10 @@
 Loads a synthetic metro (default 150,000 restaurants x 50 menu items around
 Chicago, skewed towards downtown; see ``bench.catalog_metro``) into a fresh
 database migrated by the project's own migrations, starts the real server
-(uvicorn on ``server.app.create_app``, Ray off) in its own process, and drives
-it from separate load-generator processes (``bench.catalog_load``):
+(uvicorn on ``server.app.create_app``, Ray off; by default two processes, one
+per core, each on its own port with an equal share of the connections) and
+drives it over loopback from a separate load generator (``bench.catalog_load``:
+wrk when installed, else aiohttp processes; closed loop, raw latencies):
 
 * nearby search   ``GET /v1/restaurants/nearby`` (3 km, 20 per page)
 * menu + status   ``GET /v1/restaurants/{id}/menu``
@@ -16,7 +18,8 @@ SQL both ways on the same data (the API's H3-range query via
 ``server.store.catalog.nearby`` vs ``ST_DWithin``), same points, same concurrency.
 
 Usage: ``python -m bench.catalog [--restaurants N --items N --duration S --concurrency C
---database-url URL --json FILE --out DIR --keep]``
+--server-workers N --server-mode ports|shared --load-generator auto|wrk|aiohttp
+--database-url URL --json FILE --out DIR --keep --reuse-database NAME]``
 """
 
 from __future__ import annotations
@@ -45,8 +48,9 @@ import orjson
 from tqdm import tqdm
 
 from bench import catalog_metro as metro
+from bench.plots import save
 from clients.http import wait_until_healthy
-from bench.catalog_load import SQL_VARIANTS, LoadJob, LoadResult, h3_nearby, run_job
+from bench.catalog_load import SQL_VARIANTS, LoadJob, LoadResult, h3_nearby, run_job, run_wrk, wrk_path, wrk_seconds
 from server import db
 from server.auth import Role, mint_token
 from server.config import Settings
@@ -295,28 +299,57 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(dsn: str, jwt_secret: str, workers: int) -> Iterator[tuple[str, list[int]]]:
-    """uvicorn serving :func:`create_bench_app` on loopback; yields (base URL, server pids)."""
-    port = free_port()
+def running_server(dsn: str, jwt_secret: str, workers: int, mode: str = "ports") -> Iterator[tuple[list[str], list[int]]]:
+    """``workers`` uvicorn processes serving :func:`create_bench_app` on loopback; yields (base URLs, pids).
+
+    ``mode="ports"``: one process per port, and the load generators give each
+    port an equal share of the connections (what a connection-balancing proxy
+    in front of them does). ``mode="shared"``: ``uvicorn --workers`` on one
+    socket, where the kernel hands each new connection to whichever worker
+    accepts first (with a few long-lived connections, often unevenly).
+    """
     env = {**os.environ, "DATABASE_URL": dsn, "HEXDISPATCH_JWT_SECRET": jwt_secret, "PYTHONPATH": str(REPO)}
     env.pop("REDIS_URL", None)
-    command = [
-        sys.executable, "-m", "uvicorn", "bench.catalog:create_bench_app", "--factory",
-        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-        "--log-level", "warning", "--no-access-log",
-    ]
-    process = subprocess.Popen(command, env=env, cwd=REPO)
+    ports = [free_port() for _ in range(workers if mode == "ports" else 1)]
+    per_port = 1 if mode == "ports" else workers
+    processes = []
     try:
-        base_url = f"http://127.0.0.1:{port}"
-        wait_until_healthy(base_url, process)
-        yield base_url, server_pids(process.pid)
+        for port in ports:
+            command = [
+                sys.executable, "-m", "uvicorn", "bench.catalog:create_bench_app", "--factory",
+                "--host", "127.0.0.1", "--port", str(port), "--workers", str(per_port),
+                "--log-level", "warning", "--no-access-log",
+            ]
+            processes.append(subprocess.Popen(command, env=env, cwd=REPO))
+        base_urls = [f"http://127.0.0.1:{port}" for port in ports]
+        for base_url, process in zip(base_urls, processes):
+            wait_until_healthy(base_url, process)
+        pids = [pid for process in processes for pid in server_pids(process.pid)]
+        wait_until_settled(pids)
+        yield base_urls, pids
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_until_settled(pids: list[int], timeout_s: float = 60.0, busy_share: float = 0.1) -> None:
+    """Wait until every server process is idle (each worker loads its catalog replica before serving)."""
+    import psutil
+
+    processes = [psutil.Process(pid) for pid in pids]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        before = [p.cpu_times() for p in processes]
+        time.sleep(0.5)
+        busy = [(a.user + a.system, b.user + b.system) for a, b in zip(before, (p.cpu_times() for p in processes))]
+        if all(after - start < busy_share * 0.5 for start, after in busy):
+            return
 
 
 def server_pids(parent: int) -> list[int]:
@@ -432,6 +465,23 @@ class PhaseResult:
         return data
 
 
+def run_http_phase(args, name: str, template: dict) -> PhaseResult:
+    """One HTTP phase on wrk when it is the chosen generator, else on spawned aiohttp processes."""
+    if args.load_generator == "wrk":
+        job = LoadJob(**{**template, "target": template["target"].split(",")[0], "worker_index": 0})
+        loadavg_before = os.getloadavg()
+        span = round(wrk_seconds(job.warmup_s) * (job.warmup_s > 0) + wrk_seconds(job.duration_s), 1)
+        started = time.monotonic()
+        with tqdm(total=span, desc=name, unit="s", bar_format="{l_bar}{bar}| {n:.1f}/{total} s") as bar:
+            def tick() -> None:
+                bar.n = min(span, round(time.monotonic() - started, 1))
+                bar.refresh()
+
+            outcome = run_wrk(job, template["target"].split(","), on_tick=tick)
+        return merge_results(name, [job], [outcome], loadavg_before, os.getloadavg())
+    return run_phase(name, split_jobs(template, template["concurrency"], args.load_processes))
+
+
 def run_phase(name: str, jobs: list[LoadJob]) -> PhaseResult:
     """Run the jobs in one spawned process each, with a progress bar; merge their results."""
     context = multiprocessing.get_context("spawn")
@@ -502,6 +552,7 @@ def split_jobs(template: dict, concurrency: int, processes: int) -> list[LoadJob
 
 
 def run_order_phases(args, dsn: str, base_url: str, tokens: list[str], bodies: list[tuple]) -> dict:
+    """``base_url``: the server's base URLs, comma-separated."""
     """A short sweep over concurrencies, then a sustained run at the best one; counts checked in the database."""
     tag = secrets.token_hex(3)
     sweep = []
@@ -511,7 +562,7 @@ def run_order_phases(args, dsn: str, base_url: str, tokens: list[str], bodies: l
         template = dict(phase=f"orders sweep c={concurrency}", worker_index=0, concurrency=concurrency,
                         warmup_s=min(0.5, args.warmup), duration_s=step_s, requests=bodies, target=base_url, tokens=tokens,
                         key_prefix=prefix, expected_status=201)
-        result = run_phase(template["phase"], split_jobs(template, concurrency, args.load_processes))
+        result = run_http_phase(args, template["phase"], template)
         result.extra["committed"] = committed_orders(dsn, prefix)
         sweep.append(result)
     best = best_order_concurrency(sweep)
@@ -519,11 +570,14 @@ def run_order_phases(args, dsn: str, base_url: str, tokens: list[str], bodies: l
     template = dict(phase=f"orders sustained c={best}", worker_index=0, concurrency=best,
                     warmup_s=args.warmup, duration_s=args.duration, requests=bodies, target=base_url,
                     tokens=tokens, key_prefix=prefix, expected_status=201)
-    sustained = run_phase("orders", split_jobs(template, best, args.load_processes))
+    sustained = run_http_phase(args, "orders", template)
     sustained.extra["committed"] = committed_orders(dsn, prefix)
     measured = sustained.extra["committed"]["measured"]
     sustained.extra["committed_per_s"] = measured / sustained.duration_s if sustained.duration_s else 0.0
-    sustained.extra["count_matches"] = measured == sustained.ok
+    # wrk stops without reading the responses still in flight: up to ``best`` orders commit unacknowledged.
+    in_flight = best if args.load_generator == "wrk" else 0
+    sustained.extra["unacknowledged"] = measured - sustained.ok
+    sustained.extra["count_matches"] = 0 <= measured - sustained.ok <= in_flight
     return {"sweep": sweep, "sustained": sustained, "chosen_concurrency": best}
 
 
@@ -665,9 +719,13 @@ def environment(args, where: str, server_workers: int) -> dict:
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
         "postgres": where,
-        "server": f"uvicorn (uvloop/httptools), {server_workers} worker process(es), Ray off, "
-                  f"asyncpg pool max {Settings().db_pool_max} per process, loopback",
-        "load_generators": f"{args.load_processes} spawned process(es) (aiohttp / asyncpg), closed loop",
+        "server": f"uvicorn (uvloop/httptools), {server_workers} worker process(es) "
+                  + ("on their own ports, connections spread evenly" if args.server_mode == "ports"
+                     else "sharing one socket (uvicorn --workers)")
+                  + f", Ray off, asyncpg pool max {Settings().db_pool_max} per process, loopback",
+        "load_generators": ("wrk (one thread per server port), closed loop" if args.load_generator == "wrk"
+                            else f"{args.load_processes} spawned process(es) (aiohttp)")
+                           + f"; SQL comparison: {args.load_processes} spawned asyncpg process(es), closed loop",
         "loadavg_at_start": os.getloadavg(),
     }
 
@@ -699,7 +757,8 @@ def markdown_report(figures: dict) -> str:
     lines += [
         "",
         f"Orders committed in the measured window (counted in the database): {committed['measured']:,} "
-        f"= {orders['extra']['committed_per_s']:.0f}/s; matches the client's 201 count: "
+        f"= {orders['extra']['committed_per_s']:.0f}/s; the client saw {orders['ok']:,} acknowledged "
+        f"({orders['extra']['unacknowledged']} still in flight when the load stopped); consistent: "
         f"{orders['extra']['count_matches']}; every order has its 'placed' event: "
         f"{committed['with_event'] == committed['total']}.",
         "",
@@ -786,11 +845,7 @@ def plot_latencies(phases: dict[str, PhaseResult], out: Path) -> list[str]:
                      f"{result.throughput_per_s:,.0f}/s at concurrency {result.concurrency}", fontsize=9)
         ax.set_xlabel("latency (ms, log scale)")
         ax.set_ylabel("requests")
-        fig.tight_layout()
-        path = out / f"catalog_{key}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(str(path))
+        written.append(save(fig, out / f"catalog_{key}.png"))
     return written
 
 
@@ -810,8 +865,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"),
                         help="a Postgres where the bench may create a database (default $DATABASE_URL, "
                              "else an embedded Postgres in a temporary directory)")
-    parser.add_argument("--server-workers", type=int, default=1, help="uvicorn worker processes")
-    parser.add_argument("--load-processes", type=int, default=1, help="load-generator processes")
+    parser.add_argument("--server-workers", type=int, default=2, help="server processes")
+    parser.add_argument("--server-mode", choices=("ports", "shared"), default="ports",
+                        help="ports: one process per port, connections spread evenly by the load generator; "
+                             "shared: uvicorn --workers on one socket")
+    parser.add_argument("--load-generator", choices=("auto", "wrk", "aiohttp"), default="auto",
+                        help="HTTP load generator (auto: wrk when installed, else aiohttp)")
+    parser.add_argument("--load-processes", type=int, default=1, help="aiohttp / asyncpg load-generator processes")
     parser.add_argument("--loader-processes", type=int, default=os.cpu_count() or 2, help="bulk-load processes")
     parser.add_argument("--agreement-points", type=int, default=100,
                         help="points where H3 and PostGIS results are compared row by row")
@@ -823,6 +883,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--reuse-database", metavar="NAME", default=None,
                         help="measure an already loaded database kept by --keep (no load, not dropped)")
     args = parser.parse_args(argv)
+    if args.load_generator == "auto":
+        args.load_generator = "wrk" if wrk_path() else "aiohttp"
+    elif args.load_generator == "wrk" and not wrk_path():
+        parser.error("wrk is not installed (apt-get install wrk)")
     if args.warmup is None:
         args.warmup = min(2.0, max(0.5, args.duration / 10))
     return args
@@ -858,15 +922,16 @@ def run_http_phases(args, dsn: str, catalog: Catalog, points, figures: dict) -> 
     tokens = customer_tokens(secret, 1000)
     bodies = order_requests(dsn, catalog, args.seed + 2, 20_000)
     phases: dict[str, PhaseResult] = {}
-    with running_server(dsn, secret, args.server_workers) as (base_url, pids):
+    with running_server(dsn, secret, args.server_workers, args.server_mode) as (base_urls, pids):
         figures["environment"]["server_pids"] = pids
+        base_url = ",".join(base_urls)
         common = dict(worker_index=0, warmup_s=args.warmup, duration_s=args.duration, target=base_url,
                       tokens=tokens, concurrency=args.concurrency)
         workloads = {"nearby": nearby_requests(points, args.radius, args.limit),
                      "menu": menu_requests(catalog, args.seed + 3, 20_000)}
         for name, requests in workloads.items():
             template = dict(common, phase=name, requests=requests)
-            phases[name] = run_phase(name, split_jobs(template, args.concurrency, args.load_processes))
+            phases[name] = run_http_phase(args, name, template)
         orders = run_order_phases(args, dsn, base_url, tokens, bodies)
     phases["orders"] = orders["sustained"]
     figures["order_sweep"] = [r.summary() for r in orders["sweep"]]

@@ -1,20 +1,35 @@
-"""Load generators for ``bench.catalog``: closed-loop clients in their own processes.
+"""Load generators for ``bench.catalog``: closed-loop clients outside the server's processes.
 
-Each :class:`LoadJob` runs in a separate (spawned) process, so the clients
-never share a CPU-bound event loop with the server they measure. A job keeps
-``concurrency`` requests in flight for ``warmup_s + duration_s`` seconds, over
-HTTP (aiohttp, keep-alive, loopback) or straight SQL (asyncpg), and returns
-the latencies of the requests started after the warm-up.
+HTTP phases run on ``wrk`` (C, epoll; :func:`run_wrk`) when it is installed:
+the load generator shares the machine's CPUs with the server and Postgres, and
+wrk spends a small fraction of what a Python client does per request. Without
+wrk, and for the SQL comparison, each :class:`LoadJob` runs in a separate
+(spawned) Python process (aiohttp or asyncpg). Either way a job keeps
+``concurrency`` requests in flight (keep-alive, loopback) for ``warmup_s +
+duration_s`` seconds and returns the latencies of the measured requests.
+Several server processes each get an equal share of the connections (wrk: one
+thread per server port; aiohttp: clients take the targets in turn).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import math
+import os
+import shutil
+import subprocess
+import tempfile
 import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import orjson
 
 from server.store import catalog
 
@@ -52,7 +67,8 @@ class LoadJob:
     duration_s: float
     #: HTTP: (method, path, JSON body bytes or None); SQL: (lat, lng).
     requests: list
-    #: HTTP target ("http://127.0.0.1:port") or, for SQL jobs, a Postgres DSN.
+    #: HTTP targets ("http://127.0.0.1:port", comma-separated when several server processes
+    #: listen on their own ports: clients take them in turn) or, for SQL jobs, a Postgres DSN.
     target: str
     #: ``"http"`` or one of :data:`SQL_VARIANTS`.
     kind: str = "http"
@@ -139,11 +155,16 @@ async def _run_http(job: LoadJob, progress) -> LoadResult:
     import aiohttp
 
     clock = _Clock(job)
-    connector = aiohttp.TCPConnector(limit=job.concurrency, ttl_dns_cache=None)
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(job.target, connector=connector, timeout=timeout) as session:
+    targets = job.target.split(",")
+    async with contextlib.AsyncExitStack() as stack:
+        sessions = [
+            await stack.enter_async_context(aiohttp.ClientSession(
+                target, connector=aiohttp.TCPConnector(limit=job.concurrency, ttl_dns_cache=None), timeout=timeout))
+            for target in targets
+        ]
 
-        async def client() -> None:
+        async def client(session) -> None:
             while (started := time.perf_counter()) < clock.stop_at:
                 n = next(clock.sequence)
                 method, path, body = job.requests[n % len(job.requests)]
@@ -163,7 +184,7 @@ async def _run_http(job: LoadJob, progress) -> LoadResult:
                     clock.errors.append(f"{method} {path} -> {status}: {payload[:300].decode(errors='replace')}")
                 clock.record(started, ok, status, progress)
 
-        await asyncio.gather(*(client() for _ in range(job.concurrency)))
+        await asyncio.gather(*(client(sessions[i % len(sessions)]) for i in range(job.concurrency)))
     return clock.result()
 
 
@@ -206,3 +227,99 @@ async def h3_nearby(conn, lat: float, lng: float, radius_m: float, limit: int):
         conn, lat=lat, lng=lng, radius_m=radius_m, cuisine=None, name_contains=None, open_now=False,
         after=None, limit=limit,
     )
+
+
+# --------------------------------------------------------------------------- wrk
+
+#: The Lua script driving wrk (varied requests and tokens, one server port per thread, histogram out).
+WRK_SCRIPT = Path(__file__).with_name("catalog_wrk.lua")
+
+
+def wrk_path() -> str | None:
+    """The ``wrk`` executable, when installed (``apt-get install wrk``)."""
+    return shutil.which("wrk")
+
+
+def wrk_seconds(seconds: float) -> int:
+    """wrk takes whole seconds only."""
+    return max(1, math.ceil(seconds - 1e-9))
+
+
+def run_wrk(job: LoadJob, targets: list[str], on_tick=None) -> LoadResult:
+    """Run ``job`` with wrk (C, epoll): one thread per target, ``job.concurrency`` connections in all.
+
+    A warm-up run (its own Idempotency-Keys, ``-w-``) precedes the measured
+    run (``-m-``). Responses with a status below 400 count as ok (wrk does not
+    tell 200 from 201; order placements are counted in the database instead).
+    """
+    ports = [urlsplit(t).port for t in targets]
+    threads = max(1, min(len(ports), job.concurrency))
+    with tempfile.TemporaryDirectory(prefix="hexdispatch-wrk-") as tmp:
+        tmp_dir = Path(tmp)
+        requests_file, tokens_file = tmp_dir / "requests.tsv", tmp_dir / "tokens.txt"
+        with requests_file.open("w") as fh:
+            for method, path, body in job.requests:
+                fh.write(f"{method}\t{path}\t{body.decode() if body else ''}\n")
+        tokens_file.write_text("\n".join(job.tokens or ["none"]) + "\n")
+        runs = {}
+        for stage, seconds in (("w", job.warmup_s), ("m", job.duration_s)):
+            if stage == "w" and seconds <= 0:
+                continue
+            out = tmp_dir / f"{stage}.json"
+            env = {**os.environ, "HEXDISPATCH_WRK_REQUESTS": str(requests_file), "HEXDISPATCH_WRK_TOKENS": str(tokens_file),
+                   "HEXDISPATCH_WRK_PORTS": ",".join(str(p) for p in ports), "HEXDISPATCH_WRK_OUT": str(out),
+                   "HEXDISPATCH_WRK_KEY": f"{job.key_prefix}-{stage}", "HEXDISPATCH_WRK_THREADS": str(threads)}
+            command = [wrk_path(), f"-t{threads}", f"-c{job.concurrency}", f"-d{wrk_seconds(seconds)}s",
+                       "--timeout", "30s", "-s", str(WRK_SCRIPT), targets[0]]
+            process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            while process.poll() is None:
+                time.sleep(0.25)
+                if on_tick is not None:
+                    on_tick()
+            output = process.stdout.read()
+            if process.returncode != 0 or not out.exists():
+                raise RuntimeError(f"wrk failed ({process.returncode}):\n{output[-2000:]}")
+            runs[stage] = orjson.loads(out.read_bytes())
+    measured = runs["m"]
+    values, counts = uncorrected_latencies(measured, job.concurrency)
+    values = values / 1000.0
+    errors = measured["errors"]
+    failed = errors["status"]
+    statuses = {"<400": measured["requests"] - failed}
+    statuses.update({f"error_{k}": v for k, v in errors.items() if v and k != "status"})
+    if failed:
+        statuses[">=400"] = failed
+    warm = runs.get("w")
+    return LoadResult(
+        phase=job.phase, worker_index=0, latencies_ms=np.repeat(values, counts).tolist(),
+        window_s=measured["duration_us"] / 1e6, ok=measured["requests"] - failed, statuses=statuses,
+        error_samples=[f"{k}: {v}" for k, v in errors.items() if v][:5],
+        warmup_ok=(warm["requests"] - warm["errors"]["status"]) if warm else 0,
+    )
+
+
+def uncorrected_latencies(run: dict, connections: int) -> tuple[np.ndarray, np.ndarray]:
+    """(latency µs, count) of the responses wrk measured, without its coordinated-omission correction.
+
+    Before ``done()``, wrk adds to its histogram, for every sample ``n >= 2I``,
+    synthetic samples at ``n - I, n - 2I, ...`` (while above ``I``), where
+    ``I = duration_us // (requests // connections)``, as if the load were an
+    open loop at the measured rate. This bench is a closed loop (like its
+    aiohttp generator), so the raw histogram is recovered: for ``n > I``,
+    ``raw[n] = corrected[n] - corrected[n + I]``.
+    """
+    pairs = np.array(run["latency_us"], dtype=np.int64).reshape(-1, 2)
+    if not len(pairs):
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    per_connection = run["requests"] // max(1, connections)
+    corrected = np.zeros(int(pairs[:, 0].max()) + 1, dtype=np.int64)
+    corrected[pairs[:, 0]] = pairs[:, 1]
+    if per_connection > 0:
+        interval = run["duration_us"] // per_connection
+        raw = corrected.copy()
+        if 0 < interval < len(corrected):
+            raw[interval + 1:len(corrected) - interval] -= corrected[2 * interval + 1:]
+    else:
+        raw = corrected
+    values = np.flatnonzero(raw > 0)
+    return values.astype(float), raw[values]

@@ -40,7 +40,8 @@ def load_instance(folder: Path) -> Instance:
 
 
 def _time(value: float) -> str:
-    return f"{value:g}"
+    """Whole minutes as integers; fractional ones (live replays) exactly, so files re-read equal."""
+    return f"{value:g}" if float(value).is_integer() else repr(float(value))
 
 
 def write_solution(solution: Solution, folder: Path, metrics: dict) -> None:

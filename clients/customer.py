@@ -29,9 +29,13 @@ class CustomerClient:
         return self
 
     async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self, graceful: bool = True) -> None:
+        """Hang up (``graceful=False``: drop the connection without the closing handshake)."""
         if self._reader is not None:
             self._reader.cancel()
-        await self.link.stop()
+        await self.link.stop(graceful)
 
     async def follow(self, order_id: int) -> None:
         """Receive this order's status events from the beginning, and its driver's position."""

@@ -25,7 +25,11 @@ class DriverClient:
         return self
 
     async def __aexit__(self, *exc) -> None:
-        await self.link.stop()
+        await self.close()
+
+    async def close(self, graceful: bool = True) -> None:
+        """Hang up (``graceful=False``: drop the connection without the closing handshake)."""
+        await self.link.stop(graceful)
 
     async def gps(self, lat: float, lng: float, heading: float | None = None, speed: float | None = None) -> None:
         self.seq += 1

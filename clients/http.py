@@ -84,3 +84,13 @@ def wait_until_healthy(base_url: str, process: subprocess.Popen | None = None, t
             pass
         time.sleep(0.2)
     raise RuntimeError("the server did not become healthy in time")
+
+
+def stop_process(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """Ask a server process to stop (SIGTERM); kill it if it has not exited within ``timeout_s``."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 log = logging.getLogger("hexdispatch.clients")
 
-FINAL_CLOSE_CODES = {1008}
+FINAL_CLOSE_CODES = {1008, 4000}  # policy violation; replaced by a newer socket of the same driver
 
 
 def ws_url(base_url: str, path: str, token: str) -> str:
@@ -50,11 +50,15 @@ class Link:
         self._task = asyncio.get_running_loop().create_task(self._run())
         await asyncio.wait_for(self.connected.wait(), timeout_s)
 
-    async def stop(self) -> None:
+    async def stop(self, graceful: bool = True) -> None:
+        """Close for good: with the closing handshake, or (``graceful=False``) by dropping the connection."""
         self._stopping = True
         if self._socket is not None:
             with contextlib.suppress(Exception):
-                await self._socket.close()
+                if graceful:
+                    await self._socket.close()
+                else:
+                    self._socket.transport.abort()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -84,7 +88,7 @@ class Link:
         backoff = self.min_backoff_s
         while not self._stopping:
             try:
-                async with connect(self.url, max_size=2**20, open_timeout=10) as socket:
+                async with connect(self.url, max_size=2**20, open_timeout=10, compression=None) as socket:
                     self._socket = socket
                     self.connections += 1
                     self.connected.set()

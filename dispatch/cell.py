@@ -26,11 +26,12 @@ import heapq
 import math
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 import numpy as np
 
-from dispatch.geo import haversine_m
-from dispatch.lifecycle import DriverEvent, DriverStatus, apply_driver
+from dispatch import kernels
+from dispatch.lifecycle import DISPATCHABLE, DriverEvent, DriverStatus, apply_driver
 from dispatch.matcher import Drivers, MatchParams, Orders, TravelModel, match
 
 
@@ -79,6 +80,21 @@ class LiveOrder:
     declined_by: set[str] = field(default_factory=set)
 
 
+class _Status:
+    """``LiveDriver.status``: a plain attribute that also tells the driver's :class:`DriverIndex` of each change."""
+
+    def __get__(self, driver, owner=None):
+        if driver is None:
+            return DriverStatus.IDLE  # the dataclass default
+        return driver.__dict__["status"]
+
+    def __set__(self, driver, status: DriverStatus) -> None:
+        driver.__dict__["status"] = status
+        index = driver.__dict__.get("_index")
+        if index is not None:
+            index.status_changed(driver)
+
+
 @dataclass
 class LiveDriver:
     id: str
@@ -86,11 +102,22 @@ class LiveDriver:
     lng: float
     last_seen: float
     capacity: int = 1
-    status: DriverStatus = DriverStatus.IDLE
+    status: DriverStatus = _Status()
     heading: float | None = None
     speed: float | None = None
     offer_id: str | None = None
     job_id: str | None = None
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the cell's spatial index behind."""
+        state = dict(self.__dict__)
+        state.pop("_index", None)
+        return state
+
+
+class NearbyDriver(NamedTuple):
+    driver: LiveDriver
+    distance_m: float
 
 
 @dataclass
@@ -107,6 +134,255 @@ class Job:
     driver_id: str
     order_ids: list[int]
     delivered: set[int] = field(default_factory=set)
+
+
+# The spatial index of a cell's drivers. ---------------------------------------
+
+
+class DriverIndex:
+    """Where a cell's drivers are and which are available, for nearest-driver queries.
+
+    Positions live in flat numpy arrays with one slot per driver (a departed
+    driver's slot is reused), and every slot is threaded into a doubly linked
+    list per bucket of a lat/lng grid, which :func:`dispatch.kernels.grid_nearest`
+    searches ring by ring. A GPS fix that stays in its bucket costs a few
+    array writes; one that crosses into another bucket, an O(1) unlink and
+    link. Drivers outside the grid sit in an overflow list that every query
+    scans.
+
+    The grid fits the drivers: it covers the 1st to 99th percentile of their
+    positions with a margin, in squares sized for about ``per_bucket``
+    drivers each (within ``min_bucket_m`` .. ``max_bucket_m``), so a query
+    reads a small, cache-friendly array and few empty buckets, in a dense
+    downtown cell as in a sparse suburban one. It is laid on the first driver
+    (``first_half_span_m`` each way) and laid again, in O(drivers), whenever
+    the number of drivers has doubled (or fallen to a quarter) since, or the
+    overflow list outgrows an eighth of them. Longitudes are stored as frame
+    values within 180 degrees of the grid's centre, so a cell on the
+    antimeridian works too.
+
+    :class:`CellCore` keeps it in step: positions and membership through
+    ``driver_seen``, ``restore_job`` and ``remove_driver`` (the only places
+    that move, add or drop a driver), availability through every assignment
+    of ``LiveDriver.status``, wherever it happens.
+    """
+
+    def __init__(self, per_bucket: float = 3.0, min_bucket_m: float = 20.0, max_bucket_m: float = 2_000.0,
+                 first_half_span_m: float = 4_000.0, max_buckets: int = 1 << 18):
+        self.per_bucket = per_bucket
+        self.min_bucket_m = min_bucket_m
+        self.max_bucket_m = max_bucket_m
+        self.first_half_span_m = first_half_span_m
+        self.max_buckets = max_buckets
+        self._slot_of: dict[str, int] = {}
+        self._drivers: list[LiveDriver | None] = []
+        self._bucket: list[int] = []  # the list a slot is linked into (-1: none)
+        self._prev: list[int] = []
+        self._free: list[int] = []
+        self.lat = np.zeros(0, np.float64)
+        self.lng = np.zeros(0, np.float64)  # frame longitudes
+        self.available = np.zeros(0, np.bool_)
+        self.next_slot = np.zeros(0, np.int64)
+        self.head = np.full(1, -1, np.int64)  # no grid yet: only the overflow list
+        self.n_lat = self.n_lng = 0
+        self.bucket_m = 0.0
+        self.origin_lat = self.origin_lng = self.centre_lng = 0.0
+        self.step_lat = self.step_lng = 1.0
+        self._overflow_bucket = 0
+        self._overflow = 0
+        self._rebuild_floor = 64
+        self._laid_for = 0  # drivers when the grid was last laid
+
+    def __len__(self) -> int:
+        return len(self._slot_of)
+
+    # Maintenance --------------------------------------------------------------
+
+    def place(self, driver: LiveDriver) -> None:
+        """Add ``driver``, or move it to its current position (a new object with a known id takes over)."""
+        slot = self._slot_of.get(driver.id)
+        if slot is None:
+            slot = self._take_slot()
+            self._slot_of[driver.id] = slot
+            grown = len(self._slot_of) >= max(256, 2 * self._laid_for)
+        else:
+            grown = False
+        if self._drivers[slot] is not driver:
+            previous = self._drivers[slot]
+            if previous is not None:
+                previous.__dict__.pop("_index", None)
+            self._drivers[slot] = driver
+            driver.__dict__["_index"] = self
+            self.available[slot] = driver.status in DISPATCHABLE
+        lat, lng = driver.lat, driver.lng
+        if self.n_lat == 0 and math.isfinite(lat) and math.isfinite(lng):
+            self._lay_grid(lat, lng, self.first_half_span_m, self.first_half_span_m)
+        lng = self._frame_lng(lng)
+        self.lat[slot] = lat
+        self.lng[slot] = lng
+        bucket = self._bucket_of(lat, lng)
+        if bucket != self._bucket[slot]:
+            self._unlink(slot)
+            self._link(slot, bucket)
+            if bucket == self._overflow_bucket and self._overflow > max(self._rebuild_floor, len(self._slot_of) // 8):
+                grown = True
+        if grown:
+            self._refit()
+
+    def discard(self, driver_id: str) -> None:
+        """Forget a driver (unknown ids are ignored)."""
+        slot = self._slot_of.pop(driver_id, None)
+        if slot is None:
+            return
+        self._unlink(slot)
+        driver = self._drivers[slot]
+        if driver is not None:
+            driver.__dict__.pop("_index", None)
+        self._drivers[slot] = None
+        self.available[slot] = False
+        self._free.append(slot)
+        if self._laid_for >= 1024 and 4 * len(self._slot_of) <= self._laid_for:
+            self._refit()
+
+    def status_changed(self, driver: LiveDriver) -> None:
+        """Re-read whether ``driver`` is available (called by ``LiveDriver.status``)."""
+        slot = self._slot_of.get(driver.id)
+        if slot is not None and self._drivers[slot] is driver:
+            self.available[slot] = driver.status in DISPATCHABLE
+
+    # Queries ------------------------------------------------------------------
+
+    def nearest(self, lat: float, lng: float, radius_m: float, k: int) -> list[NearbyDriver]:
+        """The ``k`` nearest available drivers within ``radius_m`` (inclusive), nearest first, ties by lower id."""
+        if k <= 0 or not self._slot_of or not (math.isfinite(lat) and math.isfinite(lng)) or not radius_m >= 0:
+            return []
+        slots, metres = kernels.grid_nearest(
+            float(lat), float(self._frame_lng(lng)), float(radius_m), int(k), self.lat, self.lng, self.available,
+            self.next_slot, self.head, self.n_lat, self.n_lng, self.origin_lat, self.origin_lng,
+            self.step_lat, self.step_lng)
+        drivers = self._drivers
+        hits = [NearbyDriver(drivers[s], m) for s, m in zip(slots.tolist(), metres.tolist())]
+        hits.sort(key=lambda hit: (hit.distance_m, hit.driver.id))  # the kernel returns every tie at the k-th
+        del hits[k:]
+        return hits
+
+    # Internals ----------------------------------------------------------------
+
+    def _frame_lng(self, lng: float) -> float:
+        if lng - self.centre_lng > 180.0:
+            return lng - 360.0
+        if lng - self.centre_lng < -180.0:
+            return lng + 360.0
+        return lng
+
+    def _bucket_of(self, lat: float, frame_lng: float) -> int:
+        i = (lat - self.origin_lat) / self.step_lat
+        j = (frame_lng - self.origin_lng) / self.step_lng
+        if 0.0 <= i < self.n_lat and 0.0 <= j < self.n_lng:  # False for NaN
+            return int(i) * self.n_lng + int(j)
+        return self._overflow_bucket
+
+    def _take_slot(self) -> int:
+        if self._free:
+            return self._free.pop()
+        slot = len(self._drivers)
+        if slot == self.lat.shape[0]:
+            size = max(64, 2 * slot)
+            self.lat = np.resize(self.lat, size)
+            self.lng = np.resize(self.lng, size)
+            self.available = np.resize(self.available, size)
+            self.available[slot:] = False
+            self.next_slot = np.resize(self.next_slot, size)
+        self._drivers.append(None)
+        self._bucket.append(-1)
+        self._prev.append(-1)
+        return slot
+
+    def _link(self, slot: int, bucket: int) -> None:
+        first = int(self.head[bucket])
+        self.next_slot[slot] = first
+        self._prev[slot] = -1
+        if first >= 0:
+            self._prev[first] = slot
+        self.head[bucket] = slot
+        self._bucket[slot] = bucket
+        if bucket == self._overflow_bucket:
+            self._overflow += 1
+
+    def _unlink(self, slot: int) -> None:
+        bucket = self._bucket[slot]
+        if bucket < 0:
+            return
+        prev, following = self._prev[slot], int(self.next_slot[slot])
+        if prev >= 0:
+            self.next_slot[prev] = following
+        else:
+            self.head[bucket] = following
+        if following >= 0:
+            self._prev[following] = prev
+        self._bucket[slot] = -1
+        if bucket == self._overflow_bucket:
+            self._overflow -= 1
+
+    def _refit(self) -> None:
+        """Lay the grid again over where the drivers are: the 1st to 99th percentile around the median, plus a tenth."""
+        live = np.fromiter(self._slot_of.values(), np.int64, len(self._slot_of))
+        lat, lng = self.lat[live], self.lng[live]
+        finite = np.isfinite(lat) & np.isfinite(lng)
+        if not finite.any():
+            self._laid_for = len(self._slot_of)
+            return
+        lo_lat, mid_lat, hi_lat = np.quantile(lat[finite], [0.01, 0.5, 0.99])
+        lo_lng, mid_lng, hi_lng = np.quantile(lng[finite], [0.01, 0.5, 0.99])
+        metres_lng = kernels.METRES_PER_DEGREE * max(math.cos(math.radians(mid_lat)), 1e-3)
+        half_lat = max(mid_lat - lo_lat, hi_lat - mid_lat) * kernels.METRES_PER_DEGREE * 1.1 + self.min_bucket_m
+        half_lng = max(mid_lng - lo_lng, hi_lng - mid_lng) * metres_lng * 1.1 + self.min_bucket_m
+        self._lay_grid(float(mid_lat), float(((mid_lng + 180.0) % 360.0) - 180.0), half_lat, half_lng)
+
+    def _lay_grid(self, centre_lat: float, centre_lng: float, half_lat_m: float, half_lng_m: float) -> None:
+        """Lay a new grid around a centre, its buckets sized for the drivers there are, and relink them all."""
+        area = 4.0 * half_lat_m * half_lng_m
+        bucket_m = math.sqrt(area * self.per_bucket / max(len(self._slot_of), 1))
+        bucket_m = min(max(bucket_m, self.min_bucket_m, math.sqrt(area / self.max_buckets)), self.max_bucket_m)
+        n_lat = max(1, math.ceil(2 * half_lat_m / bucket_m))
+        n_lng = max(1, math.ceil(2 * half_lng_m / bucket_m))
+        if n_lat * n_lng > self.max_buckets:  # max_bucket_m yields to max_buckets
+            bucket_m *= math.sqrt(n_lat * n_lng / self.max_buckets)
+            n_lat = max(1, math.ceil(2 * half_lat_m / bucket_m))
+            n_lng = max(1, math.ceil(2 * half_lng_m / bucket_m))
+        self.n_lat, self.n_lng = n_lat, n_lng
+        self.bucket_m = bucket_m
+        self.step_lat = bucket_m / kernels.METRES_PER_DEGREE
+        self.step_lng = bucket_m / (kernels.METRES_PER_DEGREE * max(math.cos(math.radians(centre_lat)), 1e-3))
+        self.origin_lat = centre_lat - 0.5 * n_lat * self.step_lat
+        self.origin_lng = centre_lng - 0.5 * n_lng * self.step_lng
+        self.centre_lng = self.origin_lng + 0.5 * n_lng * self.step_lng  # the kernel's own reckoning of it
+        self._overflow_bucket = n_lat * n_lng
+        self.head = np.full(n_lat * n_lng + 1, -1, np.int64)
+        live = np.fromiter(self._slot_of.values(), np.int64, len(self._slot_of))
+        lng = self.lng[live]
+        lng = lng - 360.0 * np.round((lng - self.centre_lng) / 360.0)
+        self.lng[live] = lng
+        i = (self.lat[live] - self.origin_lat) / self.step_lat
+        j = (lng - self.origin_lng) / self.step_lng
+        inside = (i >= 0) & (i < n_lat) & (j >= 0) & (j < n_lng)
+        bucket = np.where(inside, np.where(inside, i, 0).astype(np.int64) * n_lng
+                          + np.where(inside, j, 0).astype(np.int64), self._overflow_bucket)
+        order = np.lexsort((live, bucket))
+        slots, buckets = live[order], bucket[order]
+        same_as_next = np.zeros(len(slots), np.bool_)
+        same_as_next[:-1] = buckets[1:] == buckets[:-1]
+        same_as_prev = np.zeros(len(slots), np.bool_)
+        same_as_prev[1:] = same_as_next[:-1]
+        self.next_slot[slots] = np.where(same_as_next, np.roll(slots, -1), -1)
+        prev = np.where(same_as_prev, np.roll(slots, 1), -1)
+        self.head[buckets[~same_as_prev]] = slots[~same_as_prev]
+        for slot, slot_bucket, slot_prev in zip(slots.tolist(), buckets.tolist(), prev.tolist()):
+            self._bucket[slot] = slot_bucket
+            self._prev[slot] = slot_prev
+        self._overflow = int(np.count_nonzero(buckets == self._overflow_bucket))
+        self._rebuild_floor = max(64, 2 * self._overflow)
+        self._laid_for = len(self._slot_of)
 
 
 # Commands: what the actor must do. --------------------------------------------
@@ -161,6 +437,7 @@ class CellCore:
         self.offers: dict[str, Offer] = {}
         self.jobs: dict[str, Job] = {}
         self._serial = 0
+        self._index = DriverIndex()
 
     # Identity ---------------------------------------------------------------
 
@@ -183,6 +460,7 @@ class CellCore:
             driver.status = apply_driver(driver.status, DriverEvent.GO_ONLINE)
         driver.lat, driver.lng, driver.last_seen = lat, lng, now
         driver.heading, driver.speed, driver.capacity = heading, speed, capacity
+        self._index.place(driver)
 
     def driver_offline(self, driver_id: str, now: float) -> None:
         """The driver stops taking work (only while idle)."""
@@ -194,17 +472,21 @@ class CellCore:
         driver = self.drivers.get(driver_id)
         if driver is None or driver.status not in (DriverStatus.IDLE, DriverStatus.OFFLINE):
             return None
+        self._index.discard(driver_id)
         return self.drivers.pop(driver_id)
+
+    def nearest_available(self, lat: float, lng: float, radius_m: float, k: int) -> list[NearbyDriver]:
+        """The ``k`` nearest available (idle) drivers within ``radius_m`` of a point, nearest first.
+
+        Distances are great-circle metres, the radius is inclusive, and equal
+        distances break by lower driver id, so the answer is deterministic.
+        """
+        return self._index.nearest(lat, lng, radius_m, k)
 
     def nearest_idle(self, lat: float, lng: float, radius_m: float) -> LiveDriver | None:
         """The idle driver nearest to a point within ``radius_m``, if any (ties: lower id)."""
-        best, best_m = None, radius_m
-        for driver in sorted(self.drivers.values(), key=lambda d: d.id):
-            if driver.status is DriverStatus.IDLE:
-                metres = haversine_m(lat, lng, driver.lat, driver.lng)
-                if metres <= best_m:
-                    best, best_m = driver, metres
-        return best
+        nearest = self.nearest_available(lat, lng, radius_m, 1)
+        return nearest[0].driver if nearest else None
 
     def unoffered_orders(self, now: float, older_than_s: float) -> list[LiveOrder]:
         """Pending orders no driver of this cell has taken for ``older_than_s`` seconds, oldest first."""
@@ -264,6 +546,7 @@ class CellCore:
                   else DriverStatus.AT_RESTAURANT if at_restaurant else DriverStatus.EN_ROUTE)
         self.drivers[driver_id] = LiveDriver(driver_id, first.restaurant_lat, first.restaurant_lng, now,
                                              status=status, job_id=job_id)
+        self._index.place(self.drivers[driver_id])
 
     # Offers -----------------------------------------------------------------
 

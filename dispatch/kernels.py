@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from dispatch.geo import haversine_m
+from dispatch.geo import EARTH_RADIUS_M, haversine_m
 from dispatch.jit import kernel_decorator
 
 kernel = kernel_decorator(globals())
@@ -348,3 +348,139 @@ def bundle_orders(by_restaurant, restaurant_id, restaurant_x, restaurant_y, drop
             jobs[best_job, : job_length[best_job]] = best_sequence[: job_length[best_job]]
             job_route[best_job] = best_route
     return jobs[:n_jobs], job_length[:n_jobs]
+
+
+# Nearest available drivers of one cell (``dispatch.cell.DriverIndex``) -----------------------------
+
+METRES_PER_DEGREE = EARTH_RADIUS_M * math.pi / 180.0
+"""Great-circle metres per degree of latitude (and of longitude on the equator)."""
+#: Lower bounds are shrunk by this relative margin (and a micrometre), so float rounding never prunes a point.
+_BOUND_SLACK = 1e-9
+
+
+@kernel
+def _grid_lower_bound_m(query_lat, query_lng, lat_lo, lat_hi, lng_lo, lng_hi, centre_lng):
+    """A lower bound, in metres, of the distance from the query to any point outside a lat/lng box holding it.
+
+    A point outside the box in latitude is at least the latitude gap away; one
+    inside it in latitude but outside in longitude is at least as far as the
+    haversine of the longitude gap at the box's smallest cosine of latitude.
+    Longitudes are frame values within 180 degrees of ``centre_lng``, so a gap
+    is only trusted up to ``180 - |query_lng - centre_lng|`` degrees.
+    """
+    gap_lat = max(min(query_lat - lat_lo, lat_hi - query_lat), 0.0)
+    bound = gap_lat * METRES_PER_DEGREE
+    gap_lng = max(min(query_lng - lng_lo, lng_hi - query_lng, 180.0 - abs(query_lng - centre_lng)), 0.0)
+    cos_min = max(min(math.cos(math.radians(lat_lo)), math.cos(math.radians(lat_hi))), 0.0)
+    cos_query = max(math.cos(math.radians(query_lat)), 0.0)
+    half = math.sin(math.radians(gap_lng) / 2.0)
+    across = 2.0 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(cos_query * cos_min) * half))
+    return max(min(bound, across) * (1.0 - _BOUND_SLACK) - 1e-6, 0.0)
+
+
+@kernel
+def _scan_bucket(slot, query_lat, query_lng, lat, lng, available, next_slot, found_slot, found_m, n_found,
+                 best_m, bound_m, radius_m):
+    """Walk one bucket's linked list from ``slot``; keep available points within ``bound_m``.
+
+    ``best_m`` holds the k smallest distances kept so far (ascending, inf
+    padded) and the bound shrinks to the k-th of them. Returns the (possibly
+    grown) arrays of kept slots and distances, their count and the new bound.
+    """
+    k = best_m.shape[0]
+    while slot >= 0:
+        if available[slot]:
+            d = great_circle_m(query_lat, query_lng, lat[slot], lng[slot])
+            if d <= bound_m:
+                if n_found == found_slot.shape[0]:
+                    grown_slot = np.empty(2 * n_found, np.int64)
+                    grown_m = np.empty(2 * n_found, np.float64)
+                    grown_slot[:n_found] = found_slot
+                    grown_m[:n_found] = found_m
+                    found_slot, found_m = grown_slot, grown_m
+                found_slot[n_found] = slot
+                found_m[n_found] = d
+                n_found += 1
+                if d < best_m[k - 1]:
+                    i = k - 1
+                    while i > 0 and best_m[i - 1] > d:
+                        best_m[i] = best_m[i - 1]
+                        i -= 1
+                    best_m[i] = d
+                    bound_m = min(radius_m, best_m[k - 1])
+        slot = next_slot[slot]
+    return found_slot, found_m, n_found, bound_m
+
+
+@kernel
+def grid_nearest(query_lat, query_lng, radius_m, k, lat, lng, available, next_slot, head, n_lat, n_lng,
+                 origin_lat, origin_lng, step_lat, step_lng):
+    """The available points within ``radius_m`` of the query that are no farther than the k-th nearest of them.
+
+    Returns ``(slots, metres)``, nearest first (equal distances: lower slot
+    first). Every point tied with the k-th distance is included, so a caller
+    can break ties by its own key and cut to k. Distances are great-circle
+    metres (:func:`great_circle_m`), inclusive of ``radius_m``.
+
+    Points are slots of the arrays ``lat``, ``lng`` (degrees), ``available``.
+    Bucket ``b = i * n_lng + j`` of a grid of ``n_lat`` x ``n_lng`` buckets of
+    ``step_lat`` x ``step_lng`` degrees from (``origin_lat``, ``origin_lng``)
+    is the linked list ``head[b] -> next_slot[...] -> -1`` of the points with
+    ``i = floor((lat - origin_lat) / step_lat)``, ``j`` likewise;
+    ``head[n_lat * n_lng]`` lists the points outside the grid and is always
+    scanned. Longitudes (query included) are frame values within 180 degrees
+    of the grid's centre. Rings of buckets around the query's bucket are
+    visited in order, and the search stops as soon as no unvisited bucket can
+    hold a point within the current k-th distance.
+    """
+    found_slot = np.empty(64, np.int64)
+    found_m = np.empty(64, np.float64)
+    if k <= 0 or not radius_m >= 0.0:
+        return found_slot[:0].copy(), found_m[:0].copy()
+    best_m = np.full(k, np.inf)
+    bound_m = radius_m
+    found_slot, found_m, n_found, bound_m = _scan_bucket(
+        head[n_lat * n_lng], query_lat, query_lng, lat, lng, available, next_slot, found_slot, found_m, 0,
+        best_m, bound_m, radius_m)
+    if n_lat > 0 and n_lng > 0:
+        q_i = int(math.floor((query_lat - origin_lat) / step_lat))
+        q_j = int(math.floor((query_lng - origin_lng) / step_lng))
+        centre_lng = origin_lng + 0.5 * n_lng * step_lng
+        first_ring = max(0, q_i - (n_lat - 1), -q_i, q_j - (n_lng - 1), -q_j)
+        last_ring = max(abs(q_i), abs(q_i - n_lat + 1), abs(q_j), abs(q_j - n_lng + 1))
+        ring = first_ring
+        while ring <= last_ring:
+            if ring > 0:
+                # Rings below ``ring`` cover the box of buckets q +- (ring - 1): is anything outside worth a look?
+                reach = _grid_lower_bound_m(
+                    query_lat, query_lng,
+                    origin_lat + (q_i - ring + 1) * step_lat, origin_lat + (q_i + ring) * step_lat,
+                    origin_lng + (q_j - ring + 1) * step_lng, origin_lng + (q_j + ring) * step_lng, centre_lng)
+                if reach > bound_m:
+                    break
+            for i in range(max(q_i - ring, 0), min(q_i + ring, n_lat - 1) + 1):
+                step = 1 if (i == q_i - ring or i == q_i + ring) else 2 * ring
+                j = q_j - ring
+                while j <= q_j + ring:
+                    if 0 <= j < n_lng and head[i * n_lng + j] >= 0:
+                        found_slot, found_m, n_found, bound_m = _scan_bucket(
+                            head[i * n_lng + j], query_lat, query_lng, lat, lng, available, next_slot,
+                            found_slot, found_m, n_found, best_m, bound_m, radius_m)
+                    if step == 0:
+                        break
+                    j += step
+            ring += 1
+    cut = min(radius_m, best_m[k - 1])
+    n_kept = 0
+    for t in range(n_found):
+        if found_m[t] <= cut:
+            found_slot[n_kept] = found_slot[t]
+            found_m[n_kept] = found_m[t]
+            n_kept += 1
+    kept_slot = found_slot[:n_kept].copy()
+    kept_m = found_m[:n_kept].copy()
+    by_slot = np.argsort(kept_slot)
+    kept_slot = kept_slot[by_slot]
+    kept_m = kept_m[by_slot]
+    by_distance = np.argsort(kept_m, kind="mergesort")
+    return kept_slot[by_distance], kept_m[by_distance]

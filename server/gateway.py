@@ -221,11 +221,19 @@ class Gateway:
             log.exception("cell %s failed to start", cell_id)
 
     async def _poll_loop(self, cell_id: str) -> None:
+        from ray.exceptions import ActorDiedError
+
         while True:
             try:
                 messages = await self.cells[cell_id].poll.remote(self.id, self.params.poll_timeout_s)
             except asyncio.CancelledError:
                 raise
+            except ActorDiedError:
+                # Killed for good (cells restart on failure): forget it; the next use creates it anew.
+                log.warning("cell %s is gone; it will be re-created when next needed", cell_id)
+                self.cells.pop(cell_id, None)
+                self.pollers.pop(cell_id, None)
+                return
             except Exception:
                 log.warning("poll of cell %s failed; retrying", cell_id, exc_info=True)
                 await asyncio.sleep(0.5)

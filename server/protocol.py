@@ -22,6 +22,7 @@ MAX_FRAME_BYTES = 4096
 PROTOCOL_VERSION = 1
 #: Websocket close code for repeated abuse (RFC 6455 "policy violation").
 CLOSE_POLICY_VIOLATION = 1008
+CLOSE_REPLACED = 4000  # a newer socket of the same driver opened, on this or another front door
 
 Token = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 

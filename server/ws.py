@@ -62,7 +62,7 @@ class Connection:
                 else:
                     await self.websocket.send_text(frame)
         with contextlib.suppress(Exception):
-            await self.websocket.close(1000, "replaced by a newer connection")
+            await self.websocket.close(p.CLOSE_REPLACED, "replaced by a newer connection")
 
     async def frames(self):
         """Yield raw frames until the client goes away."""

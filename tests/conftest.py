@@ -67,6 +67,8 @@ def settings(database_url, tmp_path_factory) -> Settings:
         use_ray=False,
         jwt_secret=TEST_SECRET,
         home=tmp_path_factory.mktemp("home"),
+        # The suite shares one Postgres (100 connections) with servers, cell actors and benches it starts.
+        db_pool_max=6,
     )
 
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from server.api.common import body, caller, decode_cursor, encode_cursor, page, path_id, query
 from server.api.views import item_view, order_view, restaurant_view
 from server.auth import Principal, Role
+from server.catalog_cache import CachedMenu, CatalogCache
+from server.catalog_replica import OpenClock
 from server.errors import ApiError, not_found
-from server.responses import JSONResponse
+from server.responses import JSONResponse, dumps
 from server.schemas import (
     MenuItemIn,
     MenuItemPatch,
@@ -19,6 +24,16 @@ from server.schemas import (
     RestaurantPatch,
 )
 from server.store import catalog, orders
+
+
+def _catalog(request: Request) -> CatalogCache | None:
+    """This process's catalog caches, when the app runs them."""
+    return getattr(request.app.state, "catalog", None)
+
+
+def _json(body: bytes) -> Response:
+    """An already rendered JSON body."""
+    return Response(body, media_type="application/json")
 
 
 async def _owned_restaurant(request: Request, conn) -> tuple[int, Principal]:
@@ -45,6 +60,8 @@ async def create_restaurant(request: Request) -> JSONResponse:
         fields["delivery_fee_cents"] = settings.default_delivery_fee_cents
     async with request.app.state.pool.acquire() as conn:
         row = await catalog.create_restaurant(conn, data.owner_sub or principal.sub, fields)
+    if (cache := _catalog(request)) is not None:
+        cache.restaurant_written(row)
     return JSONResponse(restaurant_view(row), status_code=201)
 
 
@@ -64,6 +81,8 @@ async def update_restaurant(request: Request) -> JSONResponse:
         )
     if row is None:
         raise not_found("restaurant")
+    if changes and (cache := _catalog(request)) is not None:
+        cache.restaurant_written(row)
     return JSONResponse(restaurant_view(row))
 
 
@@ -77,10 +96,19 @@ async def get_restaurant(request: Request) -> JSONResponse:
     return JSONResponse(restaurant_view(row))
 
 
-async def nearby(request: Request) -> JSONResponse:
+async def nearby(request: Request) -> Response:
+    """Nearest first; answered from this process's replica when it is ready, else in SQL."""
     caller(request)
     params = query(request, NearbyQuery)
     after = decode_cursor(params.cursor, float, int) if params.cursor else None
+    cache = _catalog(request)
+    if cache is not None and cache.replica.ready and params.q is None:
+        found = cache.replica.nearby(
+            lat=params.lat, lng=params.lng, radius_m=params.radius_m, cuisine=params.cuisine,
+            open_now=params.open_now, after=after, limit=params.limit + 1,
+            clock=OpenClock(dt.datetime.now(dt.timezone.utc)),
+        )
+        return _json(cache.replica.page_bytes(found, params.limit))
     async with request.app.state.pool.acquire() as conn:
         rows = await catalog.nearby(
             conn,
@@ -97,24 +125,39 @@ async def nearby(request: Request) -> JSONResponse:
     return JSONResponse(page([restaurant_view(r) for r in rows], params.limit, lambda v: cursors[v["id"]]))
 
 
-async def get_menu(request: Request) -> JSONResponse:
+async def get_menu(request: Request) -> Response:
+    """The menu with its current status; served from this process's menu cache when it runs one."""
     caller(request)
     restaurant_id = path_id(request, "restaurant_id", "restaurant")
-    async with request.app.state.pool.acquire() as conn:
-        restaurant, items, active_orders = await catalog.menu(conn, restaurant_id)
-    if restaurant is None:
-        raise not_found("restaurant")
-    return JSONResponse(
-        {
-            "restaurant": restaurant_view(restaurant),
+    pool = request.app.state.pool
+
+    async def load() -> CachedMenu | None:
+        async with pool.acquire() as conn:
+            restaurant, items, active_orders = await catalog.menu(conn, restaurant_id)
+        if restaurant is None:
+            return None
+        clock = OpenClock(dt.datetime.now(dt.timezone.utc))
+        open_now = clock.is_open(restaurant["is_open"], restaurant["opening_hours"], restaurant["timezone"])
+        body = dumps({
+            "restaurant": restaurant_view(restaurant, open_now=open_now),
             "status": {
-                "open_now": restaurant["open_now"],
+                "open_now": open_now,
                 "prep_minutes": restaurant["prep_minutes"],
                 "active_orders": active_orders,
             },
             "items": [item_view(i) for i in items],
-        }
-    )
+        })
+        return CachedMenu(body, time_dependent=restaurant["opening_hours"] is not None)
+
+    cache = _catalog(request)
+    if cache is not None:
+        body = await cache.menus.get(restaurant_id, load)
+    else:
+        loaded = await load()
+        body = None if loaded is None else loaded.body
+    if body is None:
+        raise not_found("restaurant")
+    return _json(body)
 
 
 async def create_item(request: Request) -> JSONResponse:
@@ -123,6 +166,7 @@ async def create_item(request: Request) -> JSONResponse:
     async with request.app.state.pool.acquire() as conn:
         restaurant_id, _ = await _owned_restaurant(request, conn)
         row = await catalog.create_item(conn, restaurant_id, data.model_dump())
+    _menu_written(request, restaurant_id)
     return JSONResponse(item_view(row), status_code=201)
 
 
@@ -139,6 +183,7 @@ async def update_item(request: Request) -> JSONResponse:
         row = await catalog.update_item(conn, restaurant_id, item_id, changes)
     if row is None:
         raise not_found("menu item")
+    _menu_written(request, restaurant_id)
     return JSONResponse(item_view(row))
 
 
@@ -149,7 +194,13 @@ async def delete_item(request: Request) -> JSONResponse:
         deleted = await catalog.delete_item(conn, restaurant_id, item_id)
     if not deleted:
         raise not_found("menu item")
+    _menu_written(request, restaurant_id)
     return JSONResponse({"deleted": item_id})
+
+
+def _menu_written(request: Request, restaurant_id: int) -> None:
+    if (cache := _catalog(request)) is not None:
+        cache.menu_written(restaurant_id)
 
 
 async def restaurant_orders(request: Request) -> JSONResponse:

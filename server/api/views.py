@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncpg
 
 
-def restaurant_view(row: asyncpg.Record) -> dict:
+def restaurant_view(row: asyncpg.Record, *, open_now: bool | None = None) -> dict:
+    """A restaurant as clients see it; ``open_now`` overrides the row's (rows without one need it)."""
     view = {
         "id": row["id"],
         "name": row["name"],
@@ -17,7 +18,7 @@ def restaurant_view(row: asyncpg.Record) -> dict:
         "opening_hours": row["opening_hours"],
         "timezone": row["timezone"],
         "is_open": row["is_open"],
-        "open_now": row["open_now"],
+        "open_now": row["open_now"] if open_now is None else open_now,
         "delivery_radius_m": row["delivery_radius_m"],
         "delivery_fee_cents": row["delivery_fee_cents"],
         "owner": row["owner_sub"],

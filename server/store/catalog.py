@@ -6,10 +6,14 @@ import asyncpg
 
 from dispatch.cells import cell_of, cover_ranges
 
-RESTAURANT_COLUMNS = """
+#: Every stored field of a restaurant (what the in-memory replica keeps).
+RESTAURANT_FIELDS = """
     r.id, r.owner_sub, r.name, r.cuisine_tags, r.address, r.latitude, r.longitude, r.h3_cell,
     r.prep_minutes, r.opening_hours, r.timezone, r.is_open, r.delivery_radius_m,
-    r.delivery_fee_cents, r.created_at, r.updated_at,
+    r.delivery_fee_cents, r.created_at, r.updated_at
+"""
+#: The stored fields plus whether it is open right now.
+RESTAURANT_COLUMNS = f"""{RESTAURANT_FIELDS},
     restaurant_open_at(r.is_open, r.opening_hours, r.timezone, now()) AS open_now
 """
 
@@ -64,6 +68,16 @@ async def update_restaurant(conn, restaurant_id: int, changes: dict) -> asyncpg.
         restaurant_id,
         *changes.values(),
     )
+
+
+async def restaurants_by_id(conn, restaurant_ids: list[int]) -> list[asyncpg.Record]:
+    """The stored fields (:data:`RESTAURANT_FIELDS`) of those of ``restaurant_ids`` that exist."""
+    return await conn.fetch(f"SELECT {RESTAURANT_FIELDS} FROM restaurants r WHERE r.id = ANY($1::bigint[])",
+                            restaurant_ids)
+
+
+#: Every restaurant's stored fields, for a server-side cursor (the replica's full load).
+ALL_RESTAURANTS_SQL = f"SELECT {RESTAURANT_FIELDS} FROM restaurants r"
 
 
 async def restaurant_owner(conn, restaurant_id: int) -> str | None:
@@ -129,23 +143,24 @@ NEARBY_SQL = f"""
 """
 
 
-async def menu(conn, restaurant_id: int) -> tuple[asyncpg.Record | None, list[dict], int]:
-    """The restaurant (with open_now), its items in menu order, and its count of active orders.
+async def menu(conn, restaurant_id: int) -> tuple[asyncpg.Record | None, list[asyncpg.Record], int]:
+    """The restaurant (:data:`RESTAURANT_FIELDS`), its items in menu order, and its count of active orders.
 
-    One round trip: the items come back as one JSON array.
+    One round trip: the items come back as one array of ``menu_items`` rows
+    (binary, no JSON on either side). Open now is left to the caller
+    (``server.catalog_replica.OpenClock``), which costs Postgres more than the rest.
     """
     row = await conn.fetchrow(
-        f"""SELECT {RESTAURANT_COLUMNS},
+        f"""SELECT {RESTAURANT_FIELDS},
                 (SELECT count(*) FROM orders o
                  WHERE o.restaurant_id = r.id AND NOT o.cancelled AND o.courier_status <> 'delivered') AS active_orders,
-                (SELECT coalesce(json_agg(i ORDER BY i.id), '[]'::json)
-                 FROM (SELECT {ITEM_COLUMNS} FROM menu_items WHERE restaurant_id = r.id) AS i) AS items
+                (SELECT array_agg(m ORDER BY m.id) FROM menu_items m WHERE m.restaurant_id = r.id) AS items
             FROM restaurants r WHERE r.id = $1""",
         restaurant_id,
     )
     if row is None:
         return None, [], 0
-    return row, row["items"], row["active_orders"]
+    return row, row["items"] or [], row["active_orders"]
 
 
 async def create_item(conn, restaurant_id: int, fields: dict) -> asyncpg.Record:

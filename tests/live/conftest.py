@@ -65,6 +65,20 @@ class LiveServer:
         await asyncio.wait_for(self.task, 30)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def forget_cells_after_module(request):
+    """Kill the (detached) cell actors a test module created, so they stop holding Postgres connections."""
+    yield
+    import ray
+
+    if not ray.is_initialized():
+        return
+    from actors.cell import NAMESPACE, cell_handles
+
+    for handle in cell_handles(NAMESPACE).values():
+        ray.kill(handle, no_restart=True)
+
+
 @pytest.fixture(scope="session")
 async def live(settings, ray_local, pool):
     """The in-process live server (the ``pool`` fixture has migrated the session database)."""

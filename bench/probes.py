@@ -1,0 +1,300 @@
+"""What the bench reads from the servers while the load runs, sampled by one background thread.
+
+* counters of the target: hexdispatch's ``GET /v1/admin/stats`` (summed over
+  its front doors) or a baseline's ``GET /stats``;
+* hexdispatch's cells (``GET /v1/admin/cells``): GPS fixes applied, the lag
+  from a front door receiving a fix to its cell applying it, tick times;
+* Postgres ``pg_stat_database`` for the server's database (commits and rows
+  written);
+* CPU and memory of every process that takes part, grouped (front door,
+  cell actors, the rest of Ray, Postgres backends, Redis, load generators).
+
+A sample that times out (an overloaded server answers late or not at all)
+is recorded as missing rather than stopping the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import httpx
+import psutil
+
+#: How long one probe request may take before its sample counts as missing.
+PROBE_TIMEOUT_S = 5.0
+
+
+@dataclass
+class Sample:
+    at: float
+    counters: dict | None = None
+    cells: list[dict] | None = None
+    postgres: dict | None = None
+    processes: dict[str, dict] | None = None
+
+
+def hexdispatch_counters(urls: list[str], admin_token: str, workers: int = 1) -> Callable[[httpx.Client], dict]:
+    """Reads the front doors' gateway counters and sums them (``doors`` keeps each one).
+
+    Several processes behind one URL answer in turn, each naming itself: each
+    URL is asked ``2 * workers`` times (once for one process) and every
+    process's latest answer counts.
+    """
+    headers = {"authorization": f"Bearer {admin_token}"}
+    latest: dict[tuple[str, object], dict] = {}
+
+    def read(client: httpx.Client) -> dict:
+        for url in urls:
+            for _ in range(1 if workers == 1 else 2 * workers):
+                answer = client.get(f"{url}/v1/admin/stats", headers=headers).raise_for_status().json()
+                latest[(url, answer.get("gateway") or answer.get("pid"))] = answer
+        doors = list(latest.values())
+        total = {key: sum(d.get(key, 0) for d in doors)
+                 for key in ("gps_in", "gps_batches", "status_out", "positions_out", "drivers_connected",
+                             "customers_connected")}
+        return {**total, "gps": total["gps_in"], "doors": doors}
+
+    return read
+
+
+def baseline_counters(stats_file: str) -> Callable[[httpx.Client], dict]:
+    """Reads a baseline server's counters from the file it keeps (``gps``: the fixes it absorbed; ``at``: when)."""
+
+    def read(client: httpx.Client) -> dict:
+        with open(stats_file, "rb") as fh:
+            return json.loads(fh.read())
+
+    return read
+
+
+def hexdispatch_cells(url: str, admin_token: str) -> Callable[[httpx.Client], list[dict]]:
+    headers = {"authorization": f"Bearer {admin_token}"}
+    return lambda client: client.get(f"{url}/v1/admin/cells", headers=headers).raise_for_status().json()["cells"]
+
+
+class PostgresProbe:
+    """``pg_stat_database`` of one database, read over its own connection."""
+
+    SQL = ("SELECT xact_commit, xact_rollback, tup_inserted, tup_updated, tup_deleted"
+           " FROM pg_stat_database WHERE datname = current_database()")
+
+    def __init__(self, dsn: str):
+        self.dsn = dsn
+        self.loop = asyncio.new_event_loop()
+        self.conn = None
+
+    def read(self) -> dict:
+        return self.loop.run_until_complete(self._read())
+
+    async def _read(self) -> dict:
+        import asyncpg
+
+        if self.conn is None:
+            self.conn = await asyncpg.connect(self.dsn)
+        # Statistics are per transaction snapshot: start afresh each time.
+        await self.conn.execute("SELECT pg_stat_clear_snapshot()")
+        return dict(await self.conn.fetchrow(self.SQL))
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.loop.run_until_complete(self.conn.close())
+        self.loop.close()
+
+
+def classify(process: psutil.Process, root: int, root_group: str) -> str:
+    """The group of a descendant of the process ``root`` of ``root_group``.
+
+    A front door's descendants are its worker processes (``serve --workers``)
+    and its local Ray.
+    """
+    try:
+        name = process.name()
+        worker = process.ppid() == root and "spawn_main" in " ".join(process.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return root_group
+    if name.startswith("ray::CellActor"):
+        return "ray: cell actors"
+    if root_group.startswith("front door"):
+        return root_group if worker else "ray: system"
+    return root_group
+
+
+def _depth(pid: int) -> int:
+    try:
+        return len(psutil.Process(pid).parents())
+    except psutil.NoSuchProcess:
+        return 0
+
+
+class ProcessProbe:
+    """CPU (% of one core) and resident memory of process groups.
+
+    ``roots`` names processes directly (pid -> group); descendants of a root
+    that are not named themselves are classified by :func:`classify`.
+    ``cell_actors``: also count every ``ray::CellActor`` on the machine (front
+    doors joined to a Ray they did not start); ``postgres_db``: the backends
+    serving that database; ``redis``: the redis-server processes.
+    """
+
+    def __init__(self, roots: dict[int, str], postgres_db: str | None = None, redis: bool = False,
+                 cell_actors: bool = False):
+        self.roots = dict(roots)
+        self.cell_actors = cell_actors
+        self.postgres_db = postgres_db
+        self.redis = redis
+        self.known: dict[int, psutil.Process] = {}
+
+    def add(self, pid: int, group: str) -> None:
+        self.roots[pid] = group
+
+    def _members(self) -> dict[int, str]:
+        members: dict[int, str] = dict(self.roots)
+        # Deeper roots first (a front door started by the bench is the bench's child): the nearest root wins.
+        for pid, group in sorted(self.roots.items(), key=lambda item: -_depth(item[0])):
+            try:
+                for child in psutil.Process(pid).children(recursive=True):
+                    members.setdefault(child.pid, classify(child, pid, group))
+            except psutil.NoSuchProcess:
+                members.pop(pid, None)
+        if self.postgres_db or self.redis or self.cell_actors:
+            for process in psutil.process_iter(["name", "cmdline"]):
+                cmdline = " ".join(process.info["cmdline"] or [])
+                if self.cell_actors and (process.info["name"] or "").startswith("ray::CellActor"):
+                    members.setdefault(process.pid, "ray: cell actors")
+                elif self.postgres_db and cmdline.startswith("postgres:") and f" {self.postgres_db} " in cmdline:
+                    members[process.pid] = "postgres backends"
+                elif self.redis and (process.info["name"] or "").startswith("redis-server"):
+                    members[process.pid] = "redis"
+        return members
+
+    def read(self) -> dict[str, dict]:
+        groups: dict[str, dict] = {}
+        members = self._members()
+        for pid in [p for p in self.known if p not in members]:
+            del self.known[pid]
+        for pid, group in members.items():
+            process = self.known.get(pid)
+            try:
+                if process is None:
+                    process = self.known[pid] = psutil.Process(pid)
+                    process.cpu_percent(None)  # the first reading only starts the clock
+                    cpu = 0.0
+                else:
+                    cpu = process.cpu_percent(None)
+                rss = process.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                self.known.pop(pid, None)
+                continue
+            entry = groups.setdefault(group, {"processes": 0, "cpu_percent": 0.0, "rss_mb": 0.0})
+            entry["processes"] += 1
+            entry["cpu_percent"] += cpu
+            entry["rss_mb"] += rss / 2**20
+        return groups
+
+
+@dataclass
+class Sampler:
+    """Samples counters every ``every_s``; cells, Postgres and processes every ``slow_every_s``."""
+
+    counters: Callable[[httpx.Client], dict]
+    cells: Callable[[httpx.Client], list[dict]] | None = None
+    postgres: PostgresProbe | None = None
+    processes: ProcessProbe | None = None
+    every_s: float = 1.0
+    slow_every_s: float = 2.0
+    samples: list[Sample] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
+
+    def start(self) -> "Sampler":
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[Sample]:
+        self._stop.set()
+        self._thread.join(timeout=3 * PROBE_TIMEOUT_S)
+        if self.postgres is not None:
+            self.postgres.close()
+        return self.samples
+
+    def _try(self, what: str, read):
+        try:
+            return read()
+        except Exception:  # an overloaded server: a missing sample, not a failed run
+            self.errors[what] = self.errors.get(what, 0) + 1
+            return None
+
+    def _run(self) -> None:
+        next_slow = 0.0
+        with httpx.Client(timeout=PROBE_TIMEOUT_S) as client:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                sample = Sample(at=time.time(), counters=self._try("counters", lambda: self.counters(client)))
+                if sample.counters and "at" in sample.counters:
+                    sample.at = sample.counters["at"]  # the server's own reading time
+                if started >= next_slow:
+                    next_slow = started + self.slow_every_s
+                    if self.cells is not None:
+                        sample.cells = self._try("cells", lambda: self.cells(client))
+                    if self.postgres is not None:
+                        sample.postgres = self._try("postgres", self.postgres.read)
+                    if self.processes is not None:
+                        sample.processes = self._try("processes", self.processes.read)
+                self.samples.append(sample)
+                self._stop.wait(max(0.0, self.every_s - (time.monotonic() - started)))
+
+
+def window(samples: list[Sample], start: float, end: float) -> list[Sample]:
+    """The samples taken between ``start`` and ``end`` (unix s)."""
+    return [s for s in samples if start <= s.at <= end]
+
+
+def rate(samples: list[Sample], key: Callable[[Sample], float | None]) -> float | None:
+    """Per-second growth of ``key`` between the first and last samples that have it."""
+    points = [(s.at, key(s)) for s in samples]
+    points = [(at, value) for at, value in points if value is not None]
+    if len(points) < 2 or points[-1][0] <= points[0][0]:
+        return None
+    return (points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0])
+
+
+def counter(name: str) -> Callable[[Sample], float | None]:
+    return lambda s: s.counters.get(name) if s.counters else None
+
+
+def cells_rate(samples: list[Sample], name: str) -> float | None:
+    """Per-second growth of every cell's counter ``name``, summed (a cell missing from a reading is skipped)."""
+    readings = [s for s in samples if s.cells]
+    if len(readings) < 2 or readings[-1].at <= readings[0].at:
+        return None
+    first = {c["cell"]: c.get(name, 0) for c in readings[0].cells}
+    last = {c["cell"]: c.get(name, 0) for c in readings[-1].cells}
+    grown = sum(last[cell] - first[cell] for cell in last if cell in first and last[cell] >= first[cell])
+    return grown / (readings[-1].at - readings[0].at)
+
+
+def postgres_total(*names: str) -> Callable[[Sample], float | None]:
+    return lambda s: sum(s.postgres[n] for n in names) if s.postgres else None
+
+
+def process_usage(samples: list[Sample]) -> dict[str, dict]:
+    """Per group: mean and peak CPU (% of one core), peak resident memory, process count."""
+    groups: dict[str, dict] = {}
+    readings = [s.processes for s in samples if s.processes]
+    for reading in readings[1:]:  # the first reading of a process has no CPU figure yet
+        for group, entry in reading.items():
+            acc = groups.setdefault(group, {"cpu": [], "rss": [], "processes": 0})
+            acc["cpu"].append(entry["cpu_percent"])
+            acc["rss"].append(entry["rss_mb"])
+            acc["processes"] = max(acc["processes"], entry["processes"])
+    return {group: {"processes": acc["processes"], "cpu_percent_mean": round(sum(acc["cpu"]) / len(acc["cpu"]), 1),
+                    "cpu_percent_max": round(max(acc["cpu"]), 1), "rss_mb_max": round(max(acc["rss"]), 1)}
+            for group, acc in sorted(groups.items())}

@@ -1,0 +1,484 @@
+"""A simulated city against a running hexdispatch: kitchens, drivers, customers, and the audit.
+
+The pieces ``hexdispatch simulate`` and ``hexdispatch bench peak`` are built
+from. Everything a piece observes goes into a :class:`Tally`, a plain
+picklable record that load-generator processes send back and merge, so the
+audit can run over a whole city spread across processes:
+
+* :func:`seed_city` onboards restaurants (each with its kitchen account);
+* :class:`SimDriver` is a driver app in a car: GPS while it moves, offers
+  read and mostly accepted, jobs driven, picked up and delivered;
+* :class:`OrderDesk` is the customers: each order is placed over HTTP by a
+  fresh customer who follows it on a websocket until it is delivered, while
+  the restaurant's kitchen accepts, cooks and marks it ready;
+* :func:`audit` checks every acknowledged order against ``order_events``.
+
+Several front doors may be given: sockets and HTTP calls go to them
+round-robin (:class:`RoundRobin`), so a customer usually follows a driver
+connected to another front door.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable
+
+import httpx
+import numpy as np
+
+from clients.customer import CustomerClient
+from clients.driver import DriverClient
+from clients.http import ApiClient, ApiError
+from dispatch.geo import EARTH_RADIUS_M, haversine_m
+
+DEFAULT_CENTER = (41.8781, -87.6298)  # Chicago Loop
+TERMINAL_STATUSES = ("delivered", "cancelled")
+
+Mint = Callable[[str, str], str]
+"""``mint(role, sub)`` -> a bearer token for that principal."""
+
+
+def minter(secret: str, ttl_s: int = 24 * 3600) -> Mint:
+    """Mint tokens signed with the server's ``secret`` (as ``hexdispatch token`` does)."""
+    from server.auth import mint_token
+
+    def mint(role: str, sub: str) -> str:
+        return mint_token(secret, role, sub, now=int(time.time()), ttl_s=ttl_s)
+
+    return mint
+
+
+def local_minter() -> Mint:
+    """Mint tokens with the local secret (``HEXDISPATCH_JWT_SECRET`` or ``.hexdispatch/jwt_secret``)."""
+    from server.config import Settings
+
+    return minter(Settings.from_env().resolved_jwt_secret())
+
+
+class RoundRobin:
+    """The front doors' base URLs, handed out in turn."""
+
+    def __init__(self, urls: list[str]):
+        if not urls:
+            raise ValueError("at least one server URL is needed")
+        self.urls = [url.rstrip("/") for url in urls]
+        self._next = itertools.cycle(self.urls)
+
+    def next(self) -> str:
+        return next(self._next)
+
+
+def offset(point: tuple[float, float], metres: float, bearing_deg: float) -> tuple[float, float]:
+    """The point ``metres`` away from ``point`` towards ``bearing_deg`` (small-distance approximation)."""
+    dlat = metres * math.cos(math.radians(bearing_deg)) / EARTH_RADIUS_M
+    dlng = metres * math.sin(math.radians(bearing_deg)) / (EARTH_RADIUS_M * math.cos(math.radians(point[0])))
+    return point[0] + math.degrees(dlat), point[1] + math.degrees(dlng)
+
+
+def random_point(rng: random.Random, center, radius_m: float) -> tuple[float, float]:
+    """A point uniformly distributed over the disk of ``radius_m`` around ``center``."""
+    return offset(center, radius_m * math.sqrt(rng.random()), rng.uniform(0, 360))
+
+
+def unix_time(value) -> float:
+    """An API timestamp (ISO 8601 string) as unix seconds."""
+    return datetime.fromisoformat(value).timestamp() if isinstance(value, str) else float(value)
+
+
+def percentiles(values) -> dict:
+    """``{"n", "p50", "p95", "p99", "max"}`` of ``values`` (just ``{"n": 0}`` when empty)."""
+    array = np.asarray(list(values), dtype=float)
+    if not len(array):
+        return {"n": 0}
+    p50, p95, p99 = np.percentile(array, [50, 95, 99])
+    return {"n": len(array), "p50": float(p50), "p95": float(p95), "p99": float(p99), "max": float(array.max())}
+
+
+@dataclass
+class Kitchen:
+    """A seeded restaurant: where it is, what it sells, and its owner's account (picklable)."""
+
+    id: int
+    lat: float
+    lng: float
+    item_ids: list[int]
+    prep_minutes: int
+    owner_token: str
+    url: str
+    """The front door its kitchen staff talk to."""
+
+
+@dataclass
+class Tally:
+    """What one process's drivers and customers saw; tallies of several processes merge."""
+
+    placed_at: dict[int, float] = field(default_factory=dict)
+    """Order id -> the server's ``placed_at`` (unix s) of every acknowledged order."""
+    ready_estimate: dict[int, float] = field(default_factory=dict)
+    """Order id -> the ready estimate at placement (unix s)."""
+    placement: list[tuple[float, float]] = field(default_factory=list)
+    """(acknowledged at, HTTP latency ms) per placement."""
+    first_offer: dict[int, tuple[float, float, float]] = field(default_factory=dict)
+    """Order id -> (first offer received at, the offer's ready_at, the driver's distance to the restaurant m)."""
+    delivered_by: dict[int, str] = field(default_factory=dict)
+    """Order id -> the driver that delivered it."""
+    seen_seqs: dict[int, list[int]] = field(default_factory=dict)
+    """Order id -> the status sequence numbers its customer received."""
+    followed_until: dict[int, float] = field(default_factory=dict)
+    """Order id -> when its customer stopped following it (unix s)."""
+    gps_to_customer: list[tuple[float, float]] = field(default_factory=list)
+    """(received at, ms from the driver's fix to the customer's screen) per driver position."""
+    refused_placements: int = 0
+    declines: int = 0
+    double_bookings: int = 0
+    """A driver told of a second job while busy, or an order delivered by two drivers."""
+    job_failures: list[str] = field(default_factory=list)
+    driver_errors: dict[str, int] = field(default_factory=dict)
+
+    def first_offer_at(self, order_id: int, at: float, ready_at: float, distance_m: float) -> None:
+        known = self.first_offer.get(order_id)
+        if known is None or at < known[0]:
+            self.first_offer[order_id] = (at, ready_at, distance_m)
+
+    def delivered(self, order_id: int, driver_id: str) -> None:
+        if self.delivered_by.setdefault(order_id, driver_id) != driver_id:
+            self.double_bookings += 1
+
+    def merge(self, other: "Tally") -> "Tally":
+        """Fold ``other`` (another process's tally) into this one."""
+        self.placed_at.update(other.placed_at)
+        self.ready_estimate.update(other.ready_estimate)
+        self.placement += other.placement
+        for order_id, (at, ready_at, distance) in other.first_offer.items():
+            self.first_offer_at(order_id, at, ready_at, distance)
+        for order_id, driver_id in other.delivered_by.items():
+            self.delivered(order_id, driver_id)
+        self.seen_seqs.update(other.seen_seqs)
+        self.followed_until.update(other.followed_until)
+        self.gps_to_customer += other.gps_to_customer
+        self.refused_placements += other.refused_placements
+        self.declines += other.declines
+        self.double_bookings += other.double_bookings
+        self.job_failures += other.job_failures
+        for code, count in other.driver_errors.items():
+            self.driver_errors[code] = self.driver_errors.get(code, 0) + count
+        return self
+
+    def placement_to_offer_ms(self) -> list[float]:
+        """Placement (the server's clock) to the first offer, per offered order."""
+        return [(self.first_offer[o][0] - t) * 1000 for o, t in self.placed_at.items() if o in self.first_offer]
+
+
+async def seed_city(urls: RoundRobin, mint: Mint, rng: random.Random, center, radius_m: float, n_restaurants: int,
+                    prep_minutes: list[int], items_per_menu: int = 5, concurrency: int = 8) -> list[Kitchen]:
+    """Onboard ``n_restaurants`` around ``center``, each with a menu; prep times cycle through ``prep_minutes``."""
+    places = [(random_point(rng, center, radius_m), rng.choice(["pizza", "thai", "burgers", "sushi"]),
+               [rng.randrange(600, 2500) for _ in range(items_per_menu)]) for _ in range(n_restaurants)]
+    gate = asyncio.Semaphore(concurrency)
+
+    async def onboard(i: int) -> Kitchen:
+        (lat, lng), cuisine, prices = places[i]
+        url, token = urls.next(), mint("restaurant", f"sim-kitchen-{uuid.uuid4().hex[:8]}")
+        prep = prep_minutes[i % len(prep_minutes)]
+        async with gate:
+            owner = ApiClient(url, token)
+            try:
+                rest = await owner.create_restaurant(
+                    name=f"Sim Kitchen {i}", address=f"{i} Simulation Ave", latitude=lat, longitude=lng,
+                    prep_minutes=prep, cuisine_tags=[cuisine])
+                items = [await owner.add_item(rest["id"], f"Dish {j}", price) for j, price in enumerate(prices)]
+            finally:
+                await owner.aclose()
+        return Kitchen(rest["id"], lat, lng, [item["id"] for item in items], prep, token, url)
+
+    return list(await asyncio.gather(*(onboard(i) for i in range(n_restaurants))))
+
+
+class SimDriver:
+    """A driver app on a phone in a car: moves at ``speed_mps``, GPS every ``gps_interval_s``."""
+
+    def __init__(self, base_url: str, token: str, driver_id: str, position, rng: random.Random, tally: Tally,
+                 speed_mps: float, gps_interval_s: float, accept_rate: float):
+        self.client = DriverClient(base_url, token)
+        self.id = driver_id
+        self.position = position
+        self.rng = rng
+        self.tally = tally
+        self.speed_mps = speed_mps
+        self.gps_interval_s = gps_interval_s
+        self.accept_rate = accept_rate
+        self.busy = False
+        self.tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        await self.client.__aenter__()
+        loop = asyncio.get_running_loop()
+        self.tasks = [loop.create_task(self._gps_loop()), loop.create_task(self._work_loop())]
+
+    async def stop(self, graceful: bool = True) -> None:
+        """Park the car; ``graceful=False`` drops the socket without the closing handshake."""
+        for task in self.tasks:
+            task.cancel()
+        await self.client.close(graceful)
+        for error in self.client.errors:
+            self.tally.driver_errors[error["code"]] = self.tally.driver_errors.get(error["code"], 0) + 1
+
+    async def _gps_loop(self) -> None:
+        await asyncio.sleep(self.rng.uniform(0, self.gps_interval_s))
+        while True:
+            await self.client.gps(*self.position, speed=self.speed_mps)
+            await asyncio.sleep(self.gps_interval_s)
+
+    async def _drive_to(self, target) -> None:
+        """Move in a straight line at road speed, reporting GPS along the way."""
+        distance = haversine_m(*self.position, *target)
+        steps = max(1, math.ceil(distance / (self.speed_mps * self.gps_interval_s)))
+        start = self.position
+        for i in range(1, steps + 1):
+            await asyncio.sleep(distance / self.speed_mps / steps)
+            f = i / steps
+            self.position = (start[0] + (target[0] - start[0]) * f, start[1] + (target[1] - start[1]) * f)
+            await self.client.gps(*self.position, speed=self.speed_mps)
+
+    async def _work_loop(self) -> None:
+        while True:
+            message = await self.client.next("offer", "assigned", "cancelled", timeout_s=3600)
+            if message["type"] == "offer":
+                now = time.time()
+                for order in message["orders"]:
+                    restaurant = order["restaurant"]
+                    self.tally.first_offer_at(order["order_id"], now, float(order["ready_at"]),
+                                              haversine_m(*self.position, restaurant["lat"], restaurant["lng"]))
+                await asyncio.sleep(self.rng.uniform(0.1, 0.8))  # a human reads the offer
+                if self.rng.random() < self.accept_rate:
+                    await self.client.accept(message["offer_id"])
+                else:
+                    self.tally.declines += 1
+                    await self.client.decline(message["offer_id"])
+            elif message["type"] == "assigned":
+                if self.busy:
+                    self.tally.double_bookings += 1
+                self.busy = True
+                try:
+                    await self._do_job(message)
+                except (asyncio.TimeoutError, KeyError, ValueError) as exc:
+                    self.tally.job_failures.append(f"{self.id}: {type(exc).__name__}: {exc}")
+                finally:
+                    self.busy = False
+
+    async def _do_job(self, job: dict) -> None:
+        restaurant = job["orders"][0]["restaurant"]
+        await self._drive_to((restaurant["lat"], restaurant["lng"]))
+        await self.client.at_restaurant(job["job_id"])
+        ready_at = max(o["ready_at"] for o in job["orders"])
+        await asyncio.sleep(max(0.0, ready_at - time.time()))
+        await self.client.picked_up(job["job_id"])
+        for order in job["orders"]:
+            await self._drive_to((order["dropoff"]["lat"], order["dropoff"]["lng"]))
+            await self.client.delivered(order["order_id"])
+            self.tally.delivered(order["order_id"], self.id)
+
+
+async def start_drivers(drivers: list[SimDriver], chunk: int = 50, on_started: Callable[[int], None] | None = None):
+    """Connect ``drivers`` ``chunk`` at a time (a phone fleet coming online, not a thundering herd)."""
+    for first in range(0, len(drivers), chunk):
+        batch = drivers[first:first + chunk]
+        await asyncio.gather(*(d.start() for d in batch))
+        if on_started is not None:
+            on_started(len(batch))
+
+
+async def kitchen_step(api: ApiClient, order_id: int, action: str, attempts: int = 3) -> None:
+    """One kitchen click, retried over a dropped keep-alive connection."""
+    for attempt in range(attempts):
+        try:
+            await api.kitchen(order_id, action)
+            return
+        except ApiError as exc:
+            if exc.code == "illegal_transition":  # a retry landed twice, or the driver already picked up
+                return
+            raise
+        except httpx.TransportError:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def cook(api: ApiClient, order_id: int, prep_s: float) -> None:
+    """A restaurant working one order: accept, cook for ``prep_s``, mark it ready."""
+    await kitchen_step(api, order_id, "accept")
+    await kitchen_step(api, order_id, "start-preparing")
+    await asyncio.sleep(prep_s)
+    await kitchen_step(api, order_id, "ready")
+
+
+@dataclass(eq=False)
+class OrderDesk:
+    """Customers ordering from nearby kitchens and following their orders to the door.
+
+    Each :meth:`place` is one new customer: a websocket to a front door,
+    ``POST /v1/orders`` (through the next front door), a subscription, and
+    the kitchen's work; the socket closes once the order is delivered or
+    cancelled, so there is one customer socket per active order.
+    """
+
+    urls: RoundRobin
+    mint: Mint
+    kitchens: list[Kitchen]
+    rng: random.Random
+    center: tuple[float, float]
+    radius_m: float
+    tally: Tally
+    owners: dict[int, ApiClient] = field(init=False)
+    """Each kitchen's staff, on the front door the kitchen was seeded through."""
+    following: dict[int, CustomerClient] = field(default_factory=dict, init=False)
+    tasks: set[asyncio.Task] = field(default_factory=set, init=False)
+    failures: list[str] = field(default_factory=list, init=False)
+
+    def __post_init__(self):
+        self.owners = {k.id: ApiClient(k.url, k.owner_token) for k in self.kitchens}
+
+    def open_orders(self) -> int:
+        """Acknowledged orders not yet delivered or cancelled (as their customers see them)."""
+        return len(self.following)
+
+    def place_soon(self) -> None:
+        """Start one customer's order in the background."""
+        self._spawn(self.place())
+
+    async def place(self) -> None:
+        customer_id = f"sim-customer-{uuid.uuid4().hex[:10]}"
+        home = random_point(self.rng, self.center, self.radius_m)
+        kitchen = min(self.kitchens, key=lambda k: haversine_m(*home, k.lat, k.lng) + self.rng.uniform(0, 800))
+        token = self.mint("customer", customer_id)
+        follower = CustomerClient(self.urls.next(), token)
+        await follower.__aenter__()
+        api = ApiClient(self.urls.next(), token)
+        try:
+            started = time.perf_counter()
+            order = await api.place_order(kitchen.id, [{"item_id": self.rng.choice(kitchen.item_ids), "quantity": 1}],
+                                          home)
+            self.tally.placement.append((time.time(), (time.perf_counter() - started) * 1000))
+        except (ApiError, httpx.HTTPError) as exc:
+            self.tally.refused_placements += 1
+            self.failures.append(f"placement: {exc!r}")
+            await follower.__aexit__(None, None, None)
+            return
+        finally:
+            await api.aclose()
+        order_id = order["id"]
+        self.tally.placed_at[order_id] = unix_time(order["placed_at"])
+        if order.get("ready_estimate_at"):
+            self.tally.ready_estimate[order_id] = unix_time(order["ready_estimate_at"])
+        self.following[order_id] = follower
+        await follower.follow(order_id)
+        self._spawn(cook(self.owners[kitchen.id], order_id, kitchen.prep_minutes * 60))
+        await follower.wait_for(lambda c: bool(set(c.statuses(order_id)) & set(TERMINAL_STATUSES)),
+                                timeout_s=24 * 3600)
+        await self._unfollow(order_id)
+
+    async def _unfollow(self, order_id: int, graceful: bool = True) -> None:
+        follower = self.following.pop(order_id, None)
+        if follower is None:
+            return
+        self.tally.seen_seqs[order_id] = [e["seq"] for e in follower.events[order_id]]
+        self.tally.followed_until[order_id] = time.time()
+        for position_list in follower.positions.values():
+            self.tally.gps_to_customer += [(p["received_at"], p["received_at"] * 1000 - p["fix_t"])
+                                           for p in position_list if p.get("fix_t")]
+        await follower.close(graceful)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(self._guarded(coro))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _guarded(self, coro) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # one customer's or kitchen's failure must not stop the city
+            self.failures.append(f"{type(exc).__name__}: {exc}")
+
+    async def close(self, graceful: bool = True) -> None:
+        """Stop every customer and kitchen; what the open orders' customers saw goes into the tally.
+
+        ``graceful=False`` drops the customers' sockets without the closing
+        handshake (an overloaded server would make every handshake wait).
+        """
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*(self._unfollow(order_id, graceful) for order_id in list(self.following)))
+        await asyncio.gather(*(owner.aclose() for owner in self.owners.values()))
+
+
+async def place_orders(desk: OrderDesk, per_minute: float, duration_s: float, rng: random.Random,
+                       tick: Callable[[], None] | None = None) -> None:
+    """Poisson arrivals of ``per_minute`` orders for ``duration_s``; ``tick()`` is called after each."""
+    if per_minute <= 0:
+        await asyncio.sleep(duration_s)
+        return
+    deadline = time.time() + duration_s
+    while True:
+        wait = rng.expovariate(per_minute / 60.0)
+        if time.time() + wait >= deadline:
+            await asyncio.sleep(max(0.0, deadline - time.time()))
+            return
+        await asyncio.sleep(wait)
+        desk.place_soon()
+        if tick is not None:
+            tick()
+
+
+#: A status event older than this when its customer stopped following must have reached the customer.
+DELIVERY_GRACE_S = 2.0
+
+
+async def audit(admin: ApiClient, placed: list[int], seen_seqs: dict[int, list[int]],
+                followed_until: dict[int, float] | None = None, concurrency: int = 16) -> dict:
+    """Check every acknowledged order against the server's audit trail.
+
+    ``lost`` counts orders missing from the server or still not delivered or
+    cancelled, plus status events a customer never received (when
+    ``followed_until`` says when a customer left, only events at least
+    :data:`DELIVERY_GRACE_S` older than that count); an order assigned while
+    it was already held by a driver is a double assignment.
+    """
+    followed_until = followed_until or {}
+    counts = {"delivered": 0, "cancelled": 0, "in_flight": 0, "missing": 0, "double_assigned": 0,
+              "lost_status_events": 0}
+    gate = asyncio.Semaphore(concurrency)
+
+    async def check(order_id: int) -> None:
+        async with gate:
+            try:
+                events = await admin.events(order_id)
+            except ApiError:
+                counts["missing"] += 1
+                return
+        final = events[-1]["status"] if events else None
+        counts[{"delivered": "delivered", "cancelled": "cancelled"}.get(final, "in_flight")] += 1
+        holding = 0
+        for event in events:
+            if event["type"] == "assign":
+                holding += 1
+                if holding > 1:
+                    counts["double_assigned"] += 1
+            elif event["type"] == "unassign":
+                holding -= 1
+        until = followed_until.get(order_id, float("inf")) - DELIVERY_GRACE_S
+        due = {e["seq"] for e in events if unix_time(e["at"]) <= until}
+        counts["lost_status_events"] += len(due - set(seen_seqs.get(order_id, ())))
+
+    await asyncio.gather(*(check(order_id) for order_id in placed))
+    counts["lost"] = counts["missing"] + counts["in_flight"] + counts["lost_status_events"]
+    return counts
