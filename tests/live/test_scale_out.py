@@ -4,6 +4,7 @@ import asyncio
 import uuid
 
 import httpx
+import msgpack
 import pytest
 import websockets
 
@@ -87,7 +88,10 @@ async def test_a_driver_has_one_live_socket_across_processes(front_doors):
     url = "ws{}/v1/ws/driver?token={}"
     driver_token = token("driver", f"d-{uuid.uuid4().hex[:8]}")
     async with websockets.connect(url.format(door_a.url[4:], driver_token)) as first:
+        # The session starts when the server says welcome (the socket is accepted a moment before).
+        assert msgpack.unpackb(await asyncio.wait_for(first.recv(), 10))["type"] == "welcome"
         async with websockets.connect(url.format(door_b.url[4:], driver_token)) as second:
+            assert msgpack.unpackb(await asyncio.wait_for(second.recv(), 10))["type"] == "welcome"
             await asyncio.wait_for(first.wait_closed(), 10)
             assert first.close_code == 4000  # replaced by the newer connection on the other process
             assert second.close_code is None

@@ -1,0 +1,57 @@
+"""``hexdispatch bench peak`` at toy size: the live server of the tests, the two baselines, the report.
+
+The bench's orchestration blocks (it waits on its load processes), so it runs
+in a thread while this event loop keeps serving the live server. Timings are
+not asserted, only that every figure is there and that the audit is clean.
+"""
+
+import asyncio
+import json
+
+from bench import peak
+from tests.conftest import TEST_SECRET
+
+
+async def test_peak_and_comparison_at_toy_size(live, settings, spot, tmp_path):
+    out = tmp_path / "peak"
+    argv = [
+        "--url", live.url, "--secret", TEST_SECRET, "--database-url", settings.database_url,
+        "--lat", str(spot[0]), "--lng", str(spot[1]), "--radius-m", "400",
+        "--drivers", "30", "--processes", "1", "--restaurants", "3", "--prep-minutes", "1",
+        "--orders-per-minute", "60", "--duration", "3", "--warmup", "1", "--drain", "0",
+        "--flood-sockets", "30", "--flood-warmup", "0.5", "--flood-seconds", "1.5",
+        "--flood-ramp", "60", "--flood-step-seconds", "2", "--flood-following", "0.2", "--keeps-up-lag-ms", "5000",
+        "--out", str(out), "--json", str(tmp_path / "figures.json"),
+    ]
+    code = await asyncio.to_thread(peak.main, argv)
+    assert code in (0, 1)  # toy sizes may miss a target; the figures are what is checked here
+    figures = json.loads((tmp_path / "figures.json").read_text())
+
+    run = figures["peak"]
+    assert run["driver_sockets"] == 30
+    assert run["gps_absorbed_per_s"] > 0 and run["gps_offered_per_s"] > 0
+    assert run["orders_placed"] > 0 and run["orders_refused"] == 0
+    assert run["lost_orders"] == 0 and run["lost_status_events"] == 0 and run["double_assignments"] == 0
+    for key in ("gps_to_customer_ms", "order_placement_ms", "placement_to_offer_ms", "held_orders", "postgres",
+                "processes", "gps_to_actor_ms", "tick_ms"):
+        assert key in run
+    assert run["order_placement_ms"]["n"] == run["orders_placed"]
+    assert run["gps_to_actor_ms"]["p99"] >= run["gps_to_actor_ms"]["p50"] >= 0
+    assert run["postgres"]["commits_per_s"] > 0
+
+    comparison = figures["comparison"]
+    for design in ("ceiling", "redis_design", "hexdispatch"):
+        assert comparison[design]["most_absorbed_per_s"] > 0, design
+        assert comparison[design]["frames_per_s"] is not None, design
+        assert comparison[design]["sockets"] == 30
+    assert comparison["redis_design"]["followers"] == 6
+    assert comparison["redis_design"]["gps_to_customer_ms"]["n"] > 0
+    assert set(comparison["ratios"]) == {"hexdispatch_over_ceiling", "hexdispatch_over_redis_design",
+                                         "redis_design_over_ceiling"}
+    assert comparison["ratios"]["hexdispatch_over_ceiling"] is not None  # the ceiling always absorbs something
+
+    assert {t["what"] for t in figures["targets"]} >= {"lost orders", "GPS-to-customer p99",
+                                                       "hexdispatch / bare ceiling (GPS frames/s)"}
+    for name in ("peak.md", "peak.json", "peak_latency.png", "peak_throughput.png", "compare_throughput.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert "| lost orders | 0 | 0 | yes |" in (out / "peak.md").read_text()
