@@ -71,9 +71,11 @@ class RedisBroker:
         self.stats = {"published": 0, "received": 0, "round_trips": 0}
 
     async def start(self) -> None:
+        """Subscribe to the channels registered so far and start reading and writing."""
         self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        # A pub/sub connection reads nothing until it has a channel: subscribe to one we always need.
-        await self.pubsub.subscribe(self.prefix + "sessions")
+        subscribe, self._subscribe = self._subscribe, set()
+        if subscribe:
+            await self.pubsub.subscribe(*(self.prefix + c for c in subscribe))
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._read_loop()), loop.create_task(self._write_loop())]
 
@@ -87,13 +89,13 @@ class RedisBroker:
     def subscribe(self, channel: str, handler: Handler) -> None:
         new = channel not in self.handlers
         self.handlers[channel] = handler
-        if new and channel != "sessions":
+        if new:
             self._unsubscribe.discard(channel)
             self._subscribe.add(channel)
             self._wakeup.set()
 
     def unsubscribe(self, channel: str) -> None:
-        if self.handlers.pop(channel, None) is not None and channel != "sessions":
+        if self.handlers.pop(channel, None) is not None:
             self._subscribe.discard(channel)
             self._unsubscribe.add(channel)
             self._wakeup.set()
@@ -135,6 +137,9 @@ class RedisBroker:
     async def _read_loop(self) -> None:
         skip = len(self.prefix)
         while True:
+            if not self.pubsub.subscribed:  # a pub/sub connection has nothing to read before its first channel
+                await asyncio.sleep(0.05)
+                continue
             try:
                 message = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             except asyncio.CancelledError:

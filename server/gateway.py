@@ -159,7 +159,6 @@ class Gateway:
 
     async def start(self) -> None:
         import asyncpg
-        import ray
 
         self.listener = await asyncpg.connect(self.dsn)
         await self.listener.add_listener("order_events", self._on_notify)
@@ -248,7 +247,8 @@ class Gateway:
             # The cell holding the driver lent it to a neighbour: route it there from now on.
             if link is not None and link.home_cell == cell_id:
                 self._moved(link, message["cell"], "rehome")
-            self.cell(message["cell"])  # poll the borrower even if the driver's socket is gone
+            else:
+                self.cell(message["cell"])  # poll the borrower even if the driver's socket is gone
             return
         if link is not None and kind == "offer" and link.orders and link.home_cell != cell_id:
             # A stale registration of a driver busy elsewhere: refuse for it rather than double-book.
