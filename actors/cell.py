@@ -434,7 +434,7 @@ class CellActor:
         driver = self.core.nearest_idle(lat, lng, radius_m)
         if driver is None or self.core.remove_driver(driver.id) is None:
             return None
-        log.info("cell %s: lent driver %s to %s", self.cell_id, driver.id, borrower)
+        log.debug("cell %s: lent driver %s to %s", self.cell_id, driver.id, borrower)
         self.departed_until[driver.id] = time.time() + DEPARTED_FIX_GRACE_S
         self.stats["lent"] += 1
         self._send(driver.id, {"type": "rehome", "cell": borrower})

@@ -10,7 +10,7 @@
   once idle after its shift.
 * :class:`Kitchens` places each order at its placement time over HTTP (one
   customer per order) and works it like a restaurant: accept, start preparing,
-  revise the ready estimate, mark ready at the MDRP ready time.
+  revise the ready estimate (in seconds), mark ready at the MDRP ready time.
 * :func:`jobs_from_audit` and :func:`live_solution` turn the server's audit trail
   back into an MDRP :class:`~dispatch.simulator.Solution`.
 
@@ -44,6 +44,8 @@ from dispatch.simulator import ON_LOCATION, AssignmentRecord, CourierMove, Solut
 REPLY_ALLOWANCE_S = 1.0
 #: How long a courier whose sign-off was refused waits for the offer that came first.
 RACED_OFFER_WAIT_S = 5.0
+#: The API's longest ready estimate (``ready_in_seconds``).
+MAX_READY_IN_S = 14_400
 
 
 @dataclass(frozen=True)
@@ -348,19 +350,19 @@ class Kitchens:
 
     async def _cook(self, o: int, order_id: int, owner: ApiClient) -> None:
         """Accept, prepare, and tell the server when the food will be ready, as exactly as whole
-        minutes allow: at once rounded down, and exactly from the moment the wait is a whole
-        number of wall minutes; then mark it ready at the MDRP ready time."""
+        seconds (``ready_in_seconds``) allow: at once rounded down, and exactly from the moment the
+        wait is a whole number of wall seconds; then mark it ready at the MDRP ready time."""
         world, clock = self.world, self.world.clock
         ready = clock.wall(float(world.instance.order_ready[o]))
         for action in ("accept", "start-preparing"):
             await self._step(o, lambda a=action: owner.kitchen(order_id, a))
-        whole = min(240, max(0, int((ready - time.time()) // 60)))
-        await self._step(o, lambda: owner.revise_ready(order_id, whole))
-        exact_from = ready - 60 * whole
+        whole = min(MAX_READY_IN_S, max(0, int(ready - time.time())))
+        await self._step(o, lambda: owner.revise_ready(order_id, seconds=whole))
+        exact_from = ready - whole
         self.exact_from[o] = clock.minutes(max(exact_from, time.time()))
         if whole and exact_from > time.time():
             await sleep_until(exact_from)
-            await self._step(o, lambda: owner.revise_ready(order_id, whole))
+            await self._step(o, lambda: owner.revise_ready(order_id, seconds=whole))
         await sleep_until(ready)
         await self._step(o, lambda: owner.kitchen(order_id, "ready"))
 

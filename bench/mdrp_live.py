@@ -13,9 +13,10 @@ at the MDRP ready time, and every courier is a driver client on its shift
 Afterwards the server's audit trail (``GET /v1/orders/{id}/events``) is turned
 back into the MDRP solution files, checked by ``dispatch.feasibility`` and
 measured by ``dispatch.metrics``. The same window is replayed offline with the
-``slack`` policy three times, to split the gap into steps: 1-minute decisions
-(the reference), decisions at the live tick rate, and at the tick rate seeing
-idle drivers only, as a live cell does; what remains is the live system itself.
+``slack`` policy three times: 1-minute decisions (the reference), decisions at
+the live tick rate (the step to it is the decision cadence; what remains is the
+live system itself), and, for scale, at the tick rate seeing idle drivers only
+(what holding orders for drivers about to be free is worth).
 Writes ``OUT/mdrp_live.md``, ``OUT/mdrp_live.json`` (or ``--json``),
 ``OUT/click_to_door.png``, ``OUT/server.log`` and the solution files under
 ``OUT/<window>/{live,offline}/``. Exits 1 unless every order was delivered
@@ -65,8 +66,8 @@ TARGET_GAP_MIN = 1.0
 #: Chicago (Grubhub's home): where the instance's metres are laid out.
 REFERENCE = (41.8781, -87.6298)
 #: Fields of ``MatchParams`` measured in minutes: divided by the speed-up on the live server.
-MINUTE_FIELDS = ("commit_window", "lookahead", "pickup_lead", "dropoff_service", "bundle_ready_window",
-                 "bundle_max_delay", "bundle_max_delay_scarce")
+MINUTE_FIELDS = ("commit_window", "lookahead", "pickup_lead", "pickup_exit", "dropoff_service",
+                 "bundle_ready_window", "bundle_max_delay", "bundle_max_delay_scarce")
 
 
 # --------------------------------------------------------------------------- the instance, scaled
@@ -307,12 +308,14 @@ def gap_factors(instance: Instance, live: Solution, off: Solution, lag: np.ndarr
 
 def gap_decomposition(off: dict, tick: dict, idle: dict, live: dict) -> dict:
     """The gap in mean click-to-door (minutes) split into steps from the offline replay to the live one:
-    deciding at the live tick rate, then seeing idle drivers only (as a live cell does), then the rest
-    (ready estimates in whole wall minutes, GPS, network and event-loop delays, the clock)."""
+    deciding at the live tick rate, then the live system itself (GPS fixes instead of exact positions, the
+    travel model, ready estimates in whole wall seconds, network and event-loop delays, the clock). Also, for
+    scale: what matching idle drivers only would cost offline (live cells, like the offline replay, hold
+    orders for drivers about to be free)."""
     mean = {name: m["click_to_door"]["mean"] for name, m in (("off", off), ("tick", tick), ("idle", idle),
                                                                  ("live", live))}
-    return {"decision_cadence": mean["tick"] - mean["off"], "idle_drivers_only": mean["idle"] - mean["tick"],
-            "live_mechanics": mean["live"] - mean["idle"]}
+    return {"decision_cadence": mean["tick"] - mean["off"], "live_mechanics": mean["live"] - mean["tick"],
+            "idle_drivers_only": mean["idle"] - mean["tick"]}
 
 
 def _ms(stats: dict) -> str:
@@ -334,10 +337,11 @@ def markdown_report(figures: dict) -> str:
         "",
         f"- mean click-to-door: live {live['click_to_door']['mean']:.2f} min, offline {off['click_to_door']['mean']:.2f}"
         f" -> gap {figures['gap_minutes']:+.2f} min (target within {TARGET_GAP_MIN:g}: {verdict})",
-        f"- the gap, step by step: deciding every live tick {parts['decision_cadence']:+.2f} min; matching idle "
-        f"drivers only, as a live cell does (the offline replay also holds orders for drivers free within "
-        f"{MatchParams().lookahead:g} min) {parts['idle_drivers_only']:+.2f}; the live system itself (ready estimates "
-        f"in whole wall minutes, GPS, network, clock) {parts['live_mechanics']:+.2f}",
+        f"- the gap, step by step: deciding every live tick {parts['decision_cadence']:+.2f} min; the live system "
+        f"itself (GPS fixes, travel model, ready estimates in whole wall seconds, network, clock) "
+        f"{parts['live_mechanics']:+.2f}. For scale: matching idle drivers only (not holding orders for drivers "
+        f"free within {MatchParams().lookahead:g} min, as live cells and the offline replay both do) would cost "
+        f"{parts['idle_drivers_only']:+.2f} offline",
         f"- delivered exactly once: {audit['delivered_once']}/{audit['orders']} "
         f"(not delivered {len(audit['not_delivered'])}, twice {len(audit['delivered_twice'])}, "
         f"re-dispatched {len(audit['reassigned'])}, double-assigned {len(audit['double_assigned'])})",
@@ -349,7 +353,7 @@ def markdown_report(figures: dict) -> str:
         f"{100 * factors['same_courier_share']:.0f}% of orders",
         f"- ready-to-pickup (food waiting): live mean {factors['ready_to_pickup_live'].get('mean', math.nan):.2f} min,"
         f" offline {factors['ready_to_pickup_offline'].get('mean', math.nan):.2f}",
-        f"- ready estimates (whole wall minutes over HTTP): exact at placement for "
+        f"- ready estimates (whole wall seconds over HTTP): exact at placement for "
         f"{100 * factors['share_ready_estimate_exact_at_placement']:.0f}% of orders; "
         f"{100 * factors['share_assigned_on_early_ready_estimate']:.0f}% were assigned while the estimate was still early",
         f"- wall-clock delays: a courier's timed step (arrival, pickup, drop-off) wakes "
@@ -456,7 +460,7 @@ def main(argv: list[str]) -> int:
                         violations=problems[:20])
     off_metrics, off = offline(instance, 1.0, "slack (offline)")
     tick_metrics, _ = offline(instance, tick_s * args.speedup / 60, "slack (offline, live tick)")
-    # A live cell matches idle drivers only (no lookahead: none is held while finishing a job).
+    # For scale: no lookahead, no order held for a driver finishing its job.
     idle_metrics, idle = offline(instance, tick_s * args.speedup / 60, "slack (offline, idle drivers only)",
                               MatchParams(lookahead=0.0))
     write_solution(live, args.out / instance.name / "live", live_metrics)

@@ -15,9 +15,9 @@ Phases (real clients over loopback, spread over ``--processes`` load processes):
    until latency breaks; reports the knee.
 3. **comparison**: the same flood of GPS frames (sockets sending as fast as
    the server reads) against (a) the bare ceiling, (b) the seeds' Redis
-   design, both started here on free ports, and (c) hexdispatch, which
-   refuses more than 2 fixes/s per socket, so its flood is a ramp of paced
-   steps that stops where it no longer keeps up.
+   design, both started here on free ports, and (c) hexdispatch (which must
+   allow that many fixes per socket: ``--start-server`` sets
+   ``HEXDISPATCH_GPS_RATE``).
 
 Writes ``peak.md``, ``peak.json`` and PNG plots under ``--out``; exits 1 when
 a target is missed (and says which).
@@ -60,6 +60,8 @@ TARGET_SHARE_OF_CEILING = 0.5
 TARGET_TIMES_REDIS = 1.5
 #: A step keeps up when the server absorbs this share of what is offered...
 KEEPS_UP_SHARE = 0.9
+#: Fixes per second a socket may send to a server this bench starts (the comparison's flood).
+FLOOD_GPS_RATE = 1000
 #: The flood runs this far from the city, in cells of its own.
 FLOOD_OFFSET_DEG = 0.5
 
@@ -75,6 +77,8 @@ class System:
     """Front-door pids (when the bench started them or was told), for CPU and memory."""
     workers: int = 1
     """Front-door processes behind each URL (``hexdispatch serve --workers``)."""
+    stats_file: str | None = None
+    """Where the (single) front door started here writes its counters (``HEXDISPATCH_STATS_FILE``)."""
 
     @property
     def admin_token(self) -> str:
@@ -136,11 +140,15 @@ def started_system(args) -> Iterator[System]:
         env = {**os.environ, "DATABASE_URL": dsn, "HEXDISPATCH_JWT_SECRET": secret, "PYTHONPATH": str(REPO),
                "HEXDISPATCH_HOME": str(Path(home) / ".hexdispatch")}
         env.pop("RAY_ADDRESS", None)
+        env["HEXDISPATCH_GPS_RATE"] = str(FLOOD_GPS_RATE)  # the comparison floods; the city stays far below
         env.update(args.server_env)
         if args.front_doors > 1:
             env["REDIS_URL"] = args.redis_url  # what the front doors share (positions, sessions, rate limits)
         else:
             env.pop("REDIS_URL", None)
+        stats_file = str(Path(home) / "front-door-stats.json") if args.front_doors == 1 else None
+        if stats_file:  # a flooded front door answers HTTP late: its counters come from a file instead
+            env["HEXDISPATCH_STATS_FILE"] = stats_file
         port = free_port()
         command = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--workers",
                    str(args.front_doors), "--log-level", "warning"]
@@ -148,7 +156,7 @@ def started_system(args) -> Iterator[System]:
         try:
             url = f"http://127.0.0.1:{port}"
             wait_until_healthy(url, process, timeout_s=180)
-            yield System([url], secret, dsn, {process.pid: "front door"}, args.front_doors)
+            yield System([url], secret, dsn, {process.pid: "front door"}, args.front_doors, stats_file)
         finally:
             stop_process(process, timeout_s=60)
 
@@ -163,7 +171,7 @@ def system_under_test(args) -> Iterator[System]:
     for url in urls:
         wait_until_healthy(url, timeout_s=30)
     yield System(urls, args.secret or secret_from_environment(), args.database_url or os.environ.get("DATABASE_URL"),
-                 listening_pids(urls), args.front_doors)
+                 listening_pids(urls), args.front_doors, args.stats_file)
 
 
 def wait_until_responsive(system: System, timeout_s: float = 120.0) -> None:
@@ -195,7 +203,8 @@ def sampler_for_system(system: System, load: LoadRun | None, every_s: float = 1.
     if load is not None:
         roots.update({pid: f"load generator {i + 1}" for i, pid in enumerate(load.pids())})
     return probes.Sampler(
-        counters=probes.hexdispatch_counters(system.urls, system.admin_token, system.workers),
+        counters=(probes.hexdispatch_stats_file(system.stats_file) if system.stats_file
+                  else probes.hexdispatch_counters(system.urls, system.admin_token, system.workers)),
         cells=probes.hexdispatch_cells(system.urls[0], system.admin_token),
         postgres=probes.PostgresProbe(system.dsn) if system.dsn else None,
         processes=probes.ProcessProbe(roots, postgres_db=system.database, redis=len(system.urls) > 1,
@@ -217,7 +226,7 @@ def offered_rate(progress: list[tuple[int, dict]], start: float, end: float) -> 
 
 def per_second(progress: list[tuple[int, dict]], samples: list[probes.Sample], key, origin: float) -> dict:
     """Offered (load processes) and absorbed (``key`` of the samples) per second, for the throughput plot."""
-    absorbed = [(s.at - origin, key(s)) for s in samples if key(s) is not None]
+    absorbed = sorted((s.at - origin, key(s)) for s in samples if key(s) is not None)
     absorbed_rate = [((t0 + t1) / 2, (v1 - v0) / (t1 - t0)) for (t0, v0), (t1, v1) in zip(absorbed, absorbed[1:])
                      if t1 > t0]
     sent: dict[float, float] = {}
@@ -435,11 +444,11 @@ def stress_steps(args) -> list[Step]:
 
     The steps start after ``--warmup`` s at the peak's own rate (not measured).
     """
-    from server.ws import GPS_RATE
+    from server.ratelimit import RateLimits
 
     steps, at = [], args.warmup
     for multiplier in (float(m) for m in args.stress_steps.split(",")):
-        interval = max(1.0 / GPS_RATE, args.gps_interval / multiplier)
+        interval = max(1.0 / RateLimits().gps.rate, args.gps_interval / multiplier)
         if steps and interval >= steps[-1].gps_interval_s:
             continue
         steps.append(Step(at, interval, args.orders_per_minute))
@@ -510,7 +519,10 @@ def step_figures(progress, samples: list[probes.Sample], start: float, end: floa
     absorbed = probes.rate(window, probes.counter("gps"))
     cells = cell_figures(samples, start, end)
     lag = (cells.get("gps_to_actor_ms") or {}).get("p99")
-    missing = sum(1 for s in window if s.counters is None)
+    if lag is None:  # a flooded front door did not answer for its cells: its own view of their lag
+        seen = [s.counters["gps_to_cell_ms"] for s in window if s.counters and "gps_to_cell_ms" in s.counters]
+        lag = float(np.percentile(seen, 99)) if seen else None
+    missing = sum(1 for s in window if not s.slow and s.counters is None)
     keeps_up = bool(offered and absorbed is not None and absorbed >= KEEPS_UP_SHARE * offered
                     and missing == 0 and (lag is None or lag <= max_lag_ms))
     return {"gps_offered_per_s": offered, "gps_absorbed_per_s": absorbed, "gps_to_actor_p99_ms": lag,
@@ -520,44 +532,34 @@ def step_figures(progress, samples: list[probes.Sample], start: float, end: floa
 # --------------------------------------------------------------------------- comparison
 
 
-def flood_jobs(args, urls: list[str], secret: str, tag: str, rates, following: float) -> list[FloodJob]:
+def flood_jobs(args, urls: list[str], secret: str, tag: str, following: float) -> list[FloodJob]:
     center = (args.lat + FLOOD_OFFSET_DEG, args.lng)
     run_id, prefix = secrets.token_hex(3), tag.replace(" ", "-")
     jobs = []
     for index, (first, size) in enumerate(split(args.flood_sockets, args.processes)):
         jobs.append(FloodJob(index, urls, secret, size, first_driver=first, id_prefix=f"{prefix}-{run_id}",
-                             rates=rates, followers=int(size * following), center=center, seed=args.seed,
-                             progress_every_s=flood_sampling(args)))
+                             followers=int(size * following), center=center, seed=args.seed,
+                             progress_every_s=sampling_interval(args.flood_seconds)))
     return jobs
 
 
-def flood_settle_s(args) -> float:
-    """Left out at the start of each hexdispatch ramp step (the new rate spreading over the sockets)."""
-    return min(3.0, args.flood_step_seconds / 3)
+def run_flood(args, name: str, jobs: list[FloodJob], sampler: probes.Sampler) -> dict:
+    """Flood ``name`` as fast as it reads; its figure is what it absorbed over the measured window.
 
-
-def flood_sampling(args) -> float:
-    return sampling_interval(min(args.flood_seconds, args.flood_step_seconds - flood_settle_s(args)))
-
-
-def run_flood(args, name: str, jobs: list[FloodJob], sampler: probes.Sampler, load: LoadRun,
-              measure: list[tuple[float, float]], keeps_up=None) -> dict:
-    """Run a flood; ``measure``: (from, to) s after go of each step; stop after a step that does not keep up."""
+    For hexdispatch that figure counts only while its cells keep up (their GPS
+    lag p99 within ``--keeps-up-lag-ms``): reading frames faster than the
+    cells take the fixes would not be absorbing them.
+    """
+    load = LoadRun(jobs, f"compare: {name}")
     try:
         load.start(sum(j.sockets + j.followers for j in jobs))
         for i, pid in enumerate(load.pids()):
             sampler.processes.add(pid, f"load generator {i + 1}")
         sampler.start()
-        steps = []
-        for number, (start_s, end_s) in enumerate(measure):
-            load.watch(max(0.0, load.go_at + end_s - time.time()),
-                       postfix=lambda p: f"sent={sum(x['gps_sent'] for x in p.values()):,}")
-            start, end = load.go_at + start_s, load.go_at + end_s
-            figures = step_figures(load.history, sampler.samples, start, end, args.keeps_up_lag_ms)
-            figures["rate_per_socket"] = jobs[0].rates[min(number, len(jobs[0].rates) - 1)][1]
-            steps.append(figures)
-            if keeps_up is not None and not figures["keeps_up"]:
-                break
+        load.watch(max(0.0, load.go_at + args.flood_warmup + args.flood_seconds - time.time()),
+                   postfix=lambda p: f"sent={sum(x['gps_sent'] for x in p.values()):,}")
+        start, end = load.go_at + args.flood_warmup, load.go_at + args.flood_warmup + args.flood_seconds
+        figures = step_figures(load.history, sampler.samples, start, end, args.keeps_up_lag_ms)
         outcomes = load.finish()
     except BaseException:
         load.abort()
@@ -567,83 +569,66 @@ def run_flood(args, name: str, jobs: list[FloodJob], sampler: probes.Sampler, lo
     tally = Tally()
     for outcome in outcomes:
         tally.merge(outcome.tally)
-    sustained = [s["gps_absorbed_per_s"] or 0.0 for s in steps if s["keeps_up"] or keeps_up is None]
-    measured = probes.window(samples, load.go_at + measure[0][0], load.go_at + measure[len(steps) - 1][1])
+    absorbed = figures["gps_absorbed_per_s"] or 0.0
+    lag = figures["gps_to_actor_p99_ms"]
     return {
         "target": name, "sockets": sum(j.sockets for j in jobs), "followers": sum(j.followers for j in jobs),
-        "steps": steps, "frames_per_s": max(sustained, default=0.0),
-        "most_absorbed_per_s": max((s["gps_absorbed_per_s"] or 0.0 for s in steps), default=0.0),
+        "gps_sent_per_s": figures["gps_offered_per_s"], "most_absorbed_per_s": absorbed,
+        "gps_to_actor_p99_ms": lag, "keeps_up": lag is None or lag <= args.keeps_up_lag_ms,
+        "frames_per_s": absorbed if lag is None or lag <= args.keeps_up_lag_ms else 0.0,
         "gps_to_customer_ms": percentiles(ms for _, ms in tally.gps_to_customer) if tally.gps_to_customer else None,
-        "processes": probes.process_usage(measured), "probe_failures": sampler.errors,
+        "processes": probes.process_usage(probes.window(samples, start, end)), "probe_failures": sampler.errors,
         "_plot": per_second(load.history, samples, probes.counter("gps"), load.go_at),
     }
 
 
-def run_baseline(args, module: str, name: str, system: System, following: float, paced: bool) -> dict:
-    """Flood a baseline started here: as fast as it reads, or (``paced``) in the ramp hexdispatch gets."""
+def run_baseline(args, module: str, name: str, system: System, following: float) -> dict:
+    """Flood a baseline started here on a free port."""
     from bench.catalog import free_port
     from bench.baselines import running
 
     env = {"HEXDISPATCH_JWT_SECRET": system.secret, "REDIS_URL": args.redis_url,
            "REDIS_PREFIX": f"hexdispatch-bench:{secrets.token_hex(4)}:"}
     with running(module, free_port(), env) as (url, process, stats_file):
-        rates = paced_ramp(args) if paced else [(0.0, None)]
-        jobs = flood_jobs(args, [url], system.secret, name, rates, following)
-        load = LoadRun(jobs, f"compare: {name}")
-        sampler = probes.Sampler(counters=probes.baseline_counters(stats_file), every_s=flood_sampling(args),
+        jobs = flood_jobs(args, [url], system.secret, name, following)
+        sampler = probes.Sampler(counters=probes.baseline_counters(stats_file), every_s=sampling_interval(args.flood_seconds),
                                  processes=probes.ProcessProbe({**system.pids, process.pid: name,
                                                                 os.getpid(): "bench"}, redis="redis" in module))
-        if paced:
-            return run_flood(args, name, jobs, sampler, load, ramp_windows(args, rates), keeps_up=True)
-        return run_flood(args, name, jobs, sampler, load, [(args.flood_warmup, args.flood_warmup + args.flood_seconds)])
+        return run_flood(args, name, jobs, sampler)
 
 
-def ramp_windows(args, rates) -> list[tuple[float, float]]:
-    """The measured part of each ramp step (s after go)."""
-    return [(at + flood_settle_s(args), at + args.flood_step_seconds) for at, _ in rates]
-
-
-def paced_ramp(args) -> list[tuple[float, float | None]]:
-    """Per-socket rates of a paced flood: offered totals stepping up to the protocol's 2 fixes/s a socket."""
-    from server.ws import GPS_RATE
-
-    most = args.flood_sockets * GPS_RATE
-    totals = [t for t in (float(x) for x in args.flood_ramp.split(",")) if t < most] + [most]
-    return [(i * args.flood_step_seconds, total / args.flood_sockets) for i, total in enumerate(totals)]
+COMPARED = ("ceiling", "redis_design", "hexdispatch")
 
 
 def run_comparison(args, system: System) -> dict:
-    """The same GPS flood against the bare ceiling, the Redis design and hexdispatch; the ratios.
+    """The same GPS flood (every socket sending as fast as the server reads) against the bare ceiling, the
+    Redis design and hexdispatch; the ratios.
 
-    The ceiling is flooded as fast as it reads (that is its definition). The
-    Redis design and hexdispatch get the same paced ramp (hexdispatch refuses
-    more than 2 fixes/s a socket; an unpaced flood would also only measure how
-    either copes with a backlog): each one's figure is its best step that
-    kept up.
+    hexdispatch must allow that many fixes per socket (``HEXDISPATCH_GPS_RATE``;
+    ``--start-server`` sets it), or its flood measures its rate limiter.
     """
-    results = {
-        "ceiling": run_baseline(args, "bench.baselines.ceiling", "ceiling", system, 0.0, paced=False),
-        "redis_design": run_baseline(args, "bench.baselines.redis_design", "redis design", system,
-                                     args.flood_following, paced=True),
-    }
-    wait_until_responsive(system)
-    rates = paced_ramp(args)
-    jobs = flood_jobs(args, system.urls, system.secret, "flood", rates, 0.0)
-    load = LoadRun(jobs, "compare: hexdispatch")
-    sampler = sampler_for_system(system, None, flood_sampling(args))
-    results["hexdispatch"] = run_flood(args, "hexdispatch", jobs, sampler, load, ramp_windows(args, rates),
-                                       keeps_up=True)
-    ceiling, redis, hexd = (results[k]["frames_per_s"] for k in ("ceiling", "redis_design", "hexdispatch"))
-    results["ratios"] = {
-        "hexdispatch_over_ceiling": hexd / ceiling if hexd is not None and ceiling else None,
-        "hexdispatch_over_redis_design": hexd / redis if hexd is not None and redis else None,
-        "redis_design_over_ceiling": redis / ceiling if redis is not None and ceiling else None,
-    }
+    results: dict = {}
+    if "ceiling" in args.compare:
+        results["ceiling"] = run_baseline(args, "bench.baselines.ceiling", "ceiling", system, 0.0)
+    if "redis_design" in args.compare:
+        results["redis_design"] = run_baseline(args, "bench.baselines.redis_design", "redis design", system,
+                                               args.flood_following)
+    if "hexdispatch" in args.compare:
+        wait_until_responsive(system)
+        jobs = flood_jobs(args, system.urls, system.secret, "flood", 0.0)
+        results["hexdispatch"] = run_flood(args, "hexdispatch", jobs,
+                                           sampler_for_system(system, None, sampling_interval(args.flood_seconds)))
+        wait_until_responsive(system)
+
+    def ratio(over: str, under: str) -> float | None:
+        if over not in results or under not in results or not results[under]["frames_per_s"]:
+            return None
+        return results[over]["frames_per_s"] / results[under]["frames_per_s"]
+
+    results["ratios"] = {"hexdispatch_over_ceiling": ratio("hexdispatch", "ceiling"),
+                         "hexdispatch_over_redis_design": ratio("hexdispatch", "redis_design"),
+                         "redis_design_over_ceiling": ratio("redis_design", "ceiling")}
     results["max_lag_ms"] = args.keeps_up_lag_ms
-    results["hexdispatch_offer_limited"] = bool(
-        results["hexdispatch"]["steps"] and results["hexdispatch"]["steps"][-1]["keeps_up"]
-        and len(results["hexdispatch"]["steps"]) == len(rates))
-    wait_until_responsive(system)
     return results
 
 
@@ -678,6 +663,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     where.add_argument("--redis-url", default=os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
                        help="Redis of the Redis design (and of several front doors)")
     where.add_argument("--secret", help="the server's JWT secret (default: as `hexdispatch token` finds it)")
+    where.add_argument("--stats-file", help="with --url: the front door's HEXDISPATCH_STATS_FILE, to read its counters "
+                                            "from while a flood keeps it from answering HTTP promptly")
     load = parser.add_argument_group("the peak hour")
     load.add_argument("--drivers", type=int, default=10_000)
     load.add_argument("--gps-interval", type=float, default=5.0, help="seconds between a driver's fixes")
@@ -702,20 +689,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     phases.add_argument("--stress-step-seconds", type=float, default=20)
     phases.add_argument("--no-compare", action="store_true", help="skip the ceiling / Redis design comparison")
     phases.add_argument("--flood-sockets", type=int, help="driver sockets of the comparison (default --drivers)")
-    phases.add_argument("--flood-warmup", type=float, default=4)
-    phases.add_argument("--flood-seconds", type=float, default=10, help="measured seconds of a baseline's flood")
-    phases.add_argument("--flood-ramp", default="2000,3000,4000,5000,6000,7000,8000,10000,12000,14000,16000,20000",
-                        help="offered fixes/s of the paced flood's steps (Redis design and hexdispatch)")
-    phases.add_argument("--flood-step-seconds", type=float, default=12)
+    phases.add_argument("--flood-warmup", type=float, default=15, help="first seconds of each flood left out")
+    phases.add_argument("--flood-seconds", type=float, default=15, help="measured seconds of each flood")
+    phases.add_argument("--compare", default=",".join(COMPARED),
+                        help="which of the three the comparison floods (comma-separated)")
     phases.add_argument("--keeps-up-lag-ms", type=float, default=2000.0,
-                        help="a ramp step keeps up while the cells' GPS lag p99 stays within this (and >= 90%% of "
-                             "the offered fixes are absorbed)")
+                        help="a stress step or the hexdispatch flood keeps up while the cells' GPS lag p99 stays "
+                             "within this (a stress step also needs >= 90%% of the offered fixes absorbed)")
     phases.add_argument("--flood-following", type=float, default=0.15,
                         help="share of the Redis design's drivers on an order a customer follows")
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "peak")
     out.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
+    args.compare = [name.strip() for name in args.compare.split(",") if name.strip()]
+    if unknown := set(args.compare) - set(COMPARED):
+        parser.error(f"--compare: unknown {', '.join(sorted(unknown))}; known: {', '.join(COMPARED)}")
     if args.flood_sockets is None:
         args.flood_sockets = args.drivers
     if args.url and args.start_server:

@@ -36,6 +36,8 @@ class Sample:
     cells: list[dict] | None = None
     postgres: dict | None = None
     processes: dict[str, dict] | None = None
+    slow: bool = False
+    """A reading of cells, Postgres and processes (else of the counters)."""
 
 
 def hexdispatch_counters(urls: list[str], admin_token: str, workers: int = 1) -> Callable[[httpx.Client], dict]:
@@ -57,7 +59,21 @@ def hexdispatch_counters(urls: list[str], admin_token: str, workers: int = 1) ->
         total = {key: sum(d.get(key, 0) for d in doors)
                  for key in ("gps_in", "gps_batches", "status_out", "positions_out", "drivers_connected",
                              "customers_connected")}
-        return {**total, "gps": total["gps_in"], "doors": doors}
+        reading = {**total, "gps": total["gps_in"], "doors": doors}
+        if len(doors) == 1 and "at" in doors[0]:
+            reading["at"] = doors[0]["at"]  # when the server counted: a flooded server answers late
+        return reading
+
+    return read
+
+
+def hexdispatch_stats_file(stats_file: str) -> Callable[[httpx.Client], dict]:
+    """Reads a front door's counters from its ``HEXDISPATCH_STATS_FILE`` (``gps``: the fixes it absorbed)."""
+    read_file = baseline_counters(stats_file)
+
+    def read(client: httpx.Client) -> dict:
+        counters = read_file(client)
+        return {**counters, "gps": counters["gps_in"]}
 
     return read
 
@@ -212,55 +228,80 @@ class Sampler:
 
     def __post_init__(self):
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
+        # Two threads: a probe of a flooded server that times out must not delay the counters.
+        self._threads = [threading.Thread(target=self._run_counters, name="bench-sampler", daemon=True),
+                         threading.Thread(target=self._run_slow, name="bench-sampler-slow", daemon=True)]
+        self._lock = threading.Lock()
 
     def start(self) -> "Sampler":
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def stop(self) -> list[Sample]:
         self._stop.set()
-        self._thread.join(timeout=3 * PROBE_TIMEOUT_S)
+        for thread in self._threads:
+            thread.join(timeout=3 * PROBE_TIMEOUT_S)
         if self.postgres is not None:
             self.postgres.close()
-        return self.samples
+        with self._lock:
+            self.samples.sort(key=lambda sample: sample.at)
+            return self.samples
 
     def _try(self, what: str, read):
         try:
             return read()
         except Exception:  # an overloaded server: a missing sample, not a failed run
-            self.errors[what] = self.errors.get(what, 0) + 1
+            with self._lock:
+                self.errors[what] = self.errors.get(what, 0) + 1
             return None
 
-    def _run(self) -> None:
-        next_slow = 0.0
+    def _add(self, sample: Sample) -> None:
+        with self._lock:
+            self.samples.append(sample)
+
+    def _every(self, period_s: float, take) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            take()
+            self._stop.wait(max(0.0, period_s - (time.monotonic() - started)))
+
+    def _run_counters(self) -> None:
         with httpx.Client(timeout=PROBE_TIMEOUT_S) as client:
-            while not self._stop.is_set():
-                started = time.monotonic()
+            def take() -> None:
                 sample = Sample(at=time.time(), counters=self._try("counters", lambda: self.counters(client)))
                 if sample.counters and "at" in sample.counters:
                     sample.at = sample.counters["at"]  # the server's own reading time
-                if started >= next_slow:
-                    next_slow = started + self.slow_every_s
-                    if self.cells is not None:
-                        sample.cells = self._try("cells", lambda: self.cells(client))
-                    if self.postgres is not None:
-                        sample.postgres = self._try("postgres", self.postgres.read)
-                    if self.processes is not None:
-                        sample.processes = self._try("processes", self.processes.read)
-                self.samples.append(sample)
-                self._stop.wait(max(0.0, self.every_s - (time.monotonic() - started)))
+                self._add(sample)
+
+            self._every(self.every_s, take)
+
+    def _run_slow(self) -> None:
+        if self.cells is None and self.postgres is None and self.processes is None:
+            return
+        with httpx.Client(timeout=PROBE_TIMEOUT_S) as client:
+            def take() -> None:
+                sample = Sample(at=time.time(), slow=True)
+                if self.cells is not None:
+                    sample.cells = self._try("cells", lambda: self.cells(client))
+                if self.postgres is not None:
+                    sample.postgres = self._try("postgres", self.postgres.read)
+                if self.processes is not None:
+                    sample.processes = self._try("processes", self.processes.read)
+                self._add(sample)
+
+            self._every(self.slow_every_s, take)
 
 
 def window(samples: list[Sample], start: float, end: float) -> list[Sample]:
     """The samples taken between ``start`` and ``end`` (unix s)."""
-    return [s for s in samples if start <= s.at <= end]
+    return sorted((s for s in samples if start <= s.at <= end), key=lambda s: s.at)
 
 
 def rate(samples: list[Sample], key: Callable[[Sample], float | None]) -> float | None:
     """Per-second growth of ``key`` between the first and last samples that have it."""
     points = [(s.at, key(s)) for s in samples]
-    points = [(at, value) for at, value in points if value is not None]
+    points = sorted((at, value) for at, value in points if value is not None)
     if len(points) < 2 or points[-1][0] <= points[0][0]:
         return None
     return (points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0])
@@ -272,7 +313,7 @@ def counter(name: str) -> Callable[[Sample], float | None]:
 
 def cells_rate(samples: list[Sample], name: str) -> float | None:
     """Per-second growth of every cell's counter ``name``, summed (a cell missing from a reading is skipped)."""
-    readings = [s for s in samples if s.cells]
+    readings = sorted((s for s in samples if s.cells), key=lambda s: s.at)
     if len(readings) < 2 or readings[-1].at <= readings[0].at:
         return None
     first = {c["cell"]: c.get(name, 0) for c in readings[0].cells}

@@ -67,8 +67,10 @@ class ApiClient:
         """``action``: accept, start-preparing or ready."""
         return await self.call("POST", f"/v1/orders/{order_id}/{action}")
 
-    async def revise_ready(self, order_id: int, minutes: int) -> dict:
-        return await self.call("POST", f"/v1/orders/{order_id}/ready-estimate", json={"ready_in_minutes": minutes})
+    async def revise_ready(self, order_id: int, minutes: int | None = None, *, seconds: int | None = None) -> dict:
+        """The kitchen's new estimate: ready in ``minutes`` or in ``seconds`` from now (give one)."""
+        body = {"ready_in_seconds": seconds} if minutes is None else {"ready_in_minutes": minutes}
+        return await self.call("POST", f"/v1/orders/{order_id}/ready-estimate", json=body)
 
 
 def wait_until_healthy(base_url: str, process: subprocess.Popen | None = None, timeout_s: float = 120.0) -> None:

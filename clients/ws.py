@@ -88,7 +88,8 @@ class Link:
         backoff = self.min_backoff_s
         while not self._stopping:
             try:
-                async with connect(self.url, max_size=2**20, open_timeout=10, compression=None) as socket:
+                async with connect(self.url, max_size=2**20, open_timeout=10, compression=None,
+                                   ping_interval=60, ping_timeout=30) as socket:
                     self._socket = socket
                     self.connections += 1
                     self.connected.set()

@@ -18,6 +18,12 @@ lifecycles are persisted by the actor through ``dispatch.lifecycle.apply``.
 Pending orders sit in a heap keyed by their urgency (best slack over the
 cell's drivers, in minutes, from the latest tick), so when more orders wait
 than one tick may consider, the most urgent go first.
+
+Each tick matches the pending orders against idle drivers and, like the
+offline replay, against busy ones too, each free from the end of its current
+job (:func:`dispatch.matcher.job_times` from its last fix). Only idle drivers
+get offers; an order whose best driver is still busy is *held*: it stays
+pending and is decided again at the next tick.
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ from typing import NamedTuple
 import numpy as np
 
 from dispatch import kernels
-from dispatch.lifecycle import DISPATCHABLE, DriverEvent, DriverStatus, apply_driver
-from dispatch.matcher import Drivers, MatchParams, Orders, TravelModel, match
+from dispatch.lifecycle import DISPATCHABLE, HOLDING_ORDERS, DriverEvent, DriverStatus, apply_driver
+from dispatch.matcher import Drivers, MatchParams, Orders, TravelModel, job_times, match
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,8 @@ class LiveOrder:
     phase: OrderPhase = OrderPhase.PENDING
     driver_id: str | None = None
     urgency: float = -math.inf
+    held: bool = False
+    """The latest tick kept it for a busy driver of this cell who will be free soon."""
     declined_by: set[str] = field(default_factory=set)
 
 
@@ -489,9 +497,10 @@ class CellCore:
         return nearest[0].driver if nearest else None
 
     def unoffered_orders(self, now: float, older_than_s: float) -> list[LiveOrder]:
-        """Pending orders no driver of this cell has taken for ``older_than_s`` seconds, oldest first."""
+        """Pending orders no driver of this cell has taken for ``older_than_s`` seconds, oldest first
+        (not those kept for a local driver about to be free)."""
         waiting = [o for o in self.orders.values()
-                   if o.phase is OrderPhase.PENDING and now - o.placed_at >= older_than_s]
+                   if o.phase is OrderPhase.PENDING and not o.held and now - o.placed_at >= older_than_s]
         return sorted(waiting, key=lambda o: (o.placed_at, o.id))
 
     def _driver(self, driver_id: str) -> LiveDriver:
@@ -683,25 +692,35 @@ class CellCore:
         return commands
 
     def _match(self, now: float) -> list[Command]:
+        """Offer pending orders to idle drivers. Busy drivers are matched too, from when and where
+        their job ends, as the offline replay does: an order best kept for one stays pending (held)."""
         idle = [d for d in self.drivers.values() if d.status is DriverStatus.IDLE]
         pending = [o for o in self.orders.values() if o.phase is OrderPhase.PENDING]
-        if not idle or not pending:
+        if not pending:
+            return []
+        # A silent driver keeps its food (see _lose) but no order waits for it.
+        busy = [(d, end) for d in self.drivers.values()
+                if d.status in HOLDING_ORDERS and now - d.last_seen <= self.params.heartbeat_ttl_s
+                and (end := self._job_end(d, now)) is not None]
+        if not idle and not busy:
             return []
         chosen = heapq.nsmallest(self.params.max_orders_per_tick, pending, key=lambda o: (o.urgency, o.id))
         commands: list[Command] = []
         excluded: set[str] = set()
         for _ in range(3):  # re-match orders whose pick went to a driver who declined them
-            drivers = [d for d in idle if d.status is DriverStatus.IDLE and d.id not in excluded]
+            free = [d for d in idle if d.status is DriverStatus.IDLE and d.id not in excluded]
             orders = [o for o in chosen if o.phase is OrderPhase.PENDING]
-            if not drivers or not orders:
+            if not orders:
                 break
-            result = match(now / 60.0, self._driver_arrays(drivers, now), self._order_arrays(orders),
+            result = match(now / 60.0, self._driver_arrays(free, busy, now), self._order_arrays(orders),
                            self.travel, self.params.match, self.params.policy)
-            for order, urgency in zip(orders, result.order_urgency):
-                order.urgency = float(urgency)
+            for order, urgency, held in zip(orders, result.order_urgency, result.order_held):
+                order.urgency, order.held = float(urgency), bool(held)
+            if not free:
+                break
             retry = False
             for driver_index, order_indices in result.jobs:
-                driver = drivers[driver_index]
+                driver = free[driver_index]  # committed jobs only go to drivers free now: the idle ones
                 job_orders = [orders[i] for i in order_indices]
                 if any(driver.id in o.declined_by for o in job_orders):
                     excluded.add(driver.id)
@@ -711,6 +730,20 @@ class CellCore:
             if not retry:
                 break
         return commands
+
+    def _job_end(self, driver: LiveDriver, now: float) -> tuple[float, float, float] | None:
+        """When (minutes) and where (lng, lat) a busy driver will be free: the rest of its job from its
+        last fix, by the matcher's travel model (:func:`dispatch.matcher.job_times`)."""
+        job = self.jobs.get(driver.job_id) if driver.job_id else None
+        orders = [self.orders[i] for i in job.order_ids if i not in job.delivered and i in self.orders] if job else []
+        if not orders:
+            return None
+        first = orders[0]
+        times = job_times(now / 60.0, driver.lng, driver.lat, (first.restaurant_lng, first.restaurant_lat),
+                          max(o.ready_at for o in orders) / 60.0, [(o.dropoff_lng, o.dropoff_lat) for o in orders],
+                          self.travel, self.params.match, picked_up=driver.status is DriverStatus.DELIVERING)
+        # A job running late still ends after now: the matcher commits only to drivers free now.
+        return max(times.free_at, math.nextafter(now / 60.0, math.inf)), times.free_x, times.free_y
 
     def _offer(self, driver: LiveDriver, orders: list[LiveOrder], now: float) -> SendToDriver:
         offer = Offer(self._next_id("offer", now), driver.id, [o.id for o in orders], now + self.params.offer_ttl_s)
@@ -726,14 +759,17 @@ class CellCore:
             "orders": [self._order_view(o) for o in orders],
         })
 
-    def _driver_arrays(self, drivers: list[LiveDriver], now: float) -> Drivers:
-        n = len(drivers)
+    @staticmethod
+    def _driver_arrays(idle: list[LiveDriver], busy: list[tuple[LiveDriver, tuple[float, float, float]]],
+                       now: float) -> Drivers:
+        """Idle drivers (first, free now where they are), then busy ones (free when and where their job ends)."""
+        ends = [end for _, end in busy]
         return Drivers(
-            x=np.array([d.lng for d in drivers], np.float64),
-            y=np.array([d.lat for d in drivers], np.float64),
-            free_at=np.full(n, now / 60.0),
-            capacity=np.array([d.capacity for d in drivers], np.int64),
-            shift_end=np.full(n, np.inf),
+            x=np.array([d.lng for d in idle] + [x for _, x, _ in ends], np.float64),
+            y=np.array([d.lat for d in idle] + [y for _, _, y in ends], np.float64),
+            free_at=np.array([now / 60.0] * len(idle) + [t for t, _, _ in ends], np.float64),
+            capacity=np.array([d.capacity for d in idle] + [d.capacity for d, _ in busy], np.int64),
+            shift_end=np.full(len(idle) + len(busy), np.inf),
         )
 
     @staticmethod

@@ -17,7 +17,8 @@ same function::
     result.order_held     # bool per order: its best driver is reserved but not free yet
 
 A driver's ``(x, y)`` is where it is free from (its current position if idle,
-the last drop-off of its current job otherwise) and ``free_at`` is when.
+the last drop-off of its current job otherwise) and ``free_at`` is when:
+:func:`job_times` works both out from the job, for the simulator and the live cells alike.
 Times are float minutes on any common origin.
 
 Policies (``policy=``):
@@ -110,6 +111,8 @@ class MatchParams:
     """Drivers farther than this from the restaurant are never candidates."""
     pickup_lead: float = 0.0
     """Minutes between arriving at the restaurant and pickup (MDRP: half the pickup service)."""
+    pickup_exit: float = 0.0
+    """Minutes between pickup and leaving the restaurant (MDRP: the other half); only :func:`job_times` uses it."""
     dropoff_service: float = 0.0
     """Minutes of service at each door (MDRP: the full drop-off service time)."""
     lateness_weight: float = 10.0
@@ -159,6 +162,46 @@ class Orders:
     placed_at: np.ndarray
     ready_at: np.ndarray
     restaurant_id: np.ndarray
+
+
+@dataclass(frozen=True)
+class JobTimes:
+    """A job's timeline (see :func:`job_times`), in minutes."""
+
+    pickup: float
+    """When the food is picked up (NaN for a job picked up already)."""
+    departures: list[float]
+    """When the driver leaves for each door (the restaurant, or the door before)."""
+    arrivals: list[float]
+    """When the driver reaches each door."""
+    free_at: float
+    """When the driver is free again: service at the last door done."""
+    free_x: float
+    free_y: float
+    """Where the driver is free: the last door."""
+
+
+def job_times(
+    start: float, x: float, y: float, restaurant: tuple[float, float], ready_at: float,
+    doors: list[tuple[float, float]], travel: TravelModel, params: MatchParams, picked_up: bool = False,
+) -> JobTimes:
+    """When a driver leaving ``(x, y)`` at ``start`` picks its job up, reaches each door in order and
+    is free: pickup at ``max(arrival + pickup_lead, ready_at)``, leaving ``pickup_exit`` later, and
+    ``dropoff_service`` at each door (the MDRP rules). With ``picked_up`` the food is on board:
+    straight to the doors."""
+    if picked_up:
+        pickup, leave = math.nan, start
+    else:
+        arrival = start + travel.minutes(x, y, *restaurant)
+        pickup = max(arrival + params.pickup_lead, ready_at)
+        leave, (x, y) = pickup + params.pickup_exit, restaurant
+    departures, arrivals = [], []
+    for door_x, door_y in doors:
+        arrive = leave + travel.minutes(x, y, door_x, door_y)
+        departures.append(leave)
+        arrivals.append(arrive)
+        leave, x, y = arrive + params.dropoff_service, door_x, door_y
+    return JobTimes(pickup, departures, arrivals, leave, float(x), float(y))
 
 
 @dataclass

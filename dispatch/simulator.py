@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from dispatch.matcher import Drivers, MatchParams, Orders, TravelModel, match
+from dispatch.matcher import Drivers, MatchParams, Orders, TravelModel, job_times, match
 from dispatch.mdrp import Instance
 
 ON_LOCATION = "0"
@@ -68,7 +68,8 @@ def label_position(instance: Instance, courier: int, label: str) -> tuple[float,
 
 def mdrp_match_params(instance: Instance, params: MatchParams) -> MatchParams:
     """``params`` with the instance's service times filled in."""
-    return replace(params, pickup_lead=instance.pickup_service / 2, dropoff_service=instance.dropoff_service)
+    return replace(params, pickup_lead=instance.pickup_service / 2, pickup_exit=instance.pickup_service / 2,
+                   dropoff_service=instance.dropoff_service)
 
 
 def replay(
@@ -81,8 +82,6 @@ def replay(
     """Replay ``instance`` with ``policy``; ``on_tick(now)`` (optional) observes progress."""
     travel = TravelModel.mdrp(instance.metres_per_minute)
     params = mdrp_match_params(instance, params)
-    half_pickup = instance.pickup_service / 2
-    half_dropoff = instance.dropoff_service / 2
     n_orders = instance.n_orders
     solution = Solution(
         instance=instance,
@@ -123,8 +122,7 @@ def replay(
             for courier, local_orders in decision.jobs:
                 job = [int(pending[i]) for i in local_orders]
                 assigned[job] = True
-                _execute(instance, solution, travel, now, courier, job, courier_x, courier_y, free_at, label,
-                         half_pickup, half_dropoff)
+                _execute(instance, solution, travel, params, now, courier, job, courier_x, courier_y, free_at, label)
             now += epoch
         else:
             later = placements[placements > now]
@@ -132,25 +130,23 @@ def replay(
     return solution
 
 
-def _execute(instance, solution, travel, now, courier, job, courier_x, courier_y, free_at, label,
-             half_pickup, half_dropoff) -> None:
+def _execute(instance, solution, travel, params, now, courier, job, courier_x, courier_y, free_at, label) -> None:
     """Send ``courier`` (idle at ``now``) to pick up ``job`` and drop it off in order."""
     restaurant = int(instance.order_restaurant[job[0]])
-    rx, ry = instance.restaurant_x[restaurant], instance.restaurant_y[restaurant]
+    rx, ry = float(instance.restaurant_x[restaurant]), float(instance.restaurant_y[restaurant])
     restaurant_label = instance.restaurant_ids[restaurant]
-    arrival = now + travel.minutes(courier_x[courier], courier_y[courier], rx, ry)
-    pickup = max(arrival + half_pickup, max(float(instance.order_ready[o]) for o in job))
+    times = job_times(now, courier_x[courier], courier_y[courier], (rx, ry),
+                      max(float(instance.order_ready[o]) for o in job),
+                      [(instance.order_x[o], instance.order_y[o]) for o in job], travel, params)
     solution.moves.append(CourierMove(courier, now, label[courier], restaurant_label))
-    solution.assignments.append(AssignmentRecord(now, pickup, courier, tuple(job)))
-    leave, x, y, origin = pickup + half_pickup, rx, ry, restaurant_label
-    for order in job:
+    solution.assignments.append(AssignmentRecord(now, times.pickup, courier, tuple(job)))
+    origin = restaurant_label
+    for order, leave, arrive in zip(job, times.departures, times.arrivals):
         solution.moves.append(CourierMove(courier, leave, origin, instance.order_ids[order]))
-        arrive = leave + travel.minutes(x, y, instance.order_x[order], instance.order_y[order])
-        solution.pickup_time[order] = pickup
-        solution.dropoff_time[order] = arrive + half_dropoff
+        solution.pickup_time[order] = times.pickup
+        solution.dropoff_time[order] = arrive + instance.dropoff_service / 2
         solution.order_courier[order] = courier
-        leave = arrive + 2 * half_dropoff
-        x, y, origin = instance.order_x[order], instance.order_y[order], instance.order_ids[order]
-    courier_x[courier], courier_y[courier] = x, y
-    free_at[courier] = leave
+        origin = instance.order_ids[order]
+    courier_x[courier], courier_y[courier] = times.free_x, times.free_y
+    free_at[courier] = times.free_at
     label[courier] = origin

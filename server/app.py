@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import os
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
@@ -14,10 +16,13 @@ from server import db
 from server import ws
 from server.api import admin, drivers, orders, restaurants
 from server.config import Settings
+from server.auth import TokenVerifier
 from server.broker import create_broker
 from server.errors import EXCEPTION_HANDLERS
+from server.loop_guard import LoopGuard
 from server.ratelimit import create_rate_limiter
 from server.responses import JSONResponse
+from server.stats_file import StatsFile
 
 log = logging.getLogger("hexdispatch.app")
 
@@ -52,7 +57,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         from server.catalog_cache import CatalogCache  # menu cache + nearby replica, fresh by NOTIFY
 
         app.state.catalog = await stack.enter_async_context(CatalogCache(dsn, app.state.pool))
-        app.state.jwt_secret = settings.resolved_jwt_secret()
+        app.state.tokens = TokenVerifier(settings.resolved_jwt_secret())
         if settings.redis_url:
             import redis.asyncio as aioredis
 
@@ -64,6 +69,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Several deployments may share one Redis: namespace our keys and channels by our database.
         redis_prefix = f"hexdispatch:{await db.database_identity(app.state.pool)}:"
         app.state.rate_limiter = create_rate_limiter(app.state.redis, redis_prefix)
+        app.state.loop_guard = LoopGuard()
+        heartbeat = asyncio.get_running_loop().create_task(app.state.loop_guard.run())
+        stack.callback(heartbeat.cancel)
         app.state.gateway = None
         if settings.use_ray:
             from server.gateway import Gateway
@@ -72,6 +80,10 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             app.state.gateway = Gateway(dsn, app.state.pool, settings.gateway, create_broker(app.state.redis, redis_prefix))
             await app.state.gateway.start()
             stack.push_async_callback(app.state.gateway.stop)
+            if settings.stats_file:
+                gateway, guard = app.state.gateway, app.state.loop_guard
+                stack.callback(StatsFile(settings.stats_file,
+                                         lambda: {**gateway.stats, "loop_guard_waits": guard.waits}).start().stop)
         log.info("hexdispatch ready (database %s)", db.redact(dsn))
         yield
 
@@ -83,11 +95,26 @@ def _connect_ray(settings: Settings):
     if ray.is_initialized():
         return lambda: None
     if settings.ray_address:
-        ray.init(address=settings.ray_address, logging_level="WARNING")
+        ray.init(address=settings.ray_address, logging_level="WARNING", log_to_driver=False)
     else:
-        # "local": start our own, never join a cluster some other program left running on this machine.
-        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
+        start_local_ray()
     return ray.shutdown
+
+
+def start_local_ray() -> None:
+    """Start a Ray of our own on this machine (never join one some other program left running).
+
+    Ray lowers its workers' priority (nice 15) by default, for clusters whose
+    head runs nothing else. Here the workers are the cell actors, sharing the
+    machine with the front door: at nice 15 they starve behind it at peak,
+    and dispatch latency with them. Set ``RAY_worker_niceness`` to override.
+    """
+    import ray
+
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    # Cells' logs stay in Ray's log files and dashboard; streaming every line into the front door costs it CPU.
+    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING",
+             log_to_driver=False)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
-from server.ratelimit import RateLimits
+from server.ratelimit import Limit, RateLimits
 
 SECRET_FILE = "jwt_secret"
 
@@ -44,6 +44,9 @@ class Settings:
     default_delivery_radius_m: int = 5000
     #: Rate limits per principal (shared through Redis when ``redis_url`` is set): see server/ratelimit.py.
     rate_limits: RateLimits = field(default_factory=RateLimits)
+    #: Where a thread writes this process's gateway counters every 0.2 s (for monitors of a saturated
+    #: process, whose HTTP answers come late); ``None``: nowhere.
+    stats_file: Path | None = None
     #: Knobs of live dispatch (front door batching, cell ticks, matcher): see server/gateway.py.
     gateway: "GatewayParams" = field(default_factory=lambda: _default_gateway_params())
 
@@ -58,9 +61,12 @@ class Settings:
             "home": Path(env.get("HEXDISPATCH_HOME", ".hexdispatch")),
             "jwt_secret": env.get("HEXDISPATCH_JWT_SECRET") or None,
             "migrate_on_start": env.get("HEXDISPATCH_MIGRATE_ON_START", "1") not in ("0", "false", "no"),
+            "stats_file": Path(env["HEXDISPATCH_STATS_FILE"]) if env.get("HEXDISPATCH_STATS_FILE") else None,
         }
         if any(env.get(name) for name in GATEWAY_ENV):
             values["gateway"] = gateway_params_from_env(env)
+        if env.get("HEXDISPATCH_GPS_RATE"):
+            values["rate_limits"] = rate_limits_from_env(env)
         values.update(overrides)
         return cls(**values)
 
@@ -130,6 +136,18 @@ def _merged(defaults, overrides, where: str):
             raise ValueError(f"{where}.{key}: expected {type(current).__name__}, got {value!r}")
         changes[key] = value
     return replace(defaults, **changes)
+
+
+def rate_limits_from_env(env: Mapping[str, str]) -> RateLimits:
+    """``RateLimits`` with the per-socket GPS limit from ``HEXDISPATCH_GPS_RATE`` (fixes per second;
+    bursts of 5 s worth, at least 10). Only capacity benchmarks need more than the default 2/s."""
+    try:
+        rate = float(env["HEXDISPATCH_GPS_RATE"])
+    except ValueError:
+        raise ValueError("HEXDISPATCH_GPS_RATE: expected fixes per second, a number") from None
+    if not 0 < rate <= 10_000:
+        raise ValueError("HEXDISPATCH_GPS_RATE: expected fixes per second between 0 and 10000")
+    return replace(RateLimits(), gps=Limit(rate, max(10.0, 5 * rate)))
 
 
 def load_or_create_secret(path: Path) -> str:

@@ -3,7 +3,8 @@
 One :class:`Gateway` per front-door process. It
 
 * batches GPS fixes per cell and pushes each batch to its cell actor in one
-  Ray call every ``gps_flush_s`` (never one call per fix);
+  Ray call every ``gps_flush_s`` (never one call per fix; a cell still busy
+  with its last batch gets the next one, coalesced, when it is done);
 * long-polls every cell it has drivers in for messages to them (offers,
   assignments, cancellations) and writes them to the drivers' sockets;
 * routes drivers' replies to the cell that holds their offer or job, and
@@ -146,11 +147,13 @@ class Gateway:
         self.cells: dict[str, object] = {}
         self.pollers: dict[str, asyncio.Task] = {}
         self.fixes: dict[str, dict[str, tuple]] = defaultdict(dict)
+        self.gps_in_flight: set[str] = set()  # cells that have not yet taken their last batch
         self.drivers: dict[str, DriverLink] = {}
         self.customers: dict[int, set[CustomerLink]] = defaultdict(set)
         self.tasks: set[asyncio.Task] = set()
         self.listener = None
-        self.stats = {"gps_in": 0, "gps_batches": 0, "status_out": 0, "positions_out": 0}
+        self.stats = {"gps_in": 0, "gps_batches": 0, "status_out": 0, "positions_out": 0,
+                      "gps_to_cell_ms": 0.0}  # the oldest fix of the last batch, received until the cell took it
         self._flusher: asyncio.Task | None = None
         self._actor_class = cell_actor_class()
         self._placement: tuple[float, dict] = (-1e9, {})
@@ -319,19 +322,30 @@ class Gateway:
             self.stats["positions_out"] += 1
 
     async def _flush_loop(self) -> None:
+        """Every ``gps_flush_s``, one call per cell with its drivers' latest fixes.
+
+        A cell gets its next batch only once it has taken the previous one (fixes
+        keep coalescing meanwhile), so a slow or restarting cell delays nobody else.
+        """
         while True:
             await asyncio.sleep(self.params.gps_flush_s)
-            batches = {cell: list(fixes.values()) for cell, fixes in self.fixes.items() if fixes}
-            for cell in batches:
-                self.fixes[cell] = {}
-            if not batches:
-                continue
-            calls = [self.cell(cell).push_gps.remote(self.id, fixes) for cell, fixes in batches.items()]
-            self.stats["gps_batches"] += len(calls)
-            results = await asyncio.gather(*calls, return_exceptions=True)
-            for cell, result in zip(batches, results):
-                if isinstance(result, Exception):
-                    log.warning("GPS batch to cell %s failed: %s", cell, result)
+            for cell, fixes in self.fixes.items():
+                if fixes and cell not in self.gps_in_flight:
+                    self.fixes[cell] = {}
+                    self.gps_in_flight.add(cell)
+                    self._spawn(self._push_gps(cell, list(fixes.values())))
+
+    async def _push_gps(self, cell: str, fixes: list[tuple]) -> None:
+        self.stats["gps_batches"] += 1
+        try:
+            await self.cell(cell).push_gps.remote(self.id, fixes)
+        except Exception as exc:
+            log.warning("GPS batch to cell %s failed: %s", cell, exc)
+        else:
+            # Seen from here, so still observable when this process is too busy to answer HTTP.
+            self.stats["gps_to_cell_ms"] = round((time.time() - min(fix[6] for fix in fixes)) * 1000, 1)
+        finally:
+            self.gps_in_flight.discard(cell)
 
     # Drivers ----------------------------------------------------------------------------
 

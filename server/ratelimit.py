@@ -98,5 +98,7 @@ class RateLimits:
     """Frames other than GPS per principal, over all its sockets."""
     order_placement: Limit = Limit(2.0, 20.0)
     """``POST /v1/orders`` per customer (retries with the same Idempotency-Key included)."""
-    # GPS is limited per socket (``server.ws.GPS_RATE``): a driver has one live socket in the
-    # whole fleet (``server.broker`` sessions), so that is also a limit per driver.
+    gps: Limit = Limit(2.0, 10.0)
+    """GPS fixes per socket, counted in the socket's own bucket: a driver has one live socket in
+    the whole fleet (``server.broker`` sessions), so that is also a limit per driver. Raised only
+    for capacity benchmarks (``HEXDISPATCH_GPS_RATE``)."""

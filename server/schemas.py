@@ -6,7 +6,7 @@ import re
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 MAX_ID = 2**63 - 1
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -120,9 +120,20 @@ class OrderIn(Body):
 
 
 class ReadyRevision(Body):
-    """A new estimate from the kitchen: ready this many minutes from now."""
+    """A new estimate from the kitchen: ready this many minutes, or seconds, from now (exactly one)."""
 
-    ready_in_minutes: Annotated[int, Field(ge=0, le=240, strict=True)]
+    ready_in_minutes: Annotated[int, Field(ge=0, le=240, strict=True)] | None = None
+    ready_in_seconds: Annotated[int, Field(ge=0, le=240 * 60, strict=True)] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        if (self.ready_in_minutes is None) == (self.ready_in_seconds is None):
+            raise ValueError("give exactly one of ready_in_minutes and ready_in_seconds")
+        return self
+
+    @property
+    def seconds(self) -> int:
+        return self.ready_in_seconds if self.ready_in_seconds is not None else 60 * self.ready_in_minutes
 
 
 class CancelIn(Body):

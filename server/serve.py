@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
         migrate_sync(settings.database_url)
         settings = settings.with_(migrate_on_start=False)
         settings.resolved_jwt_secret()  # create the local secret before anyone asks for a token
-        options = dict(host=args.host, port=args.port, log_level=args.log_level, lifespan="on", ws_max_size=64 * 1024)
+        options = dict(host=args.host, port=args.port, log_level=args.log_level, lifespan="on", **WEBSOCKET_OPTIONS)
         if args.workers == 1:
             uvicorn.run(create_app(settings), **options)
         else:
@@ -66,11 +66,19 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+#: Drivers prove they are alive with GPS every few seconds (and cells act on their silence), so
+#: keepalive pings only need to catch dead customer sockets: once a minute, not uvicorn's every 20 s,
+#: which at 10,000 sockets would be 500 pings a second each way.
+WEBSOCKET_OPTIONS = {"ws_max_size": 64 * 1024, "ws_ping_interval": 60.0, "ws_ping_timeout": 30.0}
+
+
 def _start_shared_ray():
     """Start a local Ray here and point the worker processes at it (``RAY_ADDRESS``); return its stop."""
     import ray
 
-    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
+    from server.app import start_local_ray
+
+    start_local_ray()
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     logging.getLogger("hexdispatch.serve").info("local Ray at %s shared by the workers", os.environ["RAY_ADDRESS"])
     return ray.shutdown

@@ -18,21 +18,21 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server import protocol as p
-from server.auth import Principal, Role, bearer_token, require_role, verify_token
+from server.auth import Principal, Role, bearer_token, require_role
 from server.errors import ApiError
 from server.gateway import CustomerLink, Outbox
 from server.store import orders as order_store
 
 log = logging.getLogger("hexdispatch.ws")
 
-#: GPS frames per socket; other frames and connections are limited per principal (``server.ratelimit``).
-GPS_RATE, GPS_BURST = 2.0, 10.0
-CLOSE_SERVER_OVERLOADED = 1013  # "try again later": the client reconnects and resumes
+CLOSE_SERVER_OVERLOADED = 1013
+#: A socket hands the event loop to the others after this many frames in a row.
+FRAMES_PER_TURN = 8  # "try again later": the client reconnects and resumes
 
 
 def _principal(websocket: WebSocket, role: Role) -> Principal:
     token = websocket.query_params.get("token") or bearer_token(websocket.headers.get("authorization"))
-    return require_role(verify_token(websocket.app.state.jwt_secret, token), role)
+    return require_role(websocket.app.state.tokens.verify(token, time.time()), role)
 
 
 class Connection:
@@ -42,11 +42,13 @@ class Connection:
         self.websocket = websocket
         self.binary = True
         self.outbox = Outbox(max_backlog)
-        self.gps_bucket = p.TokenBucket(GPS_RATE, GPS_BURST)
+        limits = websocket.app.state.settings.rate_limits
+        self.gps_bucket = p.TokenBucket(limits.gps.rate, limits.gps.burst)
         self.limiter = websocket.app.state.rate_limiter
-        self.message_limit = websocket.app.state.settings.rate_limits.ws_message
+        self.message_limit = limits.ws_message
         self.message_key = f"ws-message:{principal.role.value}:{principal.sub}"
         self.abuse = p.AbuseMeter()
+        self.loop_guard = websocket.app.state.loop_guard
         self.writer: asyncio.Task | None = None
 
     async def write_loop(self) -> None:
@@ -66,7 +68,14 @@ class Connection:
 
     async def frames(self):
         """Yield raw frames until the client goes away."""
+        count = 0
         while True:
+            count += 1
+            if count % FRAMES_PER_TURN == 0:
+                # Reading a buffered frame does not suspend: without this a flooding socket
+                # would keep reading until its buffer is empty while the other sockets wait.
+                await asyncio.sleep(0)
+            await self.loop_guard.turn()
             message = await self.websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return

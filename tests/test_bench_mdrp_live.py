@@ -64,6 +64,7 @@ def test_live_replay_delivers_every_order_once_with_feasible_files(tmp_path):
     assert code == (0 if figures["target_met"] else 1)
     assert figures["cell_params"]["speed_kmh"] == pytest.approx(instance.metres_per_minute * 60 / 1000 * 240)
     assert figures["cell_params"]["match"]["pickup_lead"] == pytest.approx(instance.pickup_service / 2 / 240)
+    assert figures["cell_params"]["match"]["pickup_exit"] == pytest.approx(instance.pickup_service / 2 / 240)
     factors = figures["gap_factors"]
     assert factors["dropoff_lag_ms"]["n"] == instance.n_orders and factors["dropoff_lag_ms"]["p50"] >= 0
     assert len(figures["cells"]) == 1

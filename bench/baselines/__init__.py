@@ -23,8 +23,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Awaitable, Callable, Iterator
 from urllib.parse import parse_qs
@@ -33,10 +31,12 @@ import msgpack
 import orjson
 
 from clients.http import stop_process, wait_until_healthy
+from server.serve import WEBSOCKET_OPTIONS
+from server.stats_file import StatsFile
 
 REPO = Path(__file__).resolve().parents[2]
 #: uvicorn options shared with ``hexdispatch serve`` (server/serve.py).
-UVICORN_OPTIONS = {"lifespan": "on", "ws_max_size": 64 * 1024, "log_level": "warning"}
+UVICORN_OPTIONS = {"lifespan": "on", **WEBSOCKET_OPTIONS, "log_level": "warning"}
 
 
 class BaselineApp:
@@ -47,15 +47,7 @@ class BaselineApp:
         self.stats = {"pid": os.getpid(), "frames": 0, "gps": 0, "drivers_connected": 0, "customers_connected": 0}
         self.stats_file = stats_file
         if stats_file:
-            threading.Thread(target=self._write_stats, name="stats-writer", daemon=True).start()
-
-    def _write_stats(self, every_s: float = 0.2) -> None:
-        partial = f"{self.stats_file}.tmp"
-        while True:
-            with open(partial, "wb") as fh:
-                fh.write(orjson.dumps({**self.stats, "at": time.time()}))
-            os.replace(partial, self.stats_file)
-            time.sleep(every_s)
+            StatsFile(stats_file, lambda: dict(self.stats)).start()
 
     async def startup(self) -> None:
         """Open what the design needs (override)."""

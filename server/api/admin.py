@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from starlette.requests import Request
 from starlette.routing import Route
@@ -63,7 +64,8 @@ def ray_nodes(resource: str) -> list[dict]:
 
 async def stats(request: Request) -> JSONResponse:
     caller(request, Role.ADMIN)
-    return JSONResponse(_gateway(request).snapshot())
+    return JSONResponse({**_gateway(request).snapshot(), "loop_guard_waits": request.app.state.loop_guard.waits,
+                         "at": time.time()})
 
 
 ROUTES = [

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+import time
 from typing import TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from server.auth import Principal, Role, bearer_token, require_role, verify_token
+from server.auth import Principal, Role, bearer_token, require_role
 from server.errors import ApiError
 from server.schemas import MAX_ID
 
@@ -18,7 +19,7 @@ M = TypeVar("M", bound=BaseModel)
 
 def caller(request: Request, *roles: Role) -> Principal:
     """The authenticated principal; restricted to ``roles`` when any are given."""
-    principal = verify_token(request.app.state.jwt_secret, bearer_token(request.headers.get("authorization")))
+    principal = request.app.state.tokens.verify(bearer_token(request.headers.get("authorization")), time.time())
     return require_role(principal, *roles) if roles else principal
 
 

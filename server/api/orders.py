@@ -131,8 +131,8 @@ async def revise_ready(request: Request) -> JSONResponse:
     caller(request, *KITCHEN)
     data = await body(request, ReadyRevision)
     return await _apply(
-        request, Event.REVISE_READY, KITCHEN, arguments=(data.ready_in_minutes,),
-        payload={"ready_in_minutes": data.ready_in_minutes},
+        request, Event.REVISE_READY, KITCHEN, arguments=(data.seconds,),
+        payload=data.model_dump(exclude_none=True),
     )
 
 

@@ -26,12 +26,12 @@ ORDER_COLUMNS = """
 EVENT_COLUMNS = "id, order_id, seq, type, status, payload, actor, at"
 
 # Which timestamps (and other columns) each event stamps, as SQL assignments.
-# $7, $8 are the event's arguments: (driver id, job id) for ASSIGN, (minutes until ready,) for REVISE_READY.
+# $7, $8 are the event's arguments: (driver id, job id) for ASSIGN, (seconds until ready,) for REVISE_READY.
 EVENT_EFFECTS: dict[Event, str] = {
     Event.ACCEPT: "",
     Event.START_PREPARING: "",
     Event.MARK_READY: "ready_at = coalesce(ready_at, now())",
-    Event.REVISE_READY: "ready_estimate_at = now() + make_interval(mins => $7::int)",
+    Event.REVISE_READY: "ready_estimate_at = now() + make_interval(secs => $7::int)",
     Event.ASSIGN: "driver_id = $7::text, job_id = $8::text, assigned_at = now()",
     Event.ARRIVE: "",
     Event.PICK_UP: "ready_at = coalesce(ready_at, now()), picked_up_at = now()",

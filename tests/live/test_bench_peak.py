@@ -7,20 +7,38 @@ not asserted, only that every figure is there and that the audit is clean.
 
 import asyncio
 import json
+from dataclasses import replace
+
+import pytest
 
 from bench import peak
+from server.ratelimit import Limit, RateLimits
 from tests.conftest import TEST_SECRET
+from tests.live.conftest import LIVE_PARAMS, LiveServer
 
 
-async def test_peak_and_comparison_at_toy_size(live, settings, spot, tmp_path):
+@pytest.fixture
+async def flooded(settings, ray_local, pool, tmp_path):
+    """The live server, allowing the comparison's flood as many fixes per socket as it sends."""
+    limits = replace(RateLimits(), gps=Limit(peak.FLOOD_GPS_RATE, 5 * peak.FLOOD_GPS_RATE))
+    server = LiveServer(settings.with_(use_ray=True, migrate_on_start=False, gateway=LIVE_PARAMS,
+                                       rate_limits=limits, stats_file=tmp_path / "front-door-stats.json"))
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def test_peak_and_comparison_at_toy_size(flooded, settings, spot, tmp_path):
+    live = flooded
     out = tmp_path / "peak"
     argv = [
-        "--url", live.url, "--secret", TEST_SECRET, "--database-url", settings.database_url,
+        "--url", live.url, "--secret", TEST_SECRET, "--stats-file", str(tmp_path / "front-door-stats.json"),
+        "--database-url", settings.database_url,
         "--lat", str(spot[0]), "--lng", str(spot[1]), "--radius-m", "400",
         "--drivers", "30", "--processes", "1", "--restaurants", "3", "--prep-minutes", "1",
         "--orders-per-minute", "60", "--duration", "3", "--warmup", "1", "--drain", "0",
-        "--flood-sockets", "30", "--flood-warmup", "0.5", "--flood-seconds", "1.5",
-        "--flood-ramp", "60", "--flood-step-seconds", "2", "--flood-following", "0.2", "--keeps-up-lag-ms", "5000",
+        "--flood-sockets", "30", "--flood-warmup", "0.5", "--flood-seconds", "3",
+        "--flood-following", "0.2", "--keeps-up-lag-ms", "5000",
         "--out", str(out), "--json", str(tmp_path / "figures.json"),
     ]
     code = await asyncio.to_thread(peak.main, argv)
@@ -44,6 +62,8 @@ async def test_peak_and_comparison_at_toy_size(live, settings, spot, tmp_path):
         assert comparison[design]["most_absorbed_per_s"] > 0, design
         assert comparison[design]["frames_per_s"] is not None, design
         assert comparison[design]["sockets"] == 30
+        assert comparison[design]["gps_sent_per_s"] >= comparison[design]["most_absorbed_per_s"] * 0.5, design
+    assert comparison["hexdispatch"]["gps_to_actor_p99_ms"] is not None  # the cells received the flood
     assert comparison["redis_design"]["followers"] == 6
     assert comparison["redis_design"]["gps_to_customer_ms"]["n"] > 0
     assert set(comparison["ratios"]) == {"hexdispatch_over_ceiling", "hexdispatch_over_redis_design",

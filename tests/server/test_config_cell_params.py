@@ -49,3 +49,16 @@ def test_bad_cell_params_are_refused_with_the_key_named(value, message):
 def test_tick_must_be_positive():
     with pytest.raises(ValueError, match="HEXDISPATCH_CELL_TICK_S"):
         Settings.from_env({"HEXDISPATCH_CELL_TICK_S": "0"})
+
+
+def test_gps_rate_from_the_environment():
+    limits = Settings.from_env({"HEXDISPATCH_GPS_RATE": "50"}).rate_limits
+    assert (limits.gps.rate, limits.gps.burst) == (50.0, 250.0)
+    assert limits.ws_message == Settings.from_env({}).rate_limits.ws_message
+    assert Settings.from_env({}).rate_limits.gps.rate == 2.0
+
+
+@pytest.mark.parametrize("value", ["fast", "0", "-1", "1e9"])
+def test_bad_gps_rate_is_refused_with_its_name(value):
+    with pytest.raises(ValueError, match="HEXDISPATCH_GPS_RATE"):
+        Settings.from_env({"HEXDISPATCH_GPS_RATE": value})

@@ -178,3 +178,52 @@ async def test_history_pagination(as_role):
     assert seen == sorted(placed, reverse=True)
     # Another customer sees none of them.
     assert (await as_role("customer").get("/v1/orders")).json() == {"items": [], "next_cursor": None}
+
+
+async def test_ready_estimate_in_seconds(as_role, pool):
+    from datetime import datetime
+
+    owner, customer = as_role("restaurant"), as_role("customer")
+    rest = await make_restaurant(owner)
+    item = await add_item(owner, rest["id"])
+    oid = (await place(customer, rest["id"], [{"item_id": item["id"]}])).json()["id"]
+    estimate = lambda order: datetime.fromisoformat(order["ready_estimate_at"])
+    revised = await owner.post(f"/v1/orders/{oid}/ready-estimate", json={"ready_in_seconds": 95})
+    assert revised.status_code == 200, revised.text
+    row = await pool.fetchrow("SELECT ready_estimate_at - updated_at AS wait FROM orders WHERE id = $1", oid)
+    assert row["wait"].total_seconds() == 95  # both stamped by the same transaction's now()
+    event = await pool.fetchrow("SELECT type, payload FROM order_events WHERE order_id = $1 AND seq = 2", oid)
+    assert (event["type"], event["payload"]) == ("revise_ready", {"ready_in_seconds": 95})
+    in_minutes = (await owner.post(f"/v1/orders/{oid}/ready-estimate", json={"ready_in_minutes": 2})).json()
+    assert (estimate(in_minutes) - estimate(revised.json())).total_seconds() > 20
+    row = await pool.fetchrow("SELECT ready_estimate_at - updated_at AS wait FROM orders WHERE id = $1", oid)
+    assert row["wait"].total_seconds() == 120
+    now = (await owner.post(f"/v1/orders/{oid}/ready-estimate", json={"ready_in_seconds": 0})).json()
+    assert now["version"] == 4
+
+
+async def test_ready_estimate_bad_input(as_role, pool):
+    owner, customer = as_role("restaurant"), as_role("customer")
+    rest = await make_restaurant(owner)
+    item = await add_item(owner, rest["id"])
+    oid = (await place(customer, rest["id"], [{"item_id": item["id"]}])).json()["id"]
+    for body, field in [
+        ({}, "body"),
+        ({"ready_in_minutes": 5, "ready_in_seconds": 300}, "body"),
+        ({"ready_in_seconds": -1}, "ready_in_seconds"),
+        ({"ready_in_seconds": 14401}, "ready_in_seconds"),
+        ({"ready_in_seconds": 1.5}, "ready_in_seconds"),
+        ({"ready_in_seconds": "90"}, "ready_in_seconds"),
+        ({"ready_in_seconds": True}, "ready_in_seconds"),
+        ({"ready_in_seconds": None}, "body"),
+        ({"ready_in_minutes": 241}, "ready_in_minutes"),
+        ({"ready_in_hours": 1}, "ready_in_hours"),
+    ]:
+        r = await owner.post(f"/v1/orders/{oid}/ready-estimate", json=body)
+        assert r.status_code == 422, (body, r.text)
+        error = r.json()["error"]
+        assert error["code"] == "invalid_request", body
+        assert error["details"][0]["field"] == field and error["message"].startswith(f"{field}: "), (body, error)
+    assert (await owner.post(f"/v1/orders/{oid}/ready-estimate", json={"ready_in_seconds": 14400})).status_code == 200
+    # Nothing else changed the order.
+    assert await pool.fetchval("SELECT version FROM orders WHERE id = $1", oid) == 2
