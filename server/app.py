@@ -19,6 +19,7 @@ from server.config import Settings
 from server.auth import TokenVerifier
 from server.broker import create_broker
 from server.errors import EXCEPTION_HANDLERS
+from server.gc_watch import GcWatch, freeze_survivors
 from server.loop_guard import LoopGuard
 from server.ratelimit import create_rate_limiter
 from server.responses import JSONResponse
@@ -69,6 +70,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Several deployments may share one Redis: namespace our keys and channels by our database.
         redis_prefix = f"hexdispatch:{await db.database_identity(app.state.pool)}:"
         app.state.rate_limiter = create_rate_limiter(app.state.redis, redis_prefix)
+        app.state.gc_watch = stack.enter_context(GcWatch())
+        freezer = asyncio.get_running_loop().create_task(freeze_survivors())
+        stack.callback(freezer.cancel)
         app.state.loop_guard = LoopGuard()
         heartbeat = asyncio.get_running_loop().create_task(app.state.loop_guard.run())
         stack.callback(heartbeat.cancel)
@@ -81,9 +85,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             await app.state.gateway.start()
             stack.push_async_callback(app.state.gateway.stop)
             if settings.stats_file:
-                gateway, guard = app.state.gateway, app.state.loop_guard
-                stack.callback(StatsFile(settings.stats_file,
-                                         lambda: {**gateway.stats, "loop_guard_waits": guard.waits}).start().stop)
+                gateway, guard, gc_watch = app.state.gateway, app.state.loop_guard, app.state.gc_watch
+                stack.callback(StatsFile(settings.stats_file, lambda: {
+                    **gateway.stats, "loop_guard_waits": guard.waits, **gc_watch.stats()}).start().stop)
         log.info("hexdispatch ready (database %s)", db.redact(dsn))
         yield
 

@@ -64,8 +64,9 @@ def ray_nodes(resource: str) -> list[dict]:
 
 async def stats(request: Request) -> JSONResponse:
     caller(request, Role.ADMIN)
-    return JSONResponse({**_gateway(request).snapshot(), "loop_guard_waits": request.app.state.loop_guard.waits,
-                         "at": time.time()})
+    state = request.app.state
+    return JSONResponse({**_gateway(request).snapshot(), "loop_guard_waits": state.loop_guard.waits,
+                         **state.gc_watch.stats(), "at": time.time()})
 
 
 ROUTES = [
