@@ -4,7 +4,7 @@ One job per spawned process, of two kinds, both built from the clients the
 tests and ``hexdispatch simulate`` use:
 
 * :class:`FloodJob`: driver sockets sending GPS as fast as the server takes
-  (TCP back-pressure), or capped per socket; the same job runs against the
+  (TCP back-pressure); the same job runs against the
   bare ceiling, the Redis design and hexdispatch, so their ratios are fair.
 * :class:`CityJob`: a share of the simulated city (``clients.city``):
   drivers that move, take offers and deliver; customers that order at the
@@ -36,15 +36,14 @@ from clients.city import Kitchen, OrderDesk, RoundRobin, SimDriver, Tally, minte
 from clients.customer import CustomerClient
 from clients.driver import DriverClient
 
-#: Unpaced senders yield to the other sockets of their process after this many frames.
+#: Flooding senders yield to the other sockets of their process after this many frames.
 FRAMES_PER_YIELD = 32
-#: A paced sender waiting for its next fix looks at the (stepped) rate at least this often.
-RATE_CHECK_S = 1.0
 
 
 @dataclass
 class FloodJob:
-    """``sockets`` driver sockets to ``urls`` (round-robin), each sending GPS from ``go`` until ``stop``."""
+    """``sockets`` driver sockets to ``urls`` (round-robin), each sending GPS as fast as the server reads
+    them from ``go`` until ``stop``."""
 
     index: int
     urls: list[str]
@@ -52,8 +51,6 @@ class FloodJob:
     sockets: int
     first_driver: int = 0
     id_prefix: str = "flood"
-    rates: list[tuple[float, float | None]] = field(default_factory=lambda: [(0.0, None)])
-    """(from this many s after ``go``, fixes per second per socket at most): None is as fast as the server reads."""
     followers: int = 0
     """Of the sockets, how many carry an order (``job`` frame) that a customer socket follows (Redis design)."""
     center: tuple[float, float] = (41.8781, -87.6298)
@@ -165,34 +162,17 @@ async def _flood(job: FloodJob, events, go, stop) -> Outcome:
     events.put(("ready", job.index, {"sockets": len(drivers) + len(followers)}))
     await _wait_event(go)
     sent = [0]
-    rate: list[float | None] = [job.rates[0][1]]
-
-    async def follow_schedule() -> None:
-        started = time.monotonic()
-        for at_s, per_socket in job.rates:
-            await asyncio.sleep(max(0.0, started + at_s - time.monotonic()))
-            rate[0] = per_socket
 
     async def send_fixes(driver: DriverClient, lat: float, lng: float) -> None:
-        last = time.monotonic() - (rng.uniform(0, 1.0 / rate[0]) if rate[0] else 0.0)  # sockets out of phase
         while not stop.is_set():
-            if rate[0]:
-                interval = 1.0 / rate[0]
-                wait = last + interval - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(min(wait, RATE_CHECK_S))  # then look at the rate again
-                    continue
-                last = max(last + interval, time.monotonic() - interval)  # at most one interval of catching up
             await driver.gps(lat, lng, speed=8.0)
             sent[0] += 1
-            if not rate[0] and driver.seq % FRAMES_PER_YIELD == 0:
+            if driver.seq % FRAMES_PER_YIELD == 0:
                 await asyncio.sleep(0)
 
     loop = asyncio.get_running_loop()
     senders = [loop.create_task(send_fixes(d, *p)) for d, p in zip(drivers, positions)]
-    senders.append(loop.create_task(follow_schedule()))
-    await _report(events, job.index, stop, lambda: {"gps_sent": sent[0], "rate_per_socket": rate[0]},
-                  job.progress_every_s)
+    await _report(events, job.index, stop, lambda: {"gps_sent": sent[0]}, job.progress_every_s)
     for task in senders:
         task.cancel()
     await asyncio.gather(*senders, return_exceptions=True)

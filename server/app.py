@@ -73,9 +73,12 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.gc_watch = stack.enter_context(GcWatch())
         freezer = asyncio.get_running_loop().create_task(freeze_survivors())
         stack.callback(freezer.cancel)
-        app.state.loop_guard = LoopGuard()
-        heartbeat = asyncio.get_running_loop().create_task(app.state.loop_guard.run())
+        app.state.loop_guard = guard = LoopGuard()
+        heartbeat = asyncio.get_running_loop().create_task(guard.run())
         stack.callback(heartbeat.cancel)
+        gc_watch = app.state.gc_watch
+        # This process's own health, beside the gateway's counters (admin stats and the stats file).
+        app.state.process_counters = lambda: {"loop_guard_waits": guard.waits, **gc_watch.stats()}
         app.state.gateway = None
         if settings.use_ray:
             from server.gateway import Gateway
@@ -85,9 +88,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             await app.state.gateway.start()
             stack.push_async_callback(app.state.gateway.stop)
             if settings.stats_file:
-                gateway, guard, gc_watch = app.state.gateway, app.state.loop_guard, app.state.gc_watch
-                stack.callback(StatsFile(settings.stats_file, lambda: {
-                    **gateway.stats, "loop_guard_waits": guard.waits, **gc_watch.stats()}).start().stop)
+                gateway, process_counters = app.state.gateway, app.state.process_counters
+                stack.callback(StatsFile(settings.stats_file,
+                                         lambda: {**gateway.stats, **process_counters()}).start().stop)
         log.info("hexdispatch ready (database %s)", db.redact(dsn))
         yield
 

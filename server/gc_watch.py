@@ -7,6 +7,7 @@ duration from ``gc.callbacks``, so the pauses show in the process's counters.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
 
@@ -47,11 +48,10 @@ async def freeze_survivors(every_s: float = 10.0, full_every_s: float = 3600.0) 
 
     Without it, a front door with 10,000 sockets paused for 1.5-3 s every ten seconds or so (see
     ``bench/RESULTS.md``). Young collections also run 10x less often than Python's default (every
-    7,000 allocations net, not 700): each one is still short. The price: a reference cycle that becomes garbage after it was frozen
-    waits for the hourly ``full_every_s`` collection of everything, which pauses like before.
+    7,000 allocations net, not 700): each one is still short. The price: a reference cycle that
+    becomes garbage after it was frozen waits for the hourly ``full_every_s`` collection of
+    everything, which pauses like before.
     """
-    import asyncio
-
     gc.set_threshold(7_000, 10, 10)
     last_full = time.monotonic()
     while True:

@@ -25,9 +25,9 @@ from server.store import orders as order_store
 
 log = logging.getLogger("hexdispatch.ws")
 
-CLOSE_SERVER_OVERLOADED = 1013
+CLOSE_SERVER_OVERLOADED = 1013  # "try again later": the client reconnects and resumes
 #: A socket hands the event loop to the others after this many frames in a row.
-FRAMES_PER_TURN = 8  # "try again later": the client reconnects and resumes
+FRAMES_PER_TURN = 8
 
 
 def _principal(websocket: WebSocket, role: Role) -> Principal:

@@ -64,9 +64,7 @@ def ray_nodes(resource: str) -> list[dict]:
 
 async def stats(request: Request) -> JSONResponse:
     caller(request, Role.ADMIN)
-    state = request.app.state
-    return JSONResponse({**_gateway(request).snapshot(), "loop_guard_waits": state.loop_guard.waits,
-                         **state.gc_watch.stats(), "at": time.time()})
+    return JSONResponse({**_gateway(request).snapshot(), **request.app.state.process_counters(), "at": time.time()})
 
 
 ROUTES = [
