@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
-import platform
 import queue
 import secrets
 import socket
@@ -48,6 +47,7 @@ import orjson
 from tqdm import tqdm
 
 from bench import catalog_metro as metro
+from bench.machine import describe, machine_facts
 from bench.plots import save
 from clients.http import wait_until_healthy
 from bench.catalog_load import SQL_VARIANTS, LoadJob, LoadResult, h3_nearby, run_job, run_wrk, wrk_path, wrk_seconds
@@ -711,13 +711,8 @@ def explain_nearby(dsn: str, lat: float, lng: float, radius_m: float, limit: int
 
 def environment(args, where: str, server_workers: int) -> dict:
     """What ran where: CPUs, memory, Postgres, server and load-generator processes, load average."""
-    import psutil
-
     return {
-        "cpus": os.cpu_count(),
-        "cpu_model": platform.processor() or platform.machine(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(),
+        **machine_facts(),
         "postgres": where,
         "server": f"uvicorn (uvloop/httptools), {server_workers} worker process(es) "
                   + ("on their own ports, connections spread evenly" if args.server_mode == "ports"
@@ -726,7 +721,6 @@ def environment(args, where: str, server_workers: int) -> dict:
         "load_generators": ("wrk (one thread per server port), closed loop" if args.load_generator == "wrk"
                             else f"{args.load_processes} spawned process(es) (aiohttp)")
                            + f"; SQL comparison: {args.load_processes} spawned asyncpg process(es), closed loop",
-        "loadavg_at_start": os.getloadavg(),
     }
 
 
@@ -737,7 +731,7 @@ def markdown_report(figures: dict) -> str:
     lines = [
         f"## Catalog benchmark: {figures['restaurants']:,} restaurants x {figures['items']} items",
         "",
-        f"Machine: {env['cpus']} CPUs, {env['memory_gib']} GiB; {env['postgres']}; server: {env['server']}; "
+        f"Machine: {describe(env)}; {env['postgres']}; server: {env['server']}; "
         f"load: {env['load_generators']}. Load average at start: "
         f"{', '.join(f'{x:.2f}' for x in env['loadavg_at_start'])}.",
         "",

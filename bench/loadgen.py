@@ -28,13 +28,14 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Awaitable, Callable
 
 from tqdm import tqdm
 
 from clients.city import Kitchen, OrderDesk, RoundRobin, SimDriver, Tally, minter, place_orders, start_drivers
 from clients.customer import CustomerClient
 from clients.driver import DriverClient
+from server.gc_watch import freeze_survivors
 
 #: Flooding senders yield to the other sockets of their process after this many frames.
 FRAMES_PER_YIELD = 32
@@ -120,10 +121,21 @@ def worker(job, events, go, stop) -> None:
     raise_fd_limit()
     try:
         run = _flood if isinstance(job, FloodJob) else _city
-        outcome = _event_loop_runner()(run(job, events, go, stop))
+        outcome = _event_loop_runner()(_freezing_survivors(run(job, events, go, stop)))
         events.put(("result", job.index, outcome))
     except BaseException:
         events.put(("error", job.index, traceback.format_exc()))
+
+
+async def _freezing_survivors(work: Awaitable):
+    """``work``, with the collector kept off the long-lived sockets as in the server
+    (:func:`server.gc_watch.freeze_survivors`): a full collection over 3,000+
+    sockets stalls the process for seconds, and every driver's fix with it."""
+    freezer = asyncio.get_running_loop().create_task(freeze_survivors())
+    try:
+        return await work
+    finally:
+        freezer.cancel()
 
 
 async def _wait_event(event, poll_s: float = 0.05) -> None:
@@ -179,8 +191,7 @@ async def _flood(job: FloodJob, events, go, stop) -> Outcome:
     tally = Tally()
     for follower in followers:
         for positions in follower.positions.values():
-            tally.gps_to_customer += [(p["received_at"], p["received_at"] * 1000 - p["fix_t"])
-                                      for p in positions if p.get("fix_t")]
+            tally.positions_received(positions)
     # Frames still queued in the server would hold up closing handshakes: drop the connections.
     await asyncio.gather(*(client.close(graceful=False) for client in [*drivers, *followers]))
     return Outcome(job.index, sent[0], len(drivers), tally)

@@ -44,7 +44,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import secrets
 import sys
 import threading
@@ -57,6 +56,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench import catalog_metro as metro
+from bench.machine import describe, machine_facts
 from bench.plots import save
 from dispatch.geo import EARTH_RADIUS_M
 
@@ -671,6 +671,8 @@ def markdown_report(figures: dict) -> str:
         f"asks {figures['measure']['fanout_cells']['mean']:.1f} cells on average "
         f"(at most {figures['measure']['fanout_cells']['max']}). Redis {redis['version']}.",
         "",
+        f"Machine: {describe(figures['environment'])}." if "environment" in figures else "",
+        "",
         "| measure | p50 ms | p95 ms | p99 ms | mean ms |",
         "|---|---:|---:|---:|---:|",
     ]
@@ -798,8 +800,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def environment(args: argparse.Namespace, where: str) -> dict:
     import ray
 
-    return {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "ray": ray.__version__, "postgres": where}
+    return {**machine_facts(), "ray": ray.__version__, "postgres": where}
 
 
 def main(argv: list[str]) -> int:

@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import platform
 import random
 import secrets
 import subprocess
@@ -46,6 +45,7 @@ import orjson
 
 from bench import probes
 from bench.loadgen import CityJob, FloodJob, LoadRun, Outcome, Step, split
+from bench.machine import machine_facts
 from clients.city import DEFAULT_CENTER, Kitchen, RoundRobin, Tally, audit, minter, percentiles, random_point, seed_city
 from clients.http import ApiClient, stop_process, wait_until_healthy
 
@@ -299,31 +299,36 @@ def run_city(args, system: System, kitchens: list[Kitchen], steps: list[Step], d
     return CityRun(load.go_at, outcomes, tally, samples, load.history, sampler.errors if sampler else {}, time.time())
 
 
-def offer_latencies(tally: Tally, commit_window_s: float) -> dict[str, list[float]]:
-    """Placement to first offer, split by whether the dispatcher may wait on purpose.
+def offer_latencies(tally: Tally) -> dict[str, list[float]]:
+    """Placement to first offer, split by why the cell kept the order pending (the offer's ``waited_s``).
 
-    The matcher commits an order once the food is ready within the commit
-    window plus the nearest driver's drive. An order whose food is ready
-    within the window anyway (``immediate_ms``) is offered as soon as a
-    driver is free. One whose food needs longer (held) may be kept back on
-    purpose, at most until ``ready - window`` (``deliberate_wait_bound_s``);
-    ``held_offer_s`` is its placement to offer and ``held_lead_s`` how long
-    before ``ready - window`` it was offered (about the driver's drive).
+    ``free_ms``: orders that waited only to be considered (``queued``): a
+    driver was free and nothing was held back on purpose; the target applies
+    to these. ``deliberate_s``: orders held for a driver about to be free or
+    deferred until their food is nearly ready (``held``, ``deferred``), with
+    those waits in ``held_s`` and ``deferred_s``. ``no_driver_s``: the rest,
+    which waited because no driver of the cell could take them
+    (``unmatched_s``). ``all_ms``: every offered order.
     """
-    out: dict[str, list[float]] = {"immediate_ms": [], "all_ms": [], "held_offer_s": [],
-                                   "deliberate_wait_bound_s": [], "held_lead_s": []}
+    from dispatch.cell import DELIBERATE_WAITS
+
+    out: dict[str, list[float]] = {"free_ms": [], "all_ms": [], "deliberate_s": [], "held_s": [],
+                                   "deferred_s": [], "no_driver_s": [], "unmatched_s": []}
     for order_id, placed in tally.placed_at.items():
         if order_id not in tally.first_offer:
             continue
-        offered, ready_at, _ = tally.first_offer[order_id]
-        out["all_ms"].append((offered - placed) * 1000)
-        window_opens = ready_at - commit_window_s
-        if window_opens <= placed:
-            out["immediate_ms"].append((offered - placed) * 1000)
+        offered, _, _, waited = tally.first_offer[order_id]
+        latency_s = offered - placed
+        out["all_ms"].append(latency_s * 1000)
+        if any(waited.get(reason, 0.0) > 0 for reason in DELIBERATE_WAITS):
+            out["deliberate_s"].append(latency_s)
+            out["held_s"].append(waited.get("held", 0.0))
+            out["deferred_s"].append(waited.get("deferred", 0.0))
+        elif waited.get("unmatched", 0.0) > 0:
+            out["no_driver_s"].append(latency_s)
+            out["unmatched_s"].append(waited["unmatched"])
         else:
-            out["held_offer_s"].append(offered - placed)
-            out["deliberate_wait_bound_s"].append(window_opens - placed)
-            out["held_lead_s"].append(window_opens - offered)
+            out["free_ms"].append(latency_s * 1000)
     return out
 
 
@@ -378,8 +383,6 @@ def in_window(pairs, start: float, end: float) -> list[float]:
 
 def run_peak(args, system: System, kitchens: list[Kitchen]) -> dict:
     """The realistic peak hour: steady GPS and orders, then drain and audit."""
-    from dispatch.cell import CellParams
-
     steps = [Step(0.0, args.gps_interval, args.orders_per_minute)]
     city = run_city(args, system, kitchens, steps, args.duration, "peak", args.drain)
     start, end = city.go_at + args.warmup, city.go_at + args.duration
@@ -394,8 +397,7 @@ def run_peak(args, system: System, kitchens: list[Kitchen]) -> dict:
 
     print("auditing every order against order_events ...", flush=True)
     counts = asyncio.run(audited())
-    params = CellParams()
-    offers = offer_latencies(city.tally, params.match.commit_window * 60)
+    offers = offer_latencies(city.tally)
     cells = cell_figures(city.samples, start, end)
     tally = city.tally
     failures = [f for o in city.outcomes for f in o.failures]
@@ -407,16 +409,20 @@ def run_peak(args, system: System, kitchens: list[Kitchen]) -> dict:
         "gps_absorbed_per_s": probes.rate(samples, probes.counter("gps")),
         "gps_applied_by_cells_per_s": probes.cells_rate(samples, "gps_fixes"),
         "gps_to_customer_ms": percentiles(in_window(tally.gps_to_customer, start, end)),
+        "gps_to_front_door_ms": percentiles(in_window(tally.gps_to_front_door, start, end)),
         "gps_to_actor_ms": cells.get("gps_to_actor_ms"),
         "tick_ms": cells.get("tick_ms"),
         "cells_active": cells.get("cells", 0),
         "order_placement_ms": percentiles(ms for _, ms in tally.placement),
-        "placement_to_offer_ms": percentiles(offers["immediate_ms"]),
+        "placement_to_offer_ms": percentiles(offers["free_ms"]),
         "placement_to_offer_all_ms": percentiles(offers["all_ms"]),
-        "held_orders": {"count": len(offers["held_offer_s"]),
-                        "placement_to_offer_s": percentiles(offers["held_offer_s"]),
-                        "deliberate_wait_bound_s": percentiles(offers["deliberate_wait_bound_s"]),
-                        "offered_before_window_s": percentiles(offers["held_lead_s"])},
+        "deliberate_waits": {"count": len(offers["deliberate_s"]),
+                             "placement_to_offer_s": percentiles(offers["deliberate_s"]),
+                             "held_s": percentiles(offers["held_s"]),
+                             "deferred_s": percentiles(offers["deferred_s"])},
+        "no_driver_waits": {"count": len(offers["no_driver_s"]),
+                            "placement_to_offer_s": percentiles(offers["no_driver_s"]),
+                            "unmatched_s": percentiles(offers["unmatched_s"])},
         "postgres": postgres_figures(samples),
         "processes": probes.process_usage(samples),
         "orders_placed": len(tally.placed_at), "orders_refused": tally.refused_placements,
@@ -477,9 +483,6 @@ def run_stress(args, system: System, kitchens: list[Kitchen]) -> dict:
 
     warmup = Step(0.0, args.gps_interval, args.orders_per_minute)
     city = run_city(args, system, kitchens, [warmup, *steps], duration, "stress", drain_s=0, stop_when=broken)
-    from dispatch.cell import CellParams
-
-    params = CellParams()
     results = []
     for number, step in enumerate(steps):
         start = city.go_at + step.at_s + min(5.0, args.stress_step_seconds / 4)
@@ -491,10 +494,10 @@ def run_stress(args, system: System, kitchens: list[Kitchen]) -> dict:
             break
         placed = {o: t for o, t in city.tally.placed_at.items() if start <= t <= end}
         step_tally = Tally(placed_at=placed, first_offer=city.tally.first_offer)
-        offers = offer_latencies(step_tally, params.match.commit_window * 60)
+        offers = offer_latencies(step_tally)
         figures.update(step=number + 1, gps_interval_s=step.gps_interval_s,
                        gps_to_customer_ms=percentiles(in_window(city.tally.gps_to_customer, start, end)),
-                       placement_to_offer_ms=percentiles(offers["immediate_ms"]))
+                       placement_to_offer_ms=percentiles(offers["free_ms"]))
         figures["within_targets"] = bool(
             figures["keeps_up"]
             and figures["gps_to_customer_ms"].get("p99", 0.0) < TARGET_GPS_TO_CUSTOMER_P99_MS
@@ -636,12 +639,8 @@ def run_comparison(args, system: System) -> dict:
 
 
 def environment(args, system: System) -> dict:
-    import psutil
-
-    return {"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(), "front_doors": system.urls,
-            "server_started_by_bench": bool(args.start_server), "load_processes": args.processes,
-            "loadavg_at_start": os.getloadavg()}
+    return {**machine_facts(), "front_doors": system.urls,
+            "server_started_by_bench": bool(args.start_server), "load_processes": args.processes}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.machine import describe
 from bench.peak import (
     SEEDS_PLACEMENT_TO_OFFER_P99_MS, TARGET_GPS_PER_S, TARGET_GPS_TO_CUSTOMER_P99_MS,
     TARGET_PLACEMENT_TO_OFFER_P99_MS, TARGET_SHARE_OF_CEILING, TARGET_TIMES_REDIS,
@@ -82,7 +83,7 @@ def markdown(figures: dict) -> str:
     lines = [
         "## Peak hour: `hexdispatch bench peak`",
         "",
-        f"Machine: {env['cpus']} CPUs (shared with other work), {env['memory_gib']} GiB, Python {env['python']}; "
+        f"Machine: {describe(env)}; "
         f"front door(s): {', '.join(env['front_doors'])}"
         f"{' (started by the bench)' if env['server_started_by_bench'] else ''}; "
         f"{env['load_processes']} load-generator processes on the same machine; load average at start "
@@ -104,7 +105,7 @@ def markdown(figures: dict) -> str:
 
 
 def peak_lines(peak: dict, config: dict) -> list[str]:
-    held = peak["held_orders"]
+    deliberate, no_driver = peak["deliberate_waits"], peak["no_driver_waits"]
     pg = peak["postgres"]
     lines = [
         f"### Peak: {peak['drivers']:,} drivers, GPS every {peak['gps_interval_s']:g} s, "
@@ -119,12 +120,16 @@ def peak_lines(peak: dict, config: dict) -> list[str]:
         f"{_pct(peak['gps_to_actor_ms'])}; worst reading p99 "
         f"{_ms((peak['gps_to_actor_ms'] or {}).get('worst_p99'))} |",
         f"| GPS-to-customer (driver's fix to the customer's socket) | {_pct(peak['gps_to_customer_ms'])} |",
+        f"| of which the driver's fix to the front door (driver's process, network, front door reading) | "
+        f"{_pct(peak.get('gps_to_front_door_ms'))} |",
         f"| order placement (`POST /v1/orders`) | {_pct(peak['order_placement_ms'])} |",
         f"| placement to first offer, driver free, no deliberate wait | {_pct(peak['placement_to_offer_ms'])} |",
-        f"| orders the dispatcher may hold (food ready later than the 2-min commit window) | {held['count']:,}: "
-        f"placement to offer {_pct(held['placement_to_offer_s'], 's')}; longest deliberate wait allowed "
-        f"{_pct(held['deliberate_wait_bound_s'], 's')}; offered this long before the window opened "
-        f"(the drive) {_pct(held['offered_before_window_s'], 's')} |",
+        f"| orders kept back on purpose (held for a driver about to be free, or food not ready within the "
+        f"2-min commit window) | {deliberate['count']:,}: placement to offer "
+        f"{_pct(deliberate['placement_to_offer_s'], 's')}; of which held {_pct(deliberate['held_s'], 's')}, "
+        f"deferred {_pct(deliberate['deferred_s'], 's')} |",
+        f"| orders no driver of the cell could take at first | {no_driver['count']:,}: placement to offer "
+        f"{_pct(no_driver['placement_to_offer_s'], 's')}; unmatched for {_pct(no_driver['unmatched_s'], 's')} |",
         f"| matching tick ({peak['cells_active']} active cells) | "
         + (f"p50 {peak['tick_ms']['p50']:.2f} ms, p99 {peak['tick_ms']['p99']:.2f} ms, worst p99 "
            f"{peak['tick_ms']['worst_p99']:.2f} ms |" if peak["tick_ms"] else "n/a |"),
@@ -247,7 +252,7 @@ def _latency_plot(plt, data: dict, path: Path) -> str:
     _cdf(ax, data["gps_to_customer"], "GPS fix to customer")
     ax.set(title="GPS-to-customer", xlabel="ms (log)", ylabel="share of positions", xscale="log")
     ax = axes[0][1]
-    _cdf(ax, data["offers"]["immediate_ms"], "food ready within the commit window")
+    _cdf(ax, data["offers"]["free_ms"], "driver free, no deliberate wait")
     _cdf(ax, data["offers"]["all_ms"], "all orders, incl. deliberate waits")
     ax.set(title="placement to first offer", xlabel="ms (log)", ylabel="share of orders", xscale="log")
     ax = axes[1][0]

@@ -125,8 +125,9 @@ class Tally:
     """Order id -> the ready estimate at placement (unix s)."""
     placement: list[tuple[float, float]] = field(default_factory=list)
     """(acknowledged at, HTTP latency ms) per placement."""
-    first_offer: dict[int, tuple[float, float, float]] = field(default_factory=dict)
-    """Order id -> (first offer received at, the offer's ready_at, the driver's distance to the restaurant m)."""
+    first_offer: dict[int, tuple[float, float, float, dict]] = field(default_factory=dict)
+    """Order id -> (first offer received at, the offer's ready_at, the driver's distance to the restaurant m,
+    the cell's seconds of waiting by reason: ``waited_s`` of the offer, see ``dispatch.cell.WAIT_REASONS``)."""
     delivered_by: dict[int, str] = field(default_factory=dict)
     """Order id -> the driver that delivered it."""
     seen_seqs: dict[int, list[int]] = field(default_factory=dict)
@@ -135,6 +136,8 @@ class Tally:
     """Order id -> when its customer stopped following it (unix s)."""
     gps_to_customer: list[tuple[float, float]] = field(default_factory=list)
     """(received at, ms from the driver's fix to the customer's screen) per driver position."""
+    gps_to_front_door: list[tuple[float, float]] = field(default_factory=list)
+    """(received at, ms from the driver's fix to the front door reading it) per driver position."""
     refused_placements: int = 0
     declines: int = 0
     double_bookings: int = 0
@@ -142,10 +145,18 @@ class Tally:
     job_failures: list[str] = field(default_factory=list)
     driver_errors: dict[str, int] = field(default_factory=dict)
 
-    def first_offer_at(self, order_id: int, at: float, ready_at: float, distance_m: float) -> None:
+    def first_offer_at(self, order_id: int, at: float, ready_at: float, distance_m: float, waited_s: dict) -> None:
         known = self.first_offer.get(order_id)
         if known is None or at < known[0]:
-            self.first_offer[order_id] = (at, ready_at, distance_m)
+            self.first_offer[order_id] = (at, ready_at, distance_m, waited_s)
+
+    def positions_received(self, positions: list[dict]) -> None:
+        """Driver positions a customer received: ``fix_t`` is the driver's send time (ms), ``t`` the
+        front door's receipt (s), ``received_at`` the customer's (s); all on this machine's clock."""
+        for p in positions:
+            if p.get("fix_t"):
+                self.gps_to_customer.append((p["received_at"], p["received_at"] * 1000 - p["fix_t"]))
+                self.gps_to_front_door.append((p["received_at"], p["t"] * 1000 - p["fix_t"]))
 
     def delivered(self, order_id: int, driver_id: str) -> None:
         if self.delivered_by.setdefault(order_id, driver_id) != driver_id:
@@ -156,13 +167,14 @@ class Tally:
         self.placed_at.update(other.placed_at)
         self.ready_estimate.update(other.ready_estimate)
         self.placement += other.placement
-        for order_id, (at, ready_at, distance) in other.first_offer.items():
-            self.first_offer_at(order_id, at, ready_at, distance)
+        for order_id, offer in other.first_offer.items():
+            self.first_offer_at(order_id, *offer)
         for order_id, driver_id in other.delivered_by.items():
             self.delivered(order_id, driver_id)
         self.seen_seqs.update(other.seen_seqs)
         self.followed_until.update(other.followed_until)
         self.gps_to_customer += other.gps_to_customer
+        self.gps_to_front_door += other.gps_to_front_door
         self.refused_placements += other.refused_placements
         self.declines += other.declines
         self.double_bookings += other.double_bookings
@@ -231,13 +243,25 @@ class SimDriver:
             self.tally.driver_errors[error["code"]] = self.tally.driver_errors.get(error["code"], 0) + 1
 
     async def _gps_loop(self) -> None:
-        await asyncio.sleep(self.rng.uniform(0, self.gps_interval_s))
+        """A fix every ``gps_interval_s`` on the phone's own clock, from a random phase.
+
+        Fixes keep their times even when this process stalls: a late fix does
+        not move the next one later (with ``sleep(interval)`` after each send,
+        every stall would leave all drivers reporting in lockstep from then on).
+        A phone that fell more than a whole interval behind skips the fixes it missed.
+        """
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self.rng.uniform(0, self.gps_interval_s)
         while True:
+            await asyncio.sleep(max(0.0, due - loop.time()))
             await self.client.gps(*self.position, speed=self.speed_mps)
-            await asyncio.sleep(self.gps_interval_s)
+            due += self.gps_interval_s
+            behind = loop.time() - due
+            if behind > 0:
+                due += math.ceil(behind / self.gps_interval_s) * self.gps_interval_s
 
     async def _drive_to(self, target) -> None:
-        """Move in a straight line at road speed, reporting GPS along the way."""
+        """Move in a straight line at road speed (the GPS loop reports the way), then report the arrival."""
         distance = haversine_m(*self.position, *target)
         steps = max(1, math.ceil(distance / (self.speed_mps * self.gps_interval_s)))
         start = self.position
@@ -245,7 +269,7 @@ class SimDriver:
             await asyncio.sleep(distance / self.speed_mps / steps)
             f = i / steps
             self.position = (start[0] + (target[0] - start[0]) * f, start[1] + (target[1] - start[1]) * f)
-            await self.client.gps(*self.position, speed=self.speed_mps)
+        await self.client.gps(*self.position, speed=self.speed_mps)
 
     async def _work_loop(self) -> None:
         while True:
@@ -255,7 +279,8 @@ class SimDriver:
                 for order in message["orders"]:
                     restaurant = order["restaurant"]
                     self.tally.first_offer_at(order["order_id"], now, float(order["ready_at"]),
-                                              haversine_m(*self.position, restaurant["lat"], restaurant["lng"]))
+                                              haversine_m(*self.position, restaurant["lat"], restaurant["lng"]),
+                                              order.get("waited_s", {}))
                 await asyncio.sleep(self.rng.uniform(0.1, 0.8))  # a human reads the offer
                 if self.rng.random() < self.accept_rate:
                     await self.client.accept(message["offer_id"])
@@ -391,8 +416,7 @@ class OrderDesk:
         self.tally.seen_seqs[order_id] = [e["seq"] for e in follower.events[order_id]]
         self.tally.followed_until[order_id] = time.time()
         for position_list in follower.positions.values():
-            self.tally.gps_to_customer += [(p["received_at"], p["received_at"] * 1000 - p["fix_t"])
-                                           for p in position_list if p.get("fix_t")]
+            self.tally.positions_received(position_list)
         await follower.close(graceful)
 
     def _spawn(self, coro) -> None:

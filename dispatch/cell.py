@@ -62,6 +62,16 @@ class CellParams:
     match: MatchParams = field(default_factory=MatchParams)
 
 
+#: Why a pending order is not offered yet, charged per order (``LiveOrder.waited_s``, sent with each offer):
+#: ``queued``: not yet considered by a tick (placement, transport, a tick's cap on orders);
+#: ``held``: kept for a busy driver who will be free soon (deliberate);
+#: ``deferred``: its food is not ready within the commit window (deliberate);
+#: ``unmatched``: no driver of the cell could take it;
+#: ``offered``: out to a driver who then declined or let the offer expire (shows on re-offers).
+WAIT_REASONS = ("queued", "held", "deferred", "unmatched", "offered")
+DELIBERATE_WAITS = frozenset({"held", "deferred"})
+
+
 class OrderPhase(str, Enum):
     PENDING = "pending"
     OFFERED = "offered"
@@ -86,6 +96,17 @@ class LiveOrder:
     held: bool = False
     """The latest tick kept it for a busy driver of this cell who will be free soon."""
     declined_by: set[str] = field(default_factory=set)
+    waited_s: dict[str, float] = field(default_factory=dict)
+    """Seconds spent pending, by why (:data:`WAIT_REASONS`), up to ``wait_since``."""
+    wait_reason: str = "queued"
+    wait_since: float | None = None
+    """When ``wait_reason`` was last decided (``None``: not yet, the wait runs from ``placed_at``)."""
+
+    def note_wait(self, now: float, reason: str) -> None:
+        """Charge the time since the last decision to the reason then in force; ``reason`` holds from ``now``."""
+        since = self.placed_at if self.wait_since is None else self.wait_since
+        self.waited_s[self.wait_reason] = self.waited_s.get(self.wait_reason, 0.0) + max(0.0, now - since)
+        self.wait_reason, self.wait_since = reason, now
 
 
 class _Status:
@@ -703,6 +724,8 @@ class CellCore:
                 if d.status in HOLDING_ORDERS and now - d.last_seen <= self.params.heartbeat_ttl_s
                 and (end := self._job_end(d, now)) is not None]
         if not idle and not busy:
+            for order in pending:
+                order.note_wait(now, "unmatched")
             return []
         chosen = heapq.nsmallest(self.params.max_orders_per_tick, pending, key=lambda o: (o.urgency, o.id))
         commands: list[Command] = []
@@ -729,6 +752,11 @@ class CellCore:
                 commands.append(self._offer(driver, job_orders, now))
             if not retry:
                 break
+        commit_window = self.params.match.commit_window
+        for order in chosen:
+            if order.phase is OrderPhase.PENDING:
+                order.note_wait(now, "held" if order.held else
+                                "deferred" if commit_window < order.urgency < math.inf else "unmatched")
         return commands
 
     def _job_end(self, driver: LiveDriver, now: float) -> tuple[float, float, float] | None:
@@ -752,11 +780,13 @@ class CellCore:
         driver.status = apply_driver(driver.status, DriverEvent.OFFER)
         for order in orders:
             order.phase = OrderPhase.OFFERED
+            order.note_wait(now, "offered")
         return SendToDriver(driver.id, {
             "type": "offer",
             "offer_id": offer.id,
             "expires_at": offer.expires_at,
-            "orders": [self._order_view(o) for o in orders],
+            "orders": [{**self._order_view(o), "waited_s": {k: round(v, 3) for k, v in o.waited_s.items()}}
+                       for o in orders],
         })
 
     @staticmethod

@@ -267,6 +267,8 @@ def test_order_waits_for_a_busy_driver_soon_free_nearby_as_the_offline_matcher_d
     commands = cell.tick(now + 30)
     assert len(offers_of(commands, "busy")) == 1 and offers_of(commands, "far") == []
     assert not cell.orders[2].held
+    [offered] = offers_of(commands, "busy")[0]["orders"]
+    assert offered["waited_s"] == {"queued": 0.0, "held": 30.0}, "the offer says how long it was held on purpose"
 
 
 def _busy_cell(seed: int, params: CellParams):
@@ -364,3 +366,38 @@ def test_no_order_waits_for_a_silent_busy_driver():
     commands = cell.tick(T0 + 40)  # "busy" has been silent for 40 s, with the food still in its bag
     assert cell.drivers["busy"].status is DriverStatus.DELIVERING
     assert len(offers_of(commands, "far")) == 1 and not cell.orders[2].held
+
+
+# Why an order waited: charged per reason and sent with its offer (the peak bench separates deliberate waits).
+
+
+def test_an_order_offered_at_once_waited_only_to_be_considered():
+    cell = CellCore("c1")
+    cell.driver_seen("near", LAT + 0.001, LNG, T0)
+    cell.add_order(order(1))
+    [offer] = offers_of(cell.tick(T0 + 0.25))
+    assert offer["orders"][0]["waited_s"] == {"queued": 0.25}
+
+
+def test_an_order_whose_food_is_far_from_ready_is_deferred_then_offered():
+    cell = CellCore("c1")
+    cell.driver_seen("near", LAT + 0.001, LNG, T0)
+    cell.add_order(order(1, ready_in_s=600))
+    for now in range(int(T0), int(T0) + 480, 20):
+        cell.driver_seen("near", LAT + 0.001, LNG, now)
+        assert offers_of(cell.tick(now)) == []
+        assert cell.orders[1].wait_reason == "deferred"
+    cell.driver_seen("near", LAT + 0.001, LNG, T0 + 480)
+    # Ready in 2 minutes, a 16-second drive away: slack under the 2-minute commit window.
+    [offer] = offers_of(cell.tick(T0 + 480))
+    assert offer["orders"][0]["waited_s"] == {"queued": 0.0, "deferred": 480.0}
+
+
+def test_an_order_with_no_driver_in_the_cell_is_unmatched_until_one_comes():
+    cell = CellCore("c1")
+    cell.add_order(order(1))
+    assert offers_of(cell.tick(T0 + 1)) == []
+    assert cell.orders[1].wait_reason == "unmatched"
+    cell.driver_seen("late", LAT + 0.001, LNG, T0 + 5)
+    [offer] = offers_of(cell.tick(T0 + 6))
+    assert offer["orders"][0]["waited_s"] == {"queued": 1.0, "unmatched": 5.0}

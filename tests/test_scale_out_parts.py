@@ -77,18 +77,22 @@ async def test_redis_broker_carries_messages_between_processes(redis_clients):
     await here.start()
     await there.start()
     try:
-        received, sessions = [], []
+        received, sessions, own = [], [], []
         there.subscribe("order:7", received.append)
         there.subscribe("sessions", sessions.append)
-        await wait_for(lambda: there.stats["round_trips"] == 0 and not there._subscribe)
-        await asyncio.sleep(0.1)  # the SUBSCRIBE reaches Redis
+        here.subscribe("order:7", own.append)
+        await wait_for(lambda: not there._subscribe and not here._subscribe)
+        await asyncio.sleep(0.1)  # the SUBSCRIBEs reach Redis
         for n in range(50):
             here.publish("order:7", {"n": n})
+        assert [m["n"] for m in own] == list(range(50)), "the publisher's own handler gets them at once"
         here.publish("order:8", {"n": "not followed"})
         here.publish("sessions", {"driver_id": "d1"})
         await wait_for(lambda: len(received) == 50 and sessions)
         assert [m["n"] for m in received] == list(range(50)), "in order, none lost"
         assert here.stats["round_trips"] < 50, "publishes are pipelined"
+        await asyncio.sleep(0.2)
+        assert len(own) == 50 and here.stats["received"] == 0, "Redis's echo of its own messages is dropped"
         there.unsubscribe("order:7")
         await asyncio.sleep(0.2)
         here.publish("order:7", {"n": "late"})
