@@ -35,6 +35,7 @@ from dispatch.cell import (
 from dispatch.cells import cell_of, descendant_range
 from dispatch.geo import haversine_m
 from dispatch.lifecycle import Actor, DriverEvent, Event
+from server.gc_watch import freeze_survivors
 
 log = logging.getLogger("hexdispatch.cell")
 
@@ -124,6 +125,7 @@ class CellActor:
         self.wakeups: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self.driver_gateway: dict[str, str] = {}
         self.started: asyncio.Task | None = None
+        self.freezer: asyncio.Task | None = None
         self.metrics = CellMetrics(cell_id)
         self.stats = {"borrowed": 0, "lent": 0}
         self.last_poll: dict[str, float] = {}
@@ -152,7 +154,11 @@ class CellActor:
                 # A metro runs tens of cells against one Postgres: a quiet cell gives its connections back.
                 self.pool = await create_pool(self.dsn, min_size=0, max_size=3, idle_close_s=10.0)
                 await self._rebuild(time.time())
-                self.started = asyncio.get_running_loop().create_task(self._run())
+                loop = asyncio.get_running_loop()
+                self.started = loop.create_task(self._run())
+                # As in the front door: the collector would otherwise pause ticks and GPS batches
+                # for a walk over every driver and order of the cell.
+                self.freezer = loop.create_task(freeze_survivors())
 
     async def _rebuild(self, now: float) -> None:
         lo, hi = descendant_range(h3.str_to_int(self.cell_id))

@@ -124,6 +124,8 @@ def peak_lines(peak: dict, config: dict) -> list[str]:
         f"{_pct(peak.get('gps_to_front_door_ms'))} |",
         f"| order placement (`POST /v1/orders`) | {_pct(peak['order_placement_ms'])} |",
         f"| placement to first offer, driver free, no deliberate wait | {_pct(peak['placement_to_offer_ms'])} |",
+        f"| of which placement to the cell's decision (transaction, hand-over to the cell, tick) | "
+        f"{_pct(peak.get('placement_to_decision_ms'))} |",
         f"| orders kept back on purpose (held for a driver about to be free, or food not ready within the "
         f"2-min commit window) | {deliberate['count']:,}: placement to offer "
         f"{_pct(deliberate['placement_to_offer_s'], 's')}; of which held {_pct(deliberate['held_s'], 's')}, "

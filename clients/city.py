@@ -366,9 +366,19 @@ class OrderDesk:
     following: dict[int, CustomerClient] = field(default_factory=dict, init=False)
     tasks: set[asyncio.Task] = field(default_factory=set, init=False)
     failures: list[str] = field(default_factory=list, init=False)
+    pools: dict[str, httpx.AsyncClient] = field(default_factory=dict, init=False)
+    """One HTTP connection pool per front door for every customer and kitchen of this desk: a new
+    ``httpx.AsyncClient`` builds an SSL context (tens of ms of CPU), which stalled every socket of
+    the process once per order."""
 
     def __post_init__(self):
-        self.owners = {k.id: ApiClient(k.url, k.owner_token) for k in self.kitchens}
+        self.owners = {k.id: self._api(k.url, k.owner_token) for k in self.kitchens}
+
+    def _api(self, url: str, token: str) -> ApiClient:
+        pool = self.pools.get(url)
+        if pool is None:
+            pool = self.pools[url] = httpx.AsyncClient(base_url=url, timeout=10.0)
+        return ApiClient(url, token, client=pool)
 
     def open_orders(self) -> int:
         """Acknowledged orders not yet delivered or cancelled (as their customers see them)."""
@@ -385,7 +395,7 @@ class OrderDesk:
         token = self.mint("customer", customer_id)
         follower = CustomerClient(self.urls.next(), token)
         await follower.__aenter__()
-        api = ApiClient(self.urls.next(), token)
+        api = self._api(self.urls.next(), token)
         try:
             started = time.perf_counter()
             order = await api.place_order(kitchen.id, [{"item_id": self.rng.choice(kitchen.item_ids), "quantity": 1}],
@@ -442,7 +452,7 @@ class OrderDesk:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await asyncio.gather(*(self._unfollow(order_id, graceful) for order_id in list(self.following)))
-        await asyncio.gather(*(owner.aclose() for owner in self.owners.values()))
+        await asyncio.gather(*(pool.aclose() for pool in self.pools.values()))
 
 
 async def place_orders(desk: OrderDesk, per_minute: float, duration_s: float, rng: random.Random,

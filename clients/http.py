@@ -18,12 +18,16 @@ class ApiError(Exception):
 
 
 class ApiClient:
+    """One principal's calls; ``client`` shares a connection pool (the caller then closes it, not this)."""
+
     def __init__(self, base_url: str, token: str, *, timeout_s: float = 10.0, client: httpx.AsyncClient | None = None):
+        self._owns_http = client is None
         self.http = client or httpx.AsyncClient(base_url=base_url, timeout=timeout_s)
         self.headers = {"authorization": f"Bearer {token}"}
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        if self._owns_http:
+            await self.http.aclose()
 
     async def call(self, method: str, path: str, **kwargs) -> dict:
         headers = {**self.headers, **kwargs.pop("headers", {})}

@@ -110,12 +110,12 @@ class LiveOrder:
 
 
 class _Status:
-    """``LiveDriver.status``: a plain attribute that also tells the driver's :class:`DriverIndex` of each change."""
+    """``LiveDriver.status``: a plain attribute that also tells the driver's :class:`DriverIndex` of each change.
 
-    def __get__(self, driver, owner=None):
-        if driver is None:
-            return DriverStatus.IDLE  # the dataclass default
-        return driver.__dict__["status"]
+    It defines ``__set__`` only: assignments come here, while reads find the
+    value in the instance's ``__dict__`` at C speed (every tick reads the
+    status of every driver of the cell).
+    """
 
     def __set__(self, driver, status: DriverStatus) -> None:
         driver.__dict__["status"] = status
@@ -131,7 +131,7 @@ class LiveDriver:
     lng: float
     last_seen: float
     capacity: int = 1
-    status: DriverStatus = _Status()
+    status: DriverStatus = DriverStatus.IDLE
     heading: float | None = None
     speed: float | None = None
     offer_id: str | None = None
@@ -142,6 +142,10 @@ class LiveDriver:
         state = dict(self.__dict__)
         state.pop("_index", None)
         return state
+
+
+# Installed after the dataclass is made, which would otherwise replace it by the field's default.
+LiveDriver.status = _Status()
 
 
 class NearbyDriver(NamedTuple):
@@ -715,13 +719,15 @@ class CellCore:
     def _match(self, now: float) -> list[Command]:
         """Offer pending orders to idle drivers. Busy drivers are matched too, from when and where
         their job ends, as the offline replay does: an order best kept for one stays pending (held)."""
-        idle = [d for d in self.drivers.values() if d.status is DriverStatus.IDLE]
         pending = [o for o in self.orders.values() if o.phase is OrderPhase.PENDING]
         if not pending:
             return []
-        # A silent driver keeps its food (see _lose) but no order waits for it.
+        idle_status, ttl_s = DriverStatus.IDLE, self.params.heartbeat_ttl_s
+        idle = [d for d in self.drivers.values() if d.status is idle_status]
+        # A silent driver keeps its food (see _lose) but no order waits for it. Only drivers with a
+        # job can be busy (_job_end needs one): testing job_id first skips the rest cheaply.
         busy = [(d, end) for d in self.drivers.values()
-                if d.status in HOLDING_ORDERS and now - d.last_seen <= self.params.heartbeat_ttl_s
+                if d.job_id is not None and d.status in HOLDING_ORDERS and now - d.last_seen <= ttl_s
                 and (end := self._job_end(d, now)) is not None]
         if not idle and not busy:
             for order in pending:

@@ -13,12 +13,13 @@ import time
 
 
 class GcWatch:
-    """Counts collections per generation and keeps the longest and total pause (ms)."""
+    """Per generation: collections, objects freed, and the longest and total pause (ms)."""
 
     def __init__(self):
         self.collections = [0, 0, 0]
-        self.longest_ms = 0.0
-        self.total_ms = 0.0
+        self.freed = [0, 0, 0]
+        self.longest_ms = [0.0, 0.0, 0.0]
+        self.total_ms = [0.0, 0.0, 0.0]
         self._started = 0.0
 
     def __enter__(self) -> "GcWatch":
@@ -33,16 +34,20 @@ class GcWatch:
             self._started = time.perf_counter()
             return
         pause_ms = (time.perf_counter() - self._started) * 1000
-        self.collections[info["generation"]] += 1
-        self.longest_ms = max(self.longest_ms, pause_ms)
-        self.total_ms += pause_ms
+        generation = info["generation"]
+        self.collections[generation] += 1
+        self.freed[generation] += info.get("collected", 0)
+        self.longest_ms[generation] = max(self.longest_ms[generation], pause_ms)
+        self.total_ms[generation] += pause_ms
 
     def stats(self) -> dict:
-        return {"gc_collections": list(self.collections), "gc_longest_pause_ms": round(self.longest_ms, 1),
-                "gc_total_pause_ms": round(self.total_ms, 1)}
+        """Lists indexed by generation (0, 1, 2)."""
+        return {"gc_collections": list(self.collections), "gc_freed": list(self.freed),
+                "gc_longest_pause_ms": [round(x, 1) for x in self.longest_ms],
+                "gc_total_pause_ms": [round(x, 1) for x in self.total_ms]}
 
 
-async def freeze_survivors(every_s: float = 10.0, full_every_s: float = 3600.0) -> None:
+async def freeze_survivors(every_s: float = 1.0, full_every_s: float = 3600.0) -> None:
     """Every ``every_s``, collect the young generations and move every surviving object out of the
     collector's reach (``gc.freeze``), so a full collection walks only what is newer than that.
 
@@ -51,6 +56,12 @@ async def freeze_survivors(every_s: float = 10.0, full_every_s: float = 3600.0) 
     7,000 allocations net, not 700): each one is still short. The price: a reference cycle that
     becomes garbage after it was frozen waits for the hourly ``full_every_s`` collection of
     everything, which pauses like before.
+
+    Why every second: each socket waiting for its next frame holds a fresh chain of about 16
+    tracked objects (coroutines, futures, the last message), renewed with every frame. A young
+    collection walks every chain renewed since the last freeze: at 10,000 sockets reporting
+    every 5 s that was 160,000 objects and a 300 ms pause every 10 s; every second it is a
+    tenth of that, for the same total work.
     """
     gc.set_threshold(7_000, 10, 10)
     last_full = time.monotonic()

@@ -6,7 +6,9 @@ cells, HTTP requests and status events would wait behind them. The guard's
 heartbeat runs every ``tick_s``; a reader that finds it has not run for
 ``budget_s`` queues until a heartbeat releases it. Each heartbeat releases at
 most ``release_per_beat`` readers, oldest first, so ten thousand sockets do not
-all wake at once. Unread frames stay in the kernel's socket buffers, so a
+all wake at once; while readers are queued the heartbeat comes back at the
+loop's next turn instead of after ``tick_s``, so the CPU never idles with
+frames waiting. Unread frames stay in the kernel's socket buffers, so a
 flooding client is slowed by TCP itself. Under normal load the heartbeat is
 always fresh and a reader pays one clock read a frame.
 """
@@ -38,11 +40,17 @@ class LoopGuard:
                 if not waiter.done():  # a cancelled reader (its socket closed) takes no turn
                     waiter.set_result(None)
                     released += 1
-            await asyncio.sleep(self.tick_s)
+            # Readers still queued go on at the next turn of the loop, after whatever else is ready:
+            # sleeping a whole tick would leave the CPU idle while frames wait.
+            await asyncio.sleep(0 if self.queued else self.tick_s)
+
+    def overdue(self) -> bool:
+        """Whether the loop has been busy past the budget (a reader should then :meth:`turn`)."""
+        return time.monotonic() - self.beat > self.budget_s
 
     async def turn(self) -> None:
         """Return at once unless the loop has been busy past the budget; then wait to be released."""
-        if time.monotonic() - self.beat > self.budget_s:
+        if self.overdue():
             waiter = asyncio.get_running_loop().create_future()
             self.queued.append(waiter)
             self.waits += 1

@@ -49,6 +49,7 @@ class Connection:
         self.message_key = f"ws-message:{principal.role.value}:{principal.sub}"
         self.abuse = p.AbuseMeter()
         self.loop_guard = websocket.app.state.loop_guard
+        self.frames_read = 0
         self.writer: asyncio.Task | None = None
 
     async def write_loop(self) -> None:
@@ -66,46 +67,50 @@ class Connection:
         with contextlib.suppress(Exception):
             await self.websocket.close(p.CLOSE_REPLACED, "replaced by a newer connection")
 
-    async def frames(self):
-        """Yield raw frames until the client goes away."""
-        count = 0
+    async def next_message(self, adapter):
+        """The next validated, rate-limited message; ``None`` once the client is gone or was closed
+        for abuse. Bad or excess frames get error frames on the way, and repeated abuse closes with 1008.
+
+        One plain coroutine, not a chain of async generators: a socket waiting for its next frame
+        should hold as few fresh objects as possible (the collector walks them all, see
+        ``server.gc_watch``), and it drops its last message before it waits.
+        """
         while True:
-            count += 1
-            if count % FRAMES_PER_TURN == 0:
+            self.frames_read += 1
+            if self.frames_read % FRAMES_PER_TURN == 0:
                 # Reading a buffered frame does not suspend: without this a flooding socket
                 # would keep reading until its buffer is empty while the other sockets wait.
                 await asyncio.sleep(0)
-            await self.loop_guard.turn()
-            message = await self.websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            if message.get("bytes") is not None:
+            if self.loop_guard.overdue():
+                await self.loop_guard.turn()
+            event = await self.websocket.receive()
+            if event["type"] == "websocket.disconnect":
+                return None
+            frame = event.get("bytes")
+            if frame is not None:
                 self.binary = True
-                yield message["bytes"]
-            elif message.get("text") is not None:
+            else:
+                frame = event.get("text")
+                if frame is None:
+                    continue
                 self.binary = False
-                yield message["text"]
-
-    async def messages(self, adapter):
-        """Validated, rate-limited messages; the rest get error frames, and abuse closes with 1008."""
-        async for frame in self.frames():
+            del event
             try:
                 message = p.decode(frame, adapter)
             except p.ProtocolError as exc:
                 if self.error(exc.code, exc.message):
                     await self.close_for_abuse()
-                    return
+                    return None
                 continue
             if isinstance(message, p.Gps):
                 allowed = self.gps_bucket.allow(time.monotonic())
             else:
                 allowed = await self.limiter.allow(self.message_key, self.message_limit)
-            if not allowed:
-                if self.error("rate_limited", f"too many {message.type} messages; slow down"):
-                    await self.close_for_abuse()
-                    return
-                continue
-            yield message
+            if allowed:
+                return message
+            if self.error("rate_limited", f"too many {message.type} messages; slow down"):
+                await self.close_for_abuse()
+                return None
 
     def error(self, code: str, message: str) -> bool:
         """Queue an error frame and count a strike; True when the socket must be closed (1008)."""
@@ -156,7 +161,7 @@ async def _driver_session(websocket, gateway, principal: Principal, conn: Connec
     conn.outbox.send({"type": "welcome", "driver_id": principal.sub, "protocol": p.PROTOCOL_VERSION,
                       "orders": sorted(link.orders)})
     try:
-        async for message in conn.messages(p.DRIVER_MESSAGES):
+        while (message := await conn.next_message(p.DRIVER_MESSAGES)) is not None:
             if isinstance(message, p.Gps):
                 await gateway.gps(link, message.lat, message.lng, message.heading, message.speed, time.time(), message.t)
             elif isinstance(message, p.Ping):
@@ -167,6 +172,7 @@ async def _driver_session(websocket, gateway, principal: Principal, conn: Connec
                 fields = message.model_dump(exclude={"type"})
                 for reply in await gateway.driver_says(link, message.type, fields):
                     conn.outbox.send(reply)
+            message = None  # not held while waiting for the next frame
     finally:
         gateway.detach_driver(link)
 
@@ -174,7 +180,7 @@ async def _driver_session(websocket, gateway, principal: Principal, conn: Connec
 async def _customer_session(websocket, gateway, principal: Principal, conn: Connection) -> None:
     customer = CustomerLink(principal.sub, conn.outbox)
     try:
-        async for message in conn.messages(p.CUSTOMER_MESSAGES):
+        while (message := await conn.next_message(p.CUSTOMER_MESSAGES)) is not None:
             if isinstance(message, p.Ping):
                 conn.outbox.send({"type": "pong"})
             elif isinstance(message, p.Subscribe):

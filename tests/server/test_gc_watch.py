@@ -8,10 +8,14 @@ from server.gc_watch import GcWatch, freeze_survivors
 
 def test_collections_and_pauses_are_recorded():
     with GcWatch() as watch:
+        cycle = [[]]
+        cycle[0].append(cycle)
+        del cycle
         gc.collect()
     stats = watch.stats()
     assert stats["gc_collections"][2] >= 1
-    assert stats["gc_total_pause_ms"] >= stats["gc_longest_pause_ms"] > 0
+    assert stats["gc_freed"][2] >= 2, "the cycle's two lists"
+    assert stats["gc_total_pause_ms"][2] >= stats["gc_longest_pause_ms"][2] > 0
 
 
 async def test_survivors_are_frozen_and_the_thresholds_restored_by_the_caller():
