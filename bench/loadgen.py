@@ -32,7 +32,9 @@ from typing import Awaitable, Callable
 
 from tqdm import tqdm
 
-from clients.city import Kitchen, OrderDesk, RoundRobin, SimDriver, Tally, minter, place_orders, start_drivers
+from clients.city import (
+    CLOSE_TIMEOUT_S, Kitchen, OrderDesk, RoundRobin, SimDriver, Tally, minter, place_orders, start_drivers, within,
+)
 from clients.customer import CustomerClient
 from clients.driver import DriverClient
 from server.gc_watch import freeze_survivors
@@ -193,8 +195,10 @@ async def _flood(job: FloodJob, events, go, stop) -> Outcome:
         for positions in follower.positions.values():
             tally.positions_received(positions)
     # Frames still queued in the server would hold up closing handshakes: drop the connections.
-    await asyncio.gather(*(client.close(graceful=False) for client in [*drivers, *followers]))
-    return Outcome(job.index, sent[0], len(drivers), tally)
+    failures: list[str] = []
+    await within(asyncio.gather(*(client.close(graceful=False) for client in [*drivers, *followers])),
+                 CLOSE_TIMEOUT_S, failures, "dropping the flood's sockets")
+    return Outcome(job.index, sent[0], len(drivers), tally, failures)
 
 
 async def _city(job: CityJob, events, go, stop) -> Outcome:
@@ -245,8 +249,9 @@ async def _city(job: CityJob, events, go, stop) -> Outcome:
     steps.cancel()
     progress.cancel()
     # The load is over; an overloaded server would hold every closing handshake up: drop the sockets.
-    await desk.close(graceful=False)
-    await asyncio.gather(*(driver.stop(graceful=False) for driver in drivers))
+    await within(desk.close(graceful=False), 4 * CLOSE_TIMEOUT_S, desk.failures, "closing the order desk")
+    await within(asyncio.gather(*(driver.stop(graceful=False) for driver in drivers)), CLOSE_TIMEOUT_S,
+                 desk.failures, "dropping the drivers' sockets")
     return Outcome(job.index, sum(d.client.seq for d in drivers), len(drivers), tally, desk.failures)
 
 

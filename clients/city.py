@@ -213,6 +213,22 @@ async def seed_city(urls: RoundRobin, mint: Mint, rng: random.Random, center, ra
     return list(await asyncio.gather(*(onboard(i) for i in range(n_restaurants))))
 
 
+#: The longest a load process waits for one socket or pool to close at the end of a run.
+CLOSE_TIMEOUT_S = 15.0
+
+
+async def within(awaitable, seconds: float, failures: list[str], what: str) -> None:
+    """Await ``awaitable`` for at most ``seconds``: a hang is noted in ``failures`` and left behind,
+    so that a run's figures still come back from an overloaded server."""
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()  # not waited for: what hangs may not even end when cancelled
+        failures.append(f"{what}: no answer in {seconds:g} s")
+    elif not task.cancelled() and task.exception() is not None:
+        raise task.exception()
+
+
 class SimDriver:
     """A driver app on a phone in a car: moves at ``speed_mps``, GPS every ``gps_interval_s``."""
 
@@ -427,7 +443,7 @@ class OrderDesk:
         self.tally.followed_until[order_id] = time.time()
         for position_list in follower.positions.values():
             self.tally.positions_received(position_list)
-        await follower.close(graceful)
+        await within(follower.close(graceful), CLOSE_TIMEOUT_S, self.failures, f"closing order {order_id}'s customer")
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(self._guarded(coro))
@@ -452,7 +468,8 @@ class OrderDesk:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await asyncio.gather(*(self._unfollow(order_id, graceful) for order_id in list(self.following)))
-        await asyncio.gather(*(pool.aclose() for pool in self.pools.values()))
+        await within(asyncio.gather(*(pool.aclose() for pool in self.pools.values())), CLOSE_TIMEOUT_S,
+                     self.failures, "closing the HTTP pools")
 
 
 async def place_orders(desk: OrderDesk, per_minute: float, duration_s: float, rng: random.Random,

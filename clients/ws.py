@@ -61,8 +61,10 @@ class Link:
                     self._socket.transport.abort()
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            # Wait for it to end without taking on its outcome; a cancellation of the caller still propagates.
+            await asyncio.wait({self._task})
+            if not self._task.cancelled():
+                self._task.exception()  # retrieved: a failed link needs no "never retrieved" warning
 
     async def drop(self) -> None:
         """Cut the connection as a phone losing signal would; the link reconnects by itself."""
