@@ -400,7 +400,9 @@ def run_peak(args, system: System, kitchens: list[Kitchen]) -> dict:
 
     print("auditing every order against order_events ...", flush=True)
     counts = asyncio.run(audited())
-    offers = offer_latencies(city.tally)
+    # Orders placed in the warm-up are left out, as every other latency here is.
+    placed = {o: t for o, t in city.tally.placed_at.items() if start <= t <= end}
+    offers = offer_latencies(Tally(placed_at=placed, first_offer=city.tally.first_offer))
     cells = cell_figures(city.samples, start, end)
     tally = city.tally
     failures = [f for o in city.outcomes for f in o.failures]
@@ -416,7 +418,7 @@ def run_peak(args, system: System, kitchens: list[Kitchen]) -> dict:
         "gps_to_actor_ms": cells.get("gps_to_actor_ms"),
         "tick_ms": cells.get("tick_ms"),
         "cells_active": cells.get("cells", 0),
-        "order_placement_ms": percentiles(ms for _, ms in tally.placement),
+        "order_placement_ms": percentiles(in_window(tally.placement, start, end)),
         "placement_to_offer_ms": percentiles(offers["free_ms"]),
         "placement_to_decision_ms": percentiles(offers["free_queued_ms"]),
         "placement_to_offer_all_ms": percentiles(offers["all_ms"]),

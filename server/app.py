@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
+import threading
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
@@ -101,11 +103,30 @@ def _connect_ray(settings: Settings):
 
     if ray.is_initialized():
         return lambda: None
-    if settings.ray_address:
-        ray.init(address=settings.ray_address, logging_level="WARNING", log_to_driver=False)
-    else:
-        start_local_ray()
+    with _server_keeps_sigterm():
+        if settings.ray_address:
+            ray.init(address=settings.ray_address, logging_level="WARNING", log_to_driver=False)
+        else:
+            start_local_ray()
     return ray.shutdown
+
+
+@contextlib.contextmanager
+def _server_keeps_sigterm():
+    """Keep the SIGTERM handler in place across ``ray.init``.
+
+    A Ray driver installs its own SIGTERM handler, which exits the process on
+    the spot. That skipped uvicorn's graceful shutdown: sockets were cut
+    without a close frame and the lifespan's cleanup never ran, on the
+    signal every process supervisor (systemd, Kubernetes) stops a server with.
+    """
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if in_main_thread else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def start_local_ray() -> None:

@@ -2,7 +2,8 @@
 
 With no ``DATABASE_URL`` an embedded Postgres is started under
 ``.hexdispatch/pgdata`` (its data survives restarts); with no ``RAY_ADDRESS``
-a local Ray is started. Both are stopped on Ctrl-C.
+a local Ray is started. Both are stopped on Ctrl-C or SIGTERM, after a
+graceful shutdown.
 
 ``--workers N`` runs N front-door processes on the same port (uvicorn's
 process manager). They share one Ray (started here unless ``RAY_ADDRESS``
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 
 from server.config import Settings
 from server.db import EmbeddedPostgres, migrate_sync
@@ -42,6 +44,9 @@ def main(argv: list[str]) -> int:
         parser.error("--workers N > 1 needs REDIS_URL: front doors share positions, sessions and rate limits there")
     embedded = None
     release_ray = None
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it found:
+    # exit normally then, so that the ``finally`` below still stops the embedded Postgres and Ray.
+    signal.signal(signal.SIGTERM, _exit_normally)
     try:
         if settings.database_url is None:
             embedded = EmbeddedPostgres(settings.home / "pgdata")
@@ -50,7 +55,9 @@ def main(argv: list[str]) -> int:
         migrate_sync(settings.database_url)
         settings = settings.with_(migrate_on_start=False)
         settings.resolved_jwt_secret()  # create the local secret before anyone asks for a token
-        options = dict(host=args.host, port=args.port, log_level=args.log_level, lifespan="on", **WEBSOCKET_OPTIONS)
+        # A stop waits at most GRACEFUL_SHUTDOWN_S for open requests and sockets (supervisors kill soon after).
+        options = dict(host=args.host, port=args.port, log_level=args.log_level, lifespan="on",
+                       timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, **WEBSOCKET_OPTIONS)
         if args.workers == 1:
             uvicorn.run(create_app(settings), **options)
         else:
@@ -64,6 +71,14 @@ def main(argv: list[str]) -> int:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+#: Longest a stop waits for open requests and sockets, seconds (Kubernetes' default grace is 30 s).
+GRACEFUL_SHUTDOWN_S = 20.0
+
+
+def _exit_normally(signum, frame) -> None:
+    raise SystemExit(0)
 
 
 #: Drivers prove they are alive with GPS every few seconds (and cells act on their silence), so

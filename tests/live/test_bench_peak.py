@@ -53,11 +53,11 @@ async def test_peak_and_comparison_at_toy_size(flooded, settings, spot, tmp_path
     for key in ("gps_to_customer_ms", "order_placement_ms", "placement_to_offer_ms", "deliberate_waits",
                 "no_driver_waits", "postgres", "processes", "gps_to_actor_ms", "tick_ms"):
         assert key in run
-    offered = run["placement_to_offer_all_ms"]["n"]
-    assert offered == run["offered_orders"] > 0
+    offered = run["placement_to_offer_all_ms"]["n"]  # placed after the warm-up
+    assert 0 < offered <= run["offered_orders"]
     assert offered == (run["placement_to_offer_ms"].get("n", 0) + run["deliberate_waits"]["count"]
                        + run["no_driver_waits"]["count"]), "every offered order is in exactly one class"
-    assert run["order_placement_ms"]["n"] == run["orders_placed"]
+    assert 0 < run["order_placement_ms"]["n"] <= run["orders_placed"]
     assert run["gps_to_actor_ms"]["p99"] >= run["gps_to_actor_ms"]["p50"] >= 0
     assert run["postgres"]["commits_per_s"] > 0
 

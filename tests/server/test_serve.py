@@ -1,4 +1,5 @@
-"""``hexdispatch serve`` on embedded defaults: starts, answers, keeps data across restarts, stops cleanly."""
+"""``hexdispatch serve`` on embedded defaults: starts, answers, keeps data across restarts, stops cleanly
+(on Ctrl-C and on SIGTERM)."""
 
 import os
 import signal
@@ -30,10 +31,13 @@ def start(workdir: Path, port: int) -> subprocess.Popen:
     )
 
 
-def stop(proc: subprocess.Popen) -> list[psutil.Process]:
-    """Ctrl-C the server; return any of its descendants still alive afterwards."""
+def stop(proc: subprocess.Popen, how: signal.Signals = signal.SIGINT) -> list[psutil.Process]:
+    """Stop the server (Ctrl-C, or a supervisor's SIGTERM); return any of its descendants still alive afterwards.
+
+    Exit status 0 means uvicorn shut down gracefully: Ray's own SIGTERM handler used to exit at once.
+    """
     descendants = psutil.Process(proc.pid).children(recursive=True)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(how)
     assert proc.wait(timeout=60) == 0
     gone, alive = psutil.wait_procs(descendants, timeout=20)
     return alive
@@ -66,5 +70,5 @@ def test_serve_on_embedded_defaults(tmp_path):
         r = httpx.get(f"{url}/v1/restaurants/{rid}", headers=auth)
         assert r.status_code == 200 and r.json()["name"] == "Persisted"
     finally:
-        leftovers = stop(proc) if proc.poll() is None else []
+        leftovers = stop(proc, signal.SIGTERM) if proc.poll() is None else []
     assert leftovers == []
