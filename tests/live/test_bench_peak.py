@@ -59,7 +59,9 @@ async def test_peak_and_comparison_at_toy_size(flooded, settings, spot, tmp_path
                        + run["no_driver_waits"]["count"]), "every offered order is in exactly one class"
     assert 0 < run["order_placement_ms"]["n"] <= run["orders_placed"]
     assert run["gps_to_actor_ms"]["p99"] >= run["gps_to_actor_ms"]["p50"] >= 0
-    assert run["postgres"]["commits_per_s"] > 0
+    # Read from pg_stat_database, which backends report about once a second: over a 2 s toy
+    # window the rate may honestly be 0, so only its presence is checked here.
+    assert run["postgres"] is not None and run["postgres"]["commits_per_s"] >= 0
 
     comparison = figures["comparison"]
     for design in ("ceiling", "redis_design", "hexdispatch"):
