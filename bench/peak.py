@@ -319,7 +319,7 @@ def offer_latencies(tally: Tally) -> dict[str, list[float]]:
     for order_id, placed in tally.placed_at.items():
         if order_id not in tally.first_offer:
             continue
-        offered, _, _, waited = tally.first_offer[order_id]
+        offered, waited = tally.first_offer[order_id]
         latency_s = offered - placed
         out["all_ms"].append(latency_s * 1000)
         if any(waited.get(reason, 0.0) > 0 for reason in DELIBERATE_WAITS):

@@ -125,9 +125,9 @@ class Tally:
     """Order id -> the ready estimate at placement (unix s)."""
     placement: list[tuple[float, float]] = field(default_factory=list)
     """(acknowledged at, HTTP latency ms) per placement."""
-    first_offer: dict[int, tuple[float, float, float, dict]] = field(default_factory=dict)
-    """Order id -> (first offer received at, the offer's ready_at, the driver's distance to the restaurant m,
-    the cell's seconds of waiting by reason: ``waited_s`` of the offer, see ``dispatch.cell.WAIT_REASONS``)."""
+    first_offer: dict[int, tuple[float, dict]] = field(default_factory=dict)
+    """Order id -> (first offer received at, the cell's seconds of waiting by reason: the offer's
+    ``waited_s``, see ``dispatch.cell.WAIT_REASONS``)."""
     delivered_by: dict[int, str] = field(default_factory=dict)
     """Order id -> the driver that delivered it."""
     seen_seqs: dict[int, list[int]] = field(default_factory=dict)
@@ -145,10 +145,10 @@ class Tally:
     job_failures: list[str] = field(default_factory=list)
     driver_errors: dict[str, int] = field(default_factory=dict)
 
-    def first_offer_at(self, order_id: int, at: float, ready_at: float, distance_m: float, waited_s: dict) -> None:
+    def first_offer_at(self, order_id: int, at: float, waited_s: dict) -> None:
         known = self.first_offer.get(order_id)
         if known is None or at < known[0]:
-            self.first_offer[order_id] = (at, ready_at, distance_m, waited_s)
+            self.first_offer[order_id] = (at, waited_s)
 
     def positions_received(self, positions: list[dict]) -> None:
         """Driver positions a customer received: ``fix_t`` is the driver's send time (ms), ``t`` the
@@ -293,10 +293,7 @@ class SimDriver:
             if message["type"] == "offer":
                 now = time.time()
                 for order in message["orders"]:
-                    restaurant = order["restaurant"]
-                    self.tally.first_offer_at(order["order_id"], now, float(order["ready_at"]),
-                                              haversine_m(*self.position, restaurant["lat"], restaurant["lng"]),
-                                              order.get("waited_s", {}))
+                    self.tally.first_offer_at(order["order_id"], now, order.get("waited_s", {}))
                 await asyncio.sleep(self.rng.uniform(0.1, 0.8))  # a human reads the offer
                 if self.rng.random() < self.accept_rate:
                     await self.client.accept(message["offer_id"])
