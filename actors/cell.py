@@ -101,12 +101,25 @@ def cell_handles(namespace: str = NAMESPACE) -> dict[str, object]:
 
 
 def live_order(row) -> LiveOrder:
-    return LiveOrder(
-        id=row["id"], restaurant_id=row["restaurant_id"],
-        restaurant_lat=row["restaurant_lat"], restaurant_lng=row["restaurant_lng"],
-        dropoff_lat=row["dropoff_lat"], dropoff_lng=row["dropoff_lng"],
-        placed_at=float(row["placed_at"]), ready_at=float(row["ready_at"]),
-    )
+    """The live order of a :data:`LIVE_ORDER_SELECT` row."""
+    return _live_order(row, float(row["placed_at"]), float(row["ready_at"]))
+
+
+def placed_order(row) -> LiveOrder:
+    """The live order of an order row just placed (``server.store.orders.place_order``): not ready yet,
+    so its ready time is the kitchen's estimate, as :data:`LIVE_ORDER_SELECT` would read it."""
+    return _live_order(row, row["placed_at"].timestamp(), row["ready_estimate_at"].timestamp())
+
+
+def _live_order(row, placed_at: float, ready_at: float) -> LiveOrder:
+    return LiveOrder(id=row["id"], restaurant_id=row["restaurant_id"], restaurant_lat=row["restaurant_lat"],
+                     restaurant_lng=row["restaurant_lng"], dropoff_lat=row["dropoff_lat"],
+                     dropoff_lng=row["dropoff_lng"], placed_at=placed_at, ready_at=ready_at)
+
+
+#: What a front door sends a cell of a new order (:meth:`CellActor.add_order`).
+NEW_ORDER_FIELDS = ("id", "restaurant_id", "restaurant_lat", "restaurant_lng", "dropoff_lat", "dropoff_lng",
+                    "placed_at", "ready_at")
 
 
 class CellActor:

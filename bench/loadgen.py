@@ -3,9 +3,10 @@
 One job per spawned process, of two kinds, both built from the clients the
 tests and ``hexdispatch simulate`` use:
 
-* :class:`FloodJob`: driver sockets sending GPS as fast as the server takes
-  (TCP back-pressure); the same job runs against the
-  bare ceiling, the Redis design and hexdispatch, so their ratios are fair.
+* :class:`FloodJob`: driver sockets sending GPS at a set rate each, on their
+  own clock (or as fast as the server takes, TCP back-pressure); the same
+  job runs against the bare ceiling, the Redis design and hexdispatch, so
+  their ratios are fair.
 * :class:`CityJob`: a share of the simulated city (``clients.city``):
   drivers that move, take offers and deliver; customers that order at the
   job's share of the rate and follow their orders; the kitchens cooking
@@ -45,8 +46,8 @@ FRAMES_PER_YIELD = 32
 
 @dataclass
 class FloodJob:
-    """``sockets`` driver sockets to ``urls`` (round-robin), each sending GPS as fast as the server reads
-    them from ``go`` until ``stop``."""
+    """``sockets`` driver sockets to ``urls`` (round-robin), each sending GPS from ``go`` until ``stop``:
+    ``rate_per_socket`` fixes a second, or as fast as the server reads them when it is None."""
 
     index: int
     urls: list[str]
@@ -59,6 +60,7 @@ class FloodJob:
     center: tuple[float, float] = (41.8781, -87.6298)
     seed: int = 1
     progress_every_s: float = 1.0
+    rate_per_socket: float | None = None
 
 
 @dataclass
@@ -184,8 +186,24 @@ async def _flood(job: FloodJob, events, go, stop) -> Outcome:
             if driver.seq % FRAMES_PER_YIELD == 0:
                 await asyncio.sleep(0)
 
+    async def send_paced(driver: DriverClient, lat: float, lng: float, first_at: float, period: float) -> None:
+        # An absolute schedule: a send that is late does not push the next ones back, missed ones are skipped.
+        due = first_at
+        while True:
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await driver.gps(lat, lng, speed=8.0)
+            sent[0] += 1
+            due = max(due + period, loop.time())
+
     loop = asyncio.get_running_loop()
-    senders = [loop.create_task(send_fixes(d, *p)) for d, p in zip(drivers, positions)]
+    if job.rate_per_socket:
+        period, start = 1.0 / job.rate_per_socket, loop.time()
+        senders = [loop.create_task(send_paced(d, *p, start + rng.uniform(0, period), period))
+                   for d, p in zip(drivers, positions)]
+    else:
+        senders = [loop.create_task(send_fixes(d, *p)) for d, p in zip(drivers, positions)]
     await _report(events, job.index, stop, lambda: {"gps_sent": sent[0]}, job.progress_every_s)
     for task in senders:
         task.cancel()

@@ -13,11 +13,13 @@ Phases (real clients over loopback, spread over ``--processes`` load processes):
    (lost orders, lost status events, double assignments: all must be 0).
 2. **stress** (``--stress``): the same city with the GPS rate stepped up
    until latency breaks; reports the knee.
-3. **comparison**: the same flood of GPS frames (sockets sending as fast as
-   the server reads) against (a) the bare ceiling, (b) the seeds' Redis
-   design, both started here on free ports, and (c) hexdispatch (which must
-   allow that many fixes per socket: ``--start-server`` sets
-   ``HEXDISPATCH_GPS_RATE``).
+3. **comparison**: the same flood of GPS frames (``--flood-sockets`` sockets
+   sending ``--flood-rate`` fixes a second in all, or as fast as the server
+   reads) against (a) the bare ceiling, (b) the seeds' Redis design, both
+   started here on free ports, and (c) hexdispatch (which must allow that
+   many fixes per socket: ``--start-server`` sets ``HEXDISPATCH_GPS_RATE``).
+   Each design's figure is frames per CPU-second of its websocket process
+   (what one core of its own takes; see :func:`run_flood`).
 
 Writes ``peak.md``, ``peak.json`` and PNG plots under ``--out``; exits 1 when
 a target is missed (and says which).
@@ -199,7 +201,7 @@ def sampling_interval(window_s: float) -> float:
 
 def sampler_for_system(system: System, load: LoadRun | None, every_s: float = 1.0) -> probes.Sampler:
     roots = dict(system.pids)
-    roots[os.getpid()] = "bench"
+    roots.setdefault(os.getpid(), "bench")  # unless the front door runs in this process (the tests)
     if load is not None:
         roots.update({pid: f"load generator {i + 1}" for i, pid in enumerate(load.pids())})
     return probes.Sampler(
@@ -548,16 +550,27 @@ def flood_jobs(args, urls: list[str], secret: str, tag: str, following: float) -
     for index, (first, size) in enumerate(split(args.flood_sockets, args.processes)):
         jobs.append(FloodJob(index, urls, secret, size, first_driver=first, id_prefix=f"{prefix}-{run_id}",
                              followers=int(size * following), center=center, seed=args.seed,
-                             progress_every_s=sampling_interval(args.flood_seconds)))
+                             progress_every_s=sampling_interval(args.flood_seconds),
+                             rate_per_socket=args.flood_rate / args.flood_sockets if args.flood_rate else None))
     return jobs
 
 
-def run_flood(args, name: str, jobs: list[FloodJob], sampler: probes.Sampler) -> dict:
-    """Flood ``name`` as fast as it reads; its figure is what it absorbed over the measured window.
+#: Per design: the websocket process that takes the frames, and the processes helping it (the ratios'
+#: figure is the first's frames per CPU-second; the second's CPU is reported beside it).
+DESIGN_PROCESSES = {"ceiling": ("ceiling", ()), "redis design": ("redis design", ("redis",)),
+                    "hexdispatch": ("front door", ("ray: cell actors",))}
 
-    For hexdispatch that figure counts only while its cells keep up (their GPS
-    lag p99 within ``--keeps-up-lag-ms``): reading frames faster than the
-    cells take the fixes would not be absorbing them.
+
+def run_flood(args, name: str, jobs: list[FloodJob], sampler: probes.Sampler) -> dict:
+    """Send ``name`` the flood (``--flood-rate`` fixes/s, or as fast as it reads); what it absorbed over the
+    measured window, and what that cost its websocket process in CPU.
+
+    The designs share two cores with the load generator, so how many frames a second one absorbs
+    depends on the share of the CPU the scheduler gives it. Frames per CPU-second of its websocket
+    process (``frames_per_core_s``: what one core of its own would take) does not, and the ratios
+    compare that. For hexdispatch the figures count only while its cells keep up (their GPS lag
+    p99 within ``--keeps-up-lag-ms``): reading frames faster than the cells take the fixes would not
+    be absorbing them.
     """
     load = LoadRun(jobs, f"compare: {name}")
     try:
@@ -581,14 +594,32 @@ def run_flood(args, name: str, jobs: list[FloodJob], sampler: probes.Sampler) ->
     absorbed = figures["gps_absorbed_per_s"] or 0.0
     lag = figures["gps_to_actor_p99_ms"]
     keeps_up = lag is None or lag <= args.keeps_up_lag_ms
+    usage = probes.process_usage(probes.window(samples, start, end))
+    cost = cpu_cost(usage, *DESIGN_PROCESSES[name], absorbed if keeps_up else 0.0)
     return {
         "target": name, "sockets": sum(j.sockets for j in jobs), "followers": sum(j.followers for j in jobs),
         "gps_sent_per_s": figures["gps_offered_per_s"], "most_absorbed_per_s": absorbed,
-        "gps_to_actor_p99_ms": lag, "keeps_up": keeps_up, "frames_per_s": absorbed if keeps_up else 0.0,
+        "gps_to_actor_p99_ms": lag, "keeps_up": keeps_up, "frames_per_s": absorbed if keeps_up else 0.0, **cost,
         "gps_to_customer_ms": percentiles(ms for _, ms in tally.gps_to_customer) if tally.gps_to_customer else None,
-        "processes": probes.process_usage(probes.window(samples, start, end)), "probe_failures": sampler.errors,
+        "processes": usage, "probe_failures": sampler.errors,
         "_plot": per_second(load.history, samples, probes.counter("gps"), load.go_at),
     }
+
+
+def cpu_cost(usage: dict[str, dict], process: str, helpers: tuple[str, ...], frames_per_s: float) -> dict:
+    """CPU (cores) of the design's websocket process and of its helpers; frames per CPU-second of the
+    first, and microseconds of CPU per frame of each. Several front doors ("front door 1", ...) add up."""
+    def cores(group: str) -> float | None:
+        entries = [entry for name, entry in usage.items() if name == group or name.startswith(group + " ")]
+        return sum(entry["cpu_percent_mean"] for entry in entries) / 100 if entries else None
+
+    own = cores(process)
+    helping = sum(c for c in map(cores, helpers) if c is not None)
+    per_core = frames_per_s / own if own and frames_per_s else None
+    return {"process_cores": own, "helper_cores": round(helping, 3),
+            "frames_per_core_s": per_core,
+            "cpu_us_per_frame": 1e6 / per_core if per_core else None,
+            "helper_cpu_us_per_frame": helping * 1e6 / frames_per_s if frames_per_s else None}
 
 
 def run_baseline(args, module: str, name: str, system: System, following: float) -> dict:
@@ -600,8 +631,10 @@ def run_baseline(args, module: str, name: str, system: System, following: float)
            "REDIS_PREFIX": f"hexdispatch-bench:{secrets.token_hex(4)}:"}
     with running(module, free_port(), env) as (url, process, stats_file):
         jobs = flood_jobs(args, [url], system.secret, name, following)
-        sampler = probes.Sampler(counters=probes.baseline_counters(stats_file),
-                                 every_s=sampling_interval(args.flood_seconds), processes=probes.ProcessProbe({**system.pids, process.pid: name,
+        every_s = sampling_interval(args.flood_seconds)
+        sampler = probes.Sampler(counters=probes.baseline_counters(stats_file), every_s=every_s,
+                                 slow_every_s=min(2.0, 2 * every_s),
+                                 processes=probes.ProcessProbe({**system.pids, process.pid: name,
                                                                 os.getpid(): "bench"}, redis="redis" in module))
         return run_flood(args, name, jobs, sampler)
 
@@ -630,14 +663,15 @@ def run_comparison(args, system: System) -> dict:
         wait_until_responsive(system)
 
     def ratio(over: str, under: str) -> float | None:
-        if over not in results or under not in results or not results[under]["frames_per_s"]:
+        if over not in results or under not in results or not results[under]["frames_per_core_s"]:
             return None
-        return results[over]["frames_per_s"] / results[under]["frames_per_s"]
+        return (results[over]["frames_per_core_s"] or 0.0) / results[under]["frames_per_core_s"]
 
     results["ratios"] = {"hexdispatch_over_ceiling": ratio("hexdispatch", "ceiling"),
                          "hexdispatch_over_redis_design": ratio("hexdispatch", "redis_design"),
                          "redis_design_over_ceiling": ratio("redis_design", "ceiling")}
     results["max_lag_ms"] = args.keeps_up_lag_ms
+    results["rate"] = args.flood_rate or None
     return results
 
 
@@ -694,6 +728,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     phases.add_argument("--stress-step-seconds", type=float, default=20)
     phases.add_argument("--no-compare", action="store_true", help="skip the ceiling / Redis design comparison")
     phases.add_argument("--flood-sockets", type=int, help="driver sockets of the comparison (default --drivers)")
+    phases.add_argument("--flood-rate", type=float, default=10_000,
+                        help="fixes a second the comparison's sockets send in all (0: as fast as the server reads)")
     phases.add_argument("--flood-warmup", type=float, default=15, help="first seconds of each flood left out")
     phases.add_argument("--flood-seconds", type=float, default=15, help="measured seconds of each flood")
     phases.add_argument("--compare", default=",".join(COMPARED),

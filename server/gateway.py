@@ -34,8 +34,10 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from actors.cell import DEFAULT_CELL_RES, LIVE_ORDER_SQL, NAMESPACE, actor_name, cell_actor_class, cell_of_point
-from dispatch.cell import CellParams
+from actors.cell import (
+    DEFAULT_CELL_RES, LIVE_ORDER_SQL, NAMESPACE, NEW_ORDER_FIELDS, actor_name, cell_actor_class, cell_of_point,
+)
+from dispatch.cell import CellParams, LiveOrder
 from server.broker import LocalBroker, RedisBroker
 
 log = logging.getLogger("hexdispatch.gateway")
@@ -152,7 +154,7 @@ class Gateway:
         self.customers: dict[int, set[CustomerLink]] = defaultdict(set)
         self.tasks: set[asyncio.Task] = set()
         self.listener = None
-        self.stats = {"gps_in": 0, "gps_batches": 0, "status_out": 0, "positions_out": 0,
+        self.stats = {"gps_in": 0, "gps_fast": 0, "gps_batches": 0, "status_out": 0, "positions_out": 0,
                       "gps_to_cell_ms": 0.0}  # the oldest fix of the last batch, received until the cell took it
         self._flusher: asyncio.Task | None = None
         self._actor_class = cell_actor_class()
@@ -281,8 +283,8 @@ class Gateway:
 
     # GPS in, positions out ---------------------------------------------------------
 
-    async def gps(self, link: DriverLink, lat: float, lng: float, heading, speed, now: float,
-                  fix_t: int | None = None) -> None:
+    def gps(self, link: DriverLink, lat: float, lng: float, heading, speed, now: float,
+            fix_t: int | None = None) -> None:
         """Buffer one fix for its cell; publish it to the customers following this driver's orders."""
         here = cell_of_point(lat, lng, self.params.cell_res)
         if link.home_cell is None:
@@ -406,21 +408,26 @@ class Gateway:
 
     # Orders from the HTTP API ---------------------------------------------------------
 
+    def order_placed(self, order: LiveOrder) -> None:
+        """A new order (committed): to its cell at once, without reading it back from Postgres."""
+        self._spawn(self._add_order(order))
+
+    async def _add_order(self, order: LiveOrder) -> None:
+        try:
+            handle = self.cell(cell_of_point(order.restaurant_lat, order.restaurant_lng, self.params.cell_res))
+            await handle.add_order.remote({name: getattr(order, name) for name in NEW_ORDER_FIELDS})
+        except Exception:
+            # The cell's periodic sweep of Postgres will still pick the order up.
+            log.warning("telling the cell about new order %s failed", order.id, exc_info=True)
+
     async def order_changed(self, order_id: int, change: str) -> None:
-        """Tell the order's cell about a placement, a new ready estimate or a cancellation."""
+        """Tell the order's cell about a new ready estimate (``ready``) or a cancellation (``cancelled``)."""
         try:
             row = await self.pool.fetchrow(LIVE_ORDER_SQL, order_id)
             if row is None:
                 return
             handle = self.cell(cell_of_point(row["restaurant_lat"], row["restaurant_lng"], self.params.cell_res))
-            if change == "placed":
-                from actors.cell import live_order
-
-                order = live_order(row)
-                await handle.add_order.remote({k: getattr(order, k) for k in (
-                    "id", "restaurant_id", "restaurant_lat", "restaurant_lng", "dropoff_lat", "dropoff_lng",
-                    "placed_at", "ready_at")})
-            elif change == "ready":
+            if change == "ready":
                 await handle.revise_ready.remote(order_id, float(row["ready_at"]))
             elif change == "cancelled":
                 await handle.cancel_order.remote(order_id, "cancelled")

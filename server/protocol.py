@@ -136,6 +136,54 @@ def decode(frame: bytes | str, messages: TypeAdapter):
         raise ProtocolError("invalid_message", f"{first['field']}: {first['problem']}") from None
 
 
+#: Every key a ``gps`` frame may carry (``Gps``'s fields).
+GPS_KEYS = frozenset(Gps.model_fields)
+
+
+def plain_gps(frame: bytes) -> tuple[float, float, float | None, float | None, int | None] | None:
+    """``(lat, lng, heading, speed, t)`` of a msgpack ``gps`` frame that is plainly valid, else None.
+
+    The GPS fast path (``server.frame_sink``) takes the common frame without
+    pydantic: plain floats and ints within :class:`Gps`'s bounds, no other key.
+    Anything else, valid or not, gets None and goes through :func:`decode`,
+    which decides in full. It never accepts a frame :func:`decode` refuses, and
+    returns what :func:`decode` would (tests hold the two to that).
+    """
+    if len(frame) > MAX_FRAME_BYTES:
+        return None
+    try:
+        data = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+    except Exception:
+        return None
+    if type(data) is not dict or data.get("type") != "gps" or not GPS_KEYS.issuperset(data):
+        return None
+    lat, lng = _plain_float(data.get("lat"), 90.0), _plain_float(data.get("lng"), 180.0)
+    heading, speed, t, seq = data.get("heading"), data.get("speed"), data.get("t"), data.get("seq", 0)
+    if lat is None or lng is None:
+        return None
+    if heading is not None and (heading := _plain_float(heading, 360.0, 0.0)) is None:
+        return None
+    if speed is not None and (speed := _plain_float(speed, 100.0, 0.0)) is None:
+        return None
+    if (t is not None and not _plain_count(t)) or not _plain_count(seq):
+        return None
+    return lat, lng, heading, speed, t
+
+
+def _plain_float(value, high: float, low: float | None = None) -> float | None:
+    """``value`` as a float when it is a float or int within [low, high] (low defaults to -high)."""
+    kind = type(value)
+    if kind is not float and kind is not int:  # bool, str, None, ...: for pydantic to judge
+        return None
+    if not (-high if low is None else low) <= value <= high:  # NaN fails every comparison
+        return None
+    return float(value)
+
+
+def _plain_count(value) -> bool:
+    return type(value) is int and 0 <= value <= 2**53
+
+
 def encode(message: dict, binary: bool = True) -> bytes | str:
     """A frame for ``message``: msgpack bytes, or JSON text for debugging clients."""
     if binary:

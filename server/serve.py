@@ -20,6 +20,7 @@ import signal
 
 from server.config import Settings
 from server.db import EmbeddedPostgres, migrate_sync
+from server.frame_sink import PROTOCOL as FRAME_SINK_PROTOCOL
 
 
 def main(argv: list[str]) -> int:
@@ -84,7 +85,9 @@ def _exit_normally(signum, frame) -> None:
 #: Drivers prove they are alive with GPS every few seconds (and cells act on their silence), so
 #: keepalive pings only need to catch dead customer sockets: once a minute, not uvicorn's every 20 s,
 #: which at 10,000 sockets would be 500 pings a second each way.
-WEBSOCKET_OPTIONS = {"ws_max_size": 64 * 1024, "ws_ping_interval": 60.0, "ws_ping_timeout": 30.0}
+#: ``ws``: uvicorn's websocket protocol plus the GPS fast path (``server.frame_sink``).
+WEBSOCKET_OPTIONS = {"ws": FRAME_SINK_PROTOCOL, "ws_max_size": 64 * 1024, "ws_ping_interval": 60.0,
+                     "ws_ping_timeout": 30.0}
 
 
 def _start_shared_ray():

@@ -3,7 +3,8 @@
 Each connection authenticates with its JWT (``?token=`` or an
 ``Authorization: Bearer`` header), then runs a reader (frames in: decode,
 validate, rate-limit, act) and a writer (its :class:`~server.gateway.Outbox`
-out). Bad frames get an error frame; repeated abuse closes the socket with
+out). Under uvicorn with :mod:`server.frame_sink`, a driver's plainly valid
+GPS fixes skip the reader: they are taken as they are parsed. Bad frames get an error frame; repeated abuse closes the socket with
 1008. Nothing a client sends can crash the server or a cell.
 """
 
@@ -20,6 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from server import protocol as p
 from server.auth import Principal, Role, bearer_token, require_role
 from server.errors import ApiError
+from server.frame_sink import frame_sink
 from server.gateway import CustomerLink, Outbox
 from server.store import orders as order_store
 
@@ -156,14 +158,30 @@ async def customer_socket(websocket: WebSocket) -> None:
     await _serve(websocket, Role.CUSTOMER, _customer_session)
 
 
+def gps_taker(gateway, link, bucket: p.TokenBucket):
+    """The GPS fast path (``server.frame_sink``): a plainly valid fix within the socket's rate limit goes
+    straight to the gateway; anything else is left to :meth:`Connection.next_message` (False)."""
+    def take(frame: bytes) -> bool:
+        fix = p.plain_gps(frame)
+        if fix is None or not bucket.allow(time.monotonic()):
+            return False
+        gateway.gps(link, *fix[:4], time.time(), fix[4])
+        gateway.stats["gps_fast"] += 1
+        return True
+    return take
+
+
 async def _driver_session(websocket, gateway, principal: Principal, conn: Connection) -> None:
     link = await gateway.attach_driver(principal.sub, conn.outbox)
     conn.outbox.send({"type": "welcome", "driver_id": principal.sub, "protocol": p.PROTOCOL_VERSION,
                       "orders": sorted(link.orders)})
+    sink = frame_sink(websocket.scope)
+    if sink is not None:
+        sink.take = gps_taker(gateway, link, conn.gps_bucket)
     try:
         while (message := await conn.next_message(p.DRIVER_MESSAGES)) is not None:
             if isinstance(message, p.Gps):
-                await gateway.gps(link, message.lat, message.lng, message.heading, message.speed, time.time(), message.t)
+                gateway.gps(link, message.lat, message.lng, message.heading, message.speed, time.time(), message.t)
             elif isinstance(message, p.Ping):
                 conn.outbox.send({"type": "pong"})
             elif isinstance(message, p.GoOnline):
@@ -174,6 +192,8 @@ async def _driver_session(websocket, gateway, principal: Principal, conn: Connec
                     conn.outbox.send(reply)
             message = None  # not held while waiting for the next frame
     finally:
+        if sink is not None:
+            sink.take = None
         gateway.detach_driver(link)
 
 

@@ -57,6 +57,59 @@ def test_arbitrary_bytes_never_escape_as_other_exceptions(raw):
         pass
 
 
+# The GPS fast path against the full validator ------------------------------------------------
+
+_gps_values = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True), st.integers(min_value=-2**60, max_value=2**60),
+    st.none(), st.booleans(), st.text(max_size=3), st.just([1.0]),
+)
+
+
+@st.composite
+def gps_like(draw) -> dict:
+    """Dicts near a GPS fix: typical fields, often well-formed, sometimes wrong in type, range or keys."""
+    fields = {"type": draw(st.sampled_from(["gps", "gps", "gps", "ping", "GPS"]))}
+    for key, low, high in (("lat", -95, 95), ("lng", -185, 185), ("heading", -5, 365), ("speed", -1, 105),
+                           ("t", -1, 2**53 + 1), ("seq", -1, 2**53 + 1)):
+        if key in ("lat", "lng") or draw(st.booleans()):
+            plain = st.integers(low, high) if key in ("t", "seq") else st.floats(low, high)
+            fields[key] = draw(st.one_of(plain, plain, plain, _gps_values))
+    if draw(st.integers(0, 9)) == 0:
+        fields[draw(st.sampled_from(["driver_id", "extra", "lat"]))] = draw(_gps_values)
+    return fields
+
+
+@settings(max_examples=2000, deadline=None)
+@given(gps_like())
+def test_the_gps_fast_path_agrees_with_the_full_validator(fields):
+    raw = msgpack.packb(fields)
+    fast = p.plain_gps(raw)
+    try:
+        full = p.decode(raw, p.DRIVER_MESSAGES)
+    except p.ProtocolError:
+        full = None
+    if fast is not None:  # it never accepts what decode refuses, and reads the same values
+        assert isinstance(full, p.Gps)
+        assert fast == (full.lat, full.lng, full.heading, full.speed, full.t)
+        assert all(type(a) is type(b) for a, b in zip(fast, (full.lat, full.lng, full.heading, full.speed, full.t)))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.floats(-90, 90), st.floats(-180, 180), st.one_of(st.none(), st.floats(0, 360)),
+       st.one_of(st.none(), st.floats(0, 100)), st.one_of(st.none(), st.integers(0, 2**53)), st.integers(0, 2**53))
+def test_the_fast_path_takes_every_plain_fix(lat, lng, heading, speed, t, seq):
+    raw = msgpack.packb({"type": "gps", "lat": lat, "lng": lng, "heading": heading, "speed": speed, "t": t, "seq": seq})
+    assert p.plain_gps(raw) == (lat, lng, heading, speed, t)
+
+
+def test_the_fast_path_leaves_the_rest_to_decode():
+    assert p.plain_gps(frame(type="gps", lat=1, lng=2)) == (1.0, 2.0, None, None, None)  # ints read as floats
+    for raw in (frame(type="gps", lat=True, lng=2.0), frame(type="gps", lat=1.0, lng=2.0, t=5.0),
+                frame(type="gps", lat=1.0), frame(type="ping"), b"\xc1", msgpack.packb([1]),
+                frame(type="gps", lat=1.0, lng=2.0, pad="x" * 5000)):
+        assert p.plain_gps(raw) is None, raw[:30]
+
+
 def test_token_bucket():
     bucket = p.TokenBucket(rate=2, burst=3)
     assert [bucket.allow(0.0) for _ in range(4)] == [True, True, True, False]

@@ -12,8 +12,11 @@ time, to ``BENCH_STATS_FILE`` every 0.2 s by a thread of their own.
   (GEOADD, and PUBLISH to the order's channel, which customers follow through
   Redis pub/sub).
 
-They run with the same uvicorn options as ``hexdispatch serve``, so a ratio
-measures what each design does per frame, not the choice of web server.
+They run with the same uvicorn options as ``hexdispatch serve``, its frame
+sink included (``server.frame_sink``): a design whose per-frame work needs
+no ``await`` (the ceiling's) takes driver frames as uvicorn parses them, as
+hexdispatch does its GPS fixes. So a ratio measures what each design does per
+frame, not the choice of web server or of the way frames reach the app.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import msgpack
 import orjson
 
 from clients.http import stop_process, wait_until_healthy
+from server.frame_sink import frame_sink
 from server.serve import WEBSOCKET_OPTIONS
 from server.stats_file import StatsFile
 
@@ -57,6 +61,13 @@ class BaselineApp:
 
     async def driver_frame(self, driver_id: str, message: dict) -> None:
         """One decoded driver frame (override)."""
+
+    #: A design whose driver frames need no ``await`` sets this: frames then come to
+    #: :meth:`take_driver_frame` as uvicorn parses them, not through ``receive()``.
+    takes_frames_synchronously = False
+
+    def take_driver_frame(self, driver_id: str, message: dict) -> None:
+        """One decoded driver frame, taken synchronously (override with ``takes_frames_synchronously``)."""
 
     async def customer_frame(self, customer_id: str, message: dict, send: Callable[[dict], Awaitable[None]]) -> None:
         """One decoded customer frame; ``send`` writes a frame back (override)."""
@@ -117,6 +128,18 @@ class BaselineApp:
         async def reply(message: dict) -> None:
             await send({"type": "websocket.send", "bytes": msgpack.packb(message)})
 
+        sink = frame_sink(scope) if driver and self.takes_frames_synchronously else None
+        if sink is not None:
+            def take(frame: bytes) -> bool:
+                try:
+                    message = msgpack.unpackb(frame)
+                except Exception:
+                    return False  # receive() gets it, and fails on it there
+                self.stats["frames"] += 1
+                self.take_driver_frame(sub, message)
+                return True
+
+            sink.take = take
         try:
             while True:
                 event = await receive()
@@ -132,6 +155,8 @@ class BaselineApp:
                 else:
                     await self.customer_frame(sub, message, reply)
         finally:
+            if sink is not None:
+                sink.take = None
             self.stats[counter] -= 1
             if not driver:
                 await self.customer_gone(sub)

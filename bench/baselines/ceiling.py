@@ -9,9 +9,14 @@ from bench.baselines import BaselineApp, serve
 
 
 class Ceiling(BaselineApp):
-    async def driver_frame(self, driver_id: str, message: dict) -> None:
+    takes_frames_synchronously = True  # the fastest way frames reach an app under uvicorn
+
+    def take_driver_frame(self, driver_id: str, message: dict) -> None:
         if message.get("type") == "gps":
             self.stats["gps"] += 1
+
+    async def driver_frame(self, driver_id: str, message: dict) -> None:
+        self.take_driver_frame(driver_id, message)
 
 
 def create_app() -> Ceiling:

@@ -8,6 +8,7 @@ import orjson
 from starlette.requests import Request
 from starlette.routing import Route
 
+from actors.cell import placed_order
 from dispatch.lifecycle import Event
 from server.api.common import body, caller, decode_cursor, encode_cursor, page, path_id, query
 from server.api.views import event_view, order_view
@@ -43,8 +44,9 @@ async def place_order(request: Request) -> JSONResponse:
     row, created = await orders.place_order(
         request.app.state.pool, principal, key, request_fingerprint(order), order
     )
-    if created:
-        notify(request, row["id"], "placed")
+    gateway = request.app.state.gateway
+    if created and gateway is not None:
+        gateway.order_placed(placed_order(row))
     return JSONResponse(order_view(row), status_code=201 if created else 200)
 
 

@@ -77,7 +77,9 @@ async def place_order(pool, principal: Principal, key: str, request_hash: str, o
     """Place ``order`` (a validated ``OrderIn``) once per (customer, key).
 
     Returns the order and whether this call created it; a retry with the same
-    key and body returns the first order, never a second one.
+    key and body returns the first order, never a second one. A created
+    order's row also carries its restaurant's ``restaurant_lat`` and
+    ``restaurant_lng`` (what live dispatch needs: :func:`actors.cell.placed_order`).
     """
     async with pool.acquire() as conn, conn.transaction():
         existing = await _existing(conn, principal.sub, key, request_hash)
@@ -113,9 +115,10 @@ async def place_order(pool, principal: Principal, key: str, request_hash: str, o
                         'unassigned', now() + make_interval(mins => $12::int))
                     ON CONFLICT (customer_id, idempotency_key) DO NOTHING
                     RETURNING *)
-                SELECT {ORDER_COLUMNS} FROM o""",
+                SELECT {ORDER_COLUMNS}, $13::float8 AS restaurant_lat, $14::float8 AS restaurant_lng FROM o""",
             principal.sub, order.restaurant_id, key, request_hash, lines, subtotal, fee,
             order.dropoff.lat, order.dropoff.lng, order.dropoff_address, order.notes, restaurant["prep_minutes"],
+            restaurant["latitude"], restaurant["longitude"],
         )
         if row is None:  # a concurrent retry with the same key committed first
             return await _existing(conn, principal.sub, key, request_hash), False

@@ -18,6 +18,7 @@ from dispatch.cell import CellParams
 from clients.http import wait_until_healthy
 from server.app import create_app
 from server.gateway import GatewayParams
+from server.serve import WEBSOCKET_OPTIONS
 from tests.conftest import token
 
 LIVE_PARAMS = GatewayParams(
@@ -49,7 +50,7 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = create_app(settings)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
-                                ws_max_size=64 * 1024)
+                                **WEBSOCKET_OPTIONS)
         self.server = uvicorn.Server(config)
         self.task: asyncio.Task | None = None
 

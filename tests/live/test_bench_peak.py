@@ -37,7 +37,7 @@ async def test_peak_and_comparison_at_toy_size(flooded, settings, spot, tmp_path
         "--lat", str(spot[0]), "--lng", str(spot[1]), "--radius-m", "400",
         "--drivers", "30", "--processes", "1", "--restaurants", "3", "--prep-minutes", "1",
         "--orders-per-minute", "60", "--duration", "3", "--warmup", "1", "--drain", "0",
-        "--flood-sockets", "30", "--flood-warmup", "0.5", "--flood-seconds", "3",
+        "--flood-sockets", "30", "--flood-rate", "600", "--flood-warmup", "0.5", "--flood-seconds", "3",
         "--flood-following", "0.2", "--keeps-up-lag-ms", "5000",
         "--out", str(out), "--json", str(tmp_path / "figures.json"),
     ]
@@ -68,7 +68,10 @@ async def test_peak_and_comparison_at_toy_size(flooded, settings, spot, tmp_path
         assert comparison[design]["most_absorbed_per_s"] > 0, design
         assert comparison[design]["frames_per_s"] is not None, design
         assert comparison[design]["sockets"] == 30
+        assert comparison[design]["process_cores"] > 0, design  # its websocket process was found and measured
+        assert comparison[design]["frames_per_core_s"] > comparison[design]["frames_per_s"], design
         assert comparison[design]["gps_sent_per_s"] >= comparison[design]["most_absorbed_per_s"] * 0.5, design
+        assert comparison[design]["gps_sent_per_s"] <= 600 * 1.5, design  # paced, not flooding
     assert comparison["hexdispatch"]["gps_to_actor_p99_ms"] is not None  # the cells received the flood
     assert comparison["redis_design"]["followers"] == 6
     assert comparison["redis_design"]["gps_to_customer_ms"]["n"] > 0
@@ -77,7 +80,7 @@ async def test_peak_and_comparison_at_toy_size(flooded, settings, spot, tmp_path
     assert comparison["ratios"]["hexdispatch_over_ceiling"] is not None  # the ceiling always absorbs something
 
     assert {t["what"] for t in figures["targets"]} >= {"lost orders", "GPS-to-customer p99",
-                                                       "hexdispatch / bare ceiling (GPS frames/s)"}
+                                                       "hexdispatch / bare ceiling (GPS frames per CPU-second)"}
     for name in ("peak.md", "peak.json", "peak_latency.png", "peak_throughput.png", "compare_throughput.png"):
         assert (out / name).stat().st_size > 0, name
     assert "| lost orders | 0 | 0 | yes |" in (out / "peak.md").read_text()

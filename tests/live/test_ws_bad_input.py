@@ -1,5 +1,6 @@
 """Garbage over the websockets gets error frames, abuse gets 1008, and the server keeps serving."""
 
+import asyncio
 import uuid
 
 import httpx
@@ -56,6 +57,27 @@ async def test_malformed_frames_get_error_frames(live, spot):
         await socket.send(msgpack.packb({"type": "ping"}))
         assert (await recv(socket))["type"] == "pong"
     assert await healthy(live)
+
+
+async def test_plain_gps_takes_the_fast_path_and_the_rest_the_full_one(live, spot):
+    """Fixes are taken as uvicorn parses them (``server.frame_sink``), except those the full validator must
+    judge; both paths reach the gateway, and a bad fix still gets its error frame."""
+    stats = live.app.state.gateway.stats
+    fast, taken = stats["gps_fast"], stats["gps_in"]
+    url = ws_url(live.url, "/v1/ws/driver", token("driver", f"d-{uuid.uuid4().hex[:8]}"))
+    async with connect(url) as socket:
+        assert (await recv(socket))["type"] == "welcome"
+        for i in range(3):
+            await socket.send(msgpack.packb({"type": "gps", "lat": spot[0], "lng": spot[1] + i * 1e-4, "seq": i}))
+        await socket.send(msgpack.packb({"type": "gps", "lat": spot[0], "lng": spot[1], "t": 1.0}))  # int as float
+        await socket.send(f'{{"type": "gps", "lat": {spot[0]}, "lng": {spot[1]}}}')  # JSON text frame
+        await socket.send(msgpack.packb({"type": "gps", "lat": "north", "lng": spot[1]}))
+        reply = await asyncio.wait_for(recv(socket), 10)
+        assert (reply["type"], reply["code"]) == ("error", "invalid_message")
+        await socket.send(msgpack.packb({"type": "ping"}))
+        assert (await recv(socket))["type"] == "pong"
+    assert stats["gps_fast"] - fast == 3
+    assert stats["gps_in"] - taken == 5
 
 
 async def test_repeated_abuse_is_closed_with_1008(live):

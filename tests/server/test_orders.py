@@ -227,3 +227,21 @@ async def test_ready_estimate_bad_input(as_role, pool):
     assert (await owner.post(f"/v1/orders/{oid}/ready-estimate", json={"ready_in_seconds": 14400})).status_code == 200
     # Nothing else changed the order.
     assert await pool.fetchval("SELECT version FROM orders WHERE id = $1", oid) == 2
+
+
+async def test_a_new_order_reaches_its_cell_as_postgres_would_describe_it(as_role, pool):
+    """The front door hands a placed order to its cell from the placement's own row (no read back):
+    it must be the very order a cell would rebuild from Postgres."""
+    from actors.cell import LIVE_ORDER_SQL, live_order, placed_order
+    from server.auth import Principal, Role
+    from server.schemas import OrderIn
+    from server.store import orders
+
+    owner, customer = as_role("restaurant"), as_role("customer")
+    rest = await make_restaurant(owner, prep_minutes=17, latitude=CHICAGO[0] + 0.01, longitude=CHICAGO[1] - 0.02)
+    item = await add_item(owner, rest["id"])
+    body = OrderIn.model_validate({"restaurant_id": rest["id"], "items": [{"item_id": item["id"]}],
+                                   "dropoff": {"lat": CHICAGO[0] + 0.015, "lng": CHICAGO[1] - 0.01}})
+    row, created = await orders.place_order(pool, Principal(customer.sub, Role.CUSTOMER), uuid.uuid4().hex, "h", body)
+    assert created
+    assert placed_order(row) == live_order(await pool.fetchrow(LIVE_ORDER_SQL, row["id"]))
