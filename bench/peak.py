@@ -17,7 +17,9 @@ Phases (real clients over loopback, spread over ``--processes`` load processes):
    sending ``--flood-rate`` fixes a second in all, or as fast as the server
    reads) against (a) the bare ceiling, (b) the seeds' Redis design, both
    started here on free ports, and (c) hexdispatch (which must allow that
-   many fixes per socket: ``--start-server`` sets ``HEXDISPATCH_GPS_RATE``).
+   many fixes per socket; the default, 1 a second each, is within the
+   protocol's limit, and ``--start-server`` raises ``HEXDISPATCH_GPS_RATE``
+   for more).
    Each design's figure is frames per CPU-second of its websocket process
    (what one core of its own takes; see :func:`run_flood`).
 
@@ -50,6 +52,7 @@ from bench.loadgen import CityJob, FloodJob, LoadRun, Outcome, Step, split
 from bench.machine import machine_facts
 from clients.city import DEFAULT_CENTER, Kitchen, RoundRobin, Tally, audit, minter, percentiles, random_point, seed_city
 from clients.http import ApiClient, stop_process, wait_until_healthy
+from server.ratelimit import RateLimits
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -62,7 +65,8 @@ TARGET_SHARE_OF_CEILING = 0.5
 TARGET_TIMES_REDIS = 1.5
 #: A step keeps up when the server absorbs this share of what is offered...
 KEEPS_UP_SHARE = 0.9
-#: Fixes per second a socket may send to a server this bench starts (the comparison's flood).
+#: Fixes per second a socket may send to a server this bench starts, when the comparison's flood asks for more
+#: than the protocol's default limit (by default it does not: 10,000 fixes/s over 10,000 sockets).
 FLOOD_GPS_RATE = 1000
 #: The flood runs this far from the city, in cells of its own.
 FLOOD_OFFSET_DEG = 0.5
@@ -142,7 +146,8 @@ def started_system(args) -> Iterator[System]:
         env = {**os.environ, "DATABASE_URL": dsn, "HEXDISPATCH_JWT_SECRET": secret, "PYTHONPATH": str(REPO),
                "HEXDISPATCH_HOME": str(Path(home) / ".hexdispatch")}
         env.pop("RAY_ADDRESS", None)
-        env["HEXDISPATCH_GPS_RATE"] = str(FLOOD_GPS_RATE)  # the comparison floods; the city stays far below
+        if flood_per_socket(args) is None or flood_per_socket(args) > RateLimits().gps.rate:
+            env["HEXDISPATCH_GPS_RATE"] = str(FLOOD_GPS_RATE)  # the comparison floods; the city stays far below
         env.update(args.server_env)
         if args.front_doors > 1:
             env["REDIS_URL"] = args.redis_url  # what the front doors share (positions, sessions, rate limits)
@@ -543,6 +548,11 @@ def step_figures(progress, samples: list[probes.Sample], start: float, end: floa
 # --------------------------------------------------------------------------- comparison
 
 
+def flood_per_socket(args) -> float | None:
+    """Fixes a second each socket of the comparison sends; None: as fast as the server reads."""
+    return args.flood_rate / args.flood_sockets if args.flood_rate else None
+
+
 def flood_jobs(args, urls: list[str], secret: str, tag: str, following: float) -> list[FloodJob]:
     center = (args.lat + FLOOD_OFFSET_DEG, args.lng)
     run_id, prefix = secrets.token_hex(3), tag.replace(" ", "-")
@@ -551,7 +561,7 @@ def flood_jobs(args, urls: list[str], secret: str, tag: str, following: float) -
         jobs.append(FloodJob(index, urls, secret, size, first_driver=first, id_prefix=f"{prefix}-{run_id}",
                              followers=int(size * following), center=center, seed=args.seed,
                              progress_every_s=sampling_interval(args.flood_seconds),
-                             rate_per_socket=args.flood_rate / args.flood_sockets if args.flood_rate else None))
+                             rate_per_socket=flood_per_socket(args)))
     return jobs
 
 
@@ -643,11 +653,11 @@ COMPARED = ("ceiling", "redis_design", "hexdispatch")
 
 
 def run_comparison(args, system: System) -> dict:
-    """The same GPS flood (every socket sending as fast as the server reads) against the bare ceiling, the
-    Redis design and hexdispatch; the ratios.
+    """The same GPS flood against the bare ceiling, the Redis design and hexdispatch; the ratios.
 
     hexdispatch must allow that many fixes per socket (``HEXDISPATCH_GPS_RATE``;
-    ``--start-server`` sets it), or its flood measures its rate limiter.
+    ``--start-server`` raises it when the flood asks for more than the default), or its flood measures its
+    rate limiter.
     """
     results: dict = {}
     if "ceiling" in args.compare:
