@@ -326,7 +326,7 @@ def _comparison_plot(plt, comparison: dict, path: Path) -> str:
     right.bar(list(names.values()), values, color=["grey", "tab:red", "tab:blue"])
     for i, v in enumerate(values):
         right.text(i, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=8)
-    right.set(title="frames per CPU-second of the websocket process", ylabel="frames per CPU-second")
+    right.set(title="per CPU-second of the websocket process", ylabel="frames per CPU-second")
     return _save(plt, fig, [left], path)
 
 

@@ -80,8 +80,13 @@ async def place_order(pool, principal: Principal, key: str, request_hash: str, o
     key and body returns the first order, never a second one. A created
     order's row also carries its restaurant's ``restaurant_lat`` and
     ``restaurant_lng`` (what live dispatch needs: :func:`actors.cell.placed_order`).
+
+    Four round trips to Postgres and no explicit transaction: three reads,
+    then one statement that writes the customer, the order and its ``placed``
+    event together or not at all (the order's unique key settles concurrent
+    retries).
     """
-    async with pool.acquire() as conn, conn.transaction():
+    async with pool.acquire() as conn:
         existing = await _existing(conn, principal.sub, key, request_hash)
         if existing is not None:
             return existing, False
@@ -105,24 +110,28 @@ async def place_order(pool, principal: Principal, key: str, request_hash: str, o
         lines = await _priced_lines(conn, order)
         subtotal = sum(line["line_total_cents"] for line in lines)
         fee = restaurant["delivery_fee_cents"]
-        await conn.execute("INSERT INTO customers (id) VALUES ($1) ON CONFLICT DO NOTHING", principal.sub)
         row = await conn.fetchrow(
-            f"""WITH o AS (
+            f"""WITH c AS (
+                    INSERT INTO customers (id) VALUES ($1) ON CONFLICT DO NOTHING
+                ), o AS (
                     INSERT INTO orders (customer_id, restaurant_id, idempotency_key, request_hash, items,
                         subtotal_cents, delivery_fee_cents, total_cents, dropoff_lat, dropoff_lng,
                         dropoff_address, notes, status, kitchen_status, courier_status, ready_estimate_at)
                     VALUES ($1, $2, $3, $4, $5, $6::bigint, $7::int, $6::bigint + $7::int, $8, $9, $10, $11, 'placed', 'placed',
                         'unassigned', now() + make_interval(mins => $12::int))
                     ON CONFLICT (customer_id, idempotency_key) DO NOTHING
-                    RETURNING *)
+                    RETURNING *
+                ), e AS (
+                    INSERT INTO order_events (order_id, seq, type, status, payload, actor)
+                    SELECT id, version, 'placed', status, jsonb_build_object('total_cents', total_cents), $15 FROM o
+                )
                 SELECT {ORDER_COLUMNS}, $13::float8 AS restaurant_lat, $14::float8 AS restaurant_lng FROM o""",
             principal.sub, order.restaurant_id, key, request_hash, lines, subtotal, fee,
             order.dropoff.lat, order.dropoff.lng, order.dropoff_address, order.notes, restaurant["prep_minutes"],
-            restaurant["latitude"], restaurant["longitude"],
+            restaurant["latitude"], restaurant["longitude"], principal.actor,
         )
         if row is None:  # a concurrent retry with the same key committed first
             return await _existing(conn, principal.sub, key, request_hash), False
-        await _append_event(conn, row, "placed", {"total_cents": row["total_cents"]}, principal.actor)
         return row, True
 
 
