@@ -146,7 +146,8 @@ def started_system(args) -> Iterator[System]:
         env = {**os.environ, "DATABASE_URL": dsn, "HEXDISPATCH_JWT_SECRET": secret, "PYTHONPATH": str(REPO),
                "HEXDISPATCH_HOME": str(Path(home) / ".hexdispatch")}
         env.pop("RAY_ADDRESS", None)
-        if flood_per_socket(args) is None or flood_per_socket(args) > RateLimits().gps.rate:
+        per_socket = flood_per_socket(args)
+        if per_socket is None or per_socket > RateLimits().gps.rate:
             env["HEXDISPATCH_GPS_RATE"] = str(FLOOD_GPS_RATE)  # the comparison floods; the city stays far below
         env.update(args.server_env)
         if args.front_doors > 1:
@@ -216,7 +217,7 @@ def sampler_for_system(system: System, load: LoadRun | None, every_s: float = 1.
         postgres=probes.PostgresProbe(system.dsn) if system.dsn else None,
         processes=probes.ProcessProbe(roots, postgres_db=system.database, redis=len(system.urls) > 1,
                                       cell_actors=not system.pids),
-        every_s=every_s, slow_every_s=min(2.0, 2 * every_s),
+        every_s=every_s,
     )
 
 
@@ -641,9 +642,8 @@ def run_baseline(args, module: str, name: str, system: System, following: float)
            "REDIS_PREFIX": f"hexdispatch-bench:{secrets.token_hex(4)}:"}
     with running(module, free_port(), env) as (url, process, stats_file):
         jobs = flood_jobs(args, [url], system.secret, name, following)
-        every_s = sampling_interval(args.flood_seconds)
-        sampler = probes.Sampler(counters=probes.baseline_counters(stats_file), every_s=every_s,
-                                 slow_every_s=min(2.0, 2 * every_s),
+        sampler = probes.Sampler(counters=probes.baseline_counters(stats_file),
+                                 every_s=sampling_interval(args.flood_seconds),
                                  processes=probes.ProcessProbe({**system.pids, process.pid: name,
                                                                 os.getpid(): "bench"}, redis="redis" in module))
         return run_flood(args, name, jobs, sampler)

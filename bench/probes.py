@@ -215,18 +215,21 @@ class ProcessProbe:
 
 @dataclass
 class Sampler:
-    """Samples counters every ``every_s``; cells, Postgres and processes every ``slow_every_s``."""
+    """Samples counters every ``every_s``; cells, Postgres and processes every ``slow_every_s`` (by default
+    twice ``every_s``, at most 2 s)."""
 
     counters: Callable[[httpx.Client], dict]
     cells: Callable[[httpx.Client], list[dict]] | None = None
     postgres: PostgresProbe | None = None
     processes: ProcessProbe | None = None
     every_s: float = 1.0
-    slow_every_s: float = 2.0
+    slow_every_s: float | None = None
     samples: list[Sample] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.slow_every_s is None:
+            self.slow_every_s = min(2.0, 2 * self.every_s)
         self._stop = threading.Event()
         # Two threads: a probe of a flooded server that times out must not delay the counters.
         self._threads = [threading.Thread(target=self._run_counters, name="bench-sampler", daemon=True),

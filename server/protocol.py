@@ -16,13 +16,19 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from server.errors import validation_details
-from server.schemas import Id, Latitude, Longitude
+from server.schemas import MAX_LATITUDE, MAX_LONGITUDE, Id, Latitude, Longitude
 
 MAX_FRAME_BYTES = 4096
 PROTOCOL_VERSION = 1
 #: Websocket close code for repeated abuse (RFC 6455 "policy violation").
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_REPLACED = 4000  # a newer socket of the same driver opened, on this or another front door
+
+#: Bounds of a ``gps`` frame's fields (beside the latitude's and longitude's), shared by
+#: :class:`Gps` and its fast path :func:`plain_gps`.
+MAX_HEADING_DEG = 360
+MAX_SPEED_MPS = 100
+MAX_COUNT = 2**53
 
 Token = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
@@ -38,10 +44,10 @@ class Gps(Message):
     type: Literal["gps"]
     lat: Latitude
     lng: Longitude
-    heading: Annotated[float, Field(ge=0, le=360, allow_inf_nan=False)] | None = None
-    speed: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] | None = None
-    t: Annotated[int, Field(ge=0, le=2**53)] | None = None
-    seq: Annotated[int, Field(ge=0, le=2**53)] = 0
+    heading: Annotated[float, Field(ge=0, le=MAX_HEADING_DEG, allow_inf_nan=False)] | None = None
+    speed: Annotated[float, Field(ge=0, le=MAX_SPEED_MPS, allow_inf_nan=False)] | None = None
+    t: Annotated[int, Field(ge=0, le=MAX_COUNT)] | None = None
+    seq: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 0
 
 
 class GoOnline(Message):
@@ -157,20 +163,20 @@ def plain_gps(frame: bytes) -> tuple[float, float, float | None, float | None, i
         return None
     if type(data) is not dict or data.get("type") != "gps" or not GPS_KEYS.issuperset(data):
         return None
-    lat, lng = _plain_float(data.get("lat"), 90.0), _plain_float(data.get("lng"), 180.0)
+    lat, lng = _plain_float(data.get("lat"), MAX_LATITUDE), _plain_float(data.get("lng"), MAX_LONGITUDE)
     heading, speed, t, seq = data.get("heading"), data.get("speed"), data.get("t"), data.get("seq", 0)
     if lat is None or lng is None:
         return None
-    if heading is not None and (heading := _plain_float(heading, 360.0, 0.0)) is None:
+    if heading is not None and (heading := _plain_float(heading, MAX_HEADING_DEG, 0)) is None:
         return None
-    if speed is not None and (speed := _plain_float(speed, 100.0, 0.0)) is None:
+    if speed is not None and (speed := _plain_float(speed, MAX_SPEED_MPS, 0)) is None:
         return None
     if (t is not None and not _plain_count(t)) or not _plain_count(seq):
         return None
     return lat, lng, heading, speed, t
 
 
-def _plain_float(value, high: float, low: float | None = None) -> float | None:
+def _plain_float(value, high: int, low: int | None = None) -> float | None:
     """``value`` as a float when it is a float or int within [low, high] (low defaults to -high)."""
     kind = type(value)
     if kind is not float and kind is not int:  # bool, str, None, ...: for pydantic to judge
@@ -181,7 +187,7 @@ def _plain_float(value, high: float, low: float | None = None) -> float | None:
 
 
 def _plain_count(value) -> bool:
-    return type(value) is int and 0 <= value <= 2**53
+    return type(value) is int and 0 <= value <= MAX_COUNT
 
 
 def encode(message: dict, binary: bool = True) -> bytes | str:

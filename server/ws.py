@@ -4,8 +4,9 @@ Each connection authenticates with its JWT (``?token=`` or an
 ``Authorization: Bearer`` header), then runs a reader (frames in: decode,
 validate, rate-limit, act) and a writer (its :class:`~server.gateway.Outbox`
 out). Under uvicorn with :mod:`server.frame_sink`, a driver's plainly valid
-GPS fixes skip the reader: they are taken as they are parsed. Bad frames get an error frame; repeated abuse closes the socket with
-1008. Nothing a client sends can crash the server or a cell.
+GPS fixes skip the reader: they are taken as they are parsed. Bad frames get
+an error frame; repeated abuse closes the socket with 1008. Nothing a client
+sends can crash the server or a cell.
 """
 
 from __future__ import annotations

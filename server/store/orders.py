@@ -24,6 +24,8 @@ ORDER_COLUMNS = """
 """
 
 EVENT_COLUMNS = "id, order_id, seq, type, status, payload, actor, at"
+#: The audit trail's insert, before its VALUES or SELECT.
+INSERT_EVENT = "INSERT INTO order_events (order_id, seq, type, status, payload, actor)"
 
 # Which timestamps (and other columns) each event stamps, as SQL assignments.
 # $7, $8 are the event's arguments: (driver id, job id) for ASSIGN, (seconds until ready,) for REVISE_READY.
@@ -122,7 +124,7 @@ async def place_order(pool, principal: Principal, key: str, request_hash: str, o
                     ON CONFLICT (customer_id, idempotency_key) DO NOTHING
                     RETURNING *
                 ), e AS (
-                    INSERT INTO order_events (order_id, seq, type, status, payload, actor)
+                    {INSERT_EVENT}
                     SELECT id, version, 'placed', status, jsonb_build_object('total_cents', total_cents), $15 FROM o
                 )
                 SELECT {ORDER_COLUMNS}, $13::float8 AS restaurant_lat, $14::float8 AS restaurant_lng FROM o""",
@@ -163,7 +165,7 @@ async def _priced_lines(conn, order) -> list[dict]:
 
 async def _append_event(conn, row, event_type: str, payload: dict, actor: str) -> None:
     await conn.execute(
-        "INSERT INTO order_events (order_id, seq, type, status, payload, actor) VALUES ($1, $2, $3, $4, $5, $6)",
+        f"{INSERT_EVENT} VALUES ($1, $2, $3, $4, $5, $6)",
         row["id"], row["version"], event_type, row["status"], payload, actor,
     )
 
