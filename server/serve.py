@@ -21,6 +21,7 @@ import signal
 from server.config import Settings
 from server.db import EmbeddedPostgres, migrate_sync
 from server.frame_sink import PROTOCOL as FRAME_SINK_PROTOCOL
+from server.log_redaction import install_log_redaction
 
 
 def main(argv: list[str]) -> int:
@@ -35,6 +36,7 @@ def main(argv: list[str]) -> int:
         parser.error("--workers must be at least 1")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every pg_ctl call at INFO
+    install_log_redaction()
 
     import uvicorn
 
