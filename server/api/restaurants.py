@@ -62,7 +62,7 @@ async def create_restaurant(request: Request) -> JSONResponse:
         row = await catalog.create_restaurant(conn, data.owner_sub or principal.sub, fields)
     if (cache := _catalog(request)) is not None:
         cache.restaurant_written(row)
-    return JSONResponse(restaurant_view(row), status_code=201)
+    return JSONResponse(restaurant_view(row, with_owner=True), status_code=201)
 
 
 async def update_restaurant(request: Request) -> JSONResponse:
@@ -83,17 +83,22 @@ async def update_restaurant(request: Request) -> JSONResponse:
         raise not_found("restaurant")
     if changes and (cache := _catalog(request)) is not None:
         cache.restaurant_written(row)
-    return JSONResponse(restaurant_view(row))
+    return JSONResponse(restaurant_view(row, with_owner=True))
 
 
 async def get_restaurant(request: Request) -> JSONResponse:
-    caller(request)
+    principal = caller(request)
     restaurant_id = path_id(request, "restaurant_id", "restaurant")
     async with request.app.state.pool.acquire() as conn:
         row = await catalog.get_restaurant(conn, restaurant_id)
     if row is None:
         raise not_found("restaurant")
-    return JSONResponse(restaurant_view(row))
+    return JSONResponse(restaurant_view(row, with_owner=_sees_owner(principal, row["owner_sub"])))
+
+
+def _sees_owner(principal: Principal, owner_sub: str) -> bool:
+    """Only the restaurant's own account and admins see who owns it."""
+    return principal.role is Role.ADMIN or (principal.role is Role.RESTAURANT and principal.sub == owner_sub)
 
 
 async def nearby(request: Request) -> Response:
