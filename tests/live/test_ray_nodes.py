@@ -24,6 +24,7 @@ from actors.cell import cell_of_point
 from clients.driver import DriverClient
 from clients.http import ApiClient
 from tests.conftest import token
+from tests.environment import child_environment
 from tests.live.conftest import ServerProcess, free_port
 from tests.live.test_end_to_end import run_driver, setup_restaurant
 
@@ -40,7 +41,7 @@ class RayNode:
         with log.open("wb") as out:
             self.process = subprocess.Popen(
                 [str(RAY), "start", "--block", "--num-cpus=1", '--resources={"cell_host": 1}', *args],
-                env={**os.environ, **RAY_ENV}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                env=child_environment(**RAY_ENV), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
 
     def lose(self) -> None:

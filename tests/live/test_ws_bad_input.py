@@ -15,6 +15,7 @@ from clients.http import ApiClient
 from clients.ws import ws_url
 from tests.conftest import token
 from tests.live.test_end_to_end import setup_restaurant
+from tests.waiting import DEADLINE_S
 
 
 async def healthy(live) -> bool:
@@ -73,7 +74,7 @@ async def test_plain_gps_takes_the_fast_path_and_the_rest_the_full_one(live, spo
         await socket.send(f'{{"type": "gps", "lat": {spot[0]}, "lng": {spot[1]}}}')  # JSON text frame
         for refused in ({"type": "gps", "lat": spot[0], "lng": spot[1], "t": 1.0}, {"type": "gps", "lat": "north", "lng": spot[1]}):
             await socket.send(msgpack.packb(refused))
-            reply = await asyncio.wait_for(recv(socket), 10)
+            reply = await asyncio.wait_for(recv(socket), DEADLINE_S)
             assert (reply["type"], reply["code"]) == ("error", "invalid_message"), refused
         await socket.send(msgpack.packb({"type": "ping"}))
         assert (await recv(socket))["type"] == "pong"
@@ -164,9 +165,9 @@ async def test_stranger_cannot_follow_an_order(live, spot):
         rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
     async with CustomerClient(live.url, token("customer", f"c-{uuid.uuid4().hex[:8]}")) as stranger:
         await stranger.follow(order["id"])
-        await stranger.wait_for(lambda c: c.errors, timeout_s=10)
+        await stranger.wait_for(lambda c: c.errors, timeout_s=DEADLINE_S)
         assert stranger.errors[0]["code"] == "not_found" and not stranger.events
     async with CustomerClient(live.url, token("customer", owner_customer)) as customer:
         await customer.follow(order["id"])
-        await customer.wait_for(lambda c: c.statuses(order["id"]), timeout_s=10)
+        await customer.wait_for(lambda c: c.statuses(order["id"]), timeout_s=DEADLINE_S)
         assert customer.statuses(order["id"])[0] == "placed"
