@@ -59,6 +59,9 @@ class CellParams:
     """An order no local driver took for this long may borrow an idle driver of a neighbouring cell."""
     borrow_radius_m: float = 3000.0
     """How far from the restaurant a borrowed driver may be."""
+    idle_retire_s: float = 300.0
+    """A cell empty (no online driver, order, offer or job) and quiet this long retires: its actor exits and
+    gives its process back; the next fix or order in the cell creates it anew (``dispatch.retirement``)."""
     match: MatchParams = field(default_factory=MatchParams)
 
 
@@ -925,6 +928,14 @@ class CellCore:
         }
 
     # Introspection (metrics, dashboard) --------------------------------------
+
+    def is_empty(self) -> bool:
+        """Nothing here would be lost if the cell went away: no online driver, no order, no offer, no job.
+
+        Offline drivers do not count: they come back with their next fix, wherever it lands.
+        """
+        return (not self.orders and not self.offers and not self.jobs
+                and all(d.status is DriverStatus.OFFLINE for d in self.drivers.values()))
 
     def load(self) -> dict:
         """Counts an operator watches: drivers by status, pending orders, open offers."""
