@@ -246,6 +246,10 @@ class CellActor:
                     self.repair_failures = 0
                     self.next_sweep = time.time() + self.sweep_s
 
+    def _repair_soon(self) -> None:
+        """Memory and Postgres may disagree now: bring the next sweep forward (backing off while it fails)."""
+        self.next_sweep = min(self.next_sweep, time.time() + self._repair_delay())
+
     def _repair_delay(self) -> float:
         """Seconds until the next sweep after one more failure: doubling from ``REPAIR_SOON_S``, jittered, capped."""
         delay = min(self.sweep_s, REPAIR_SOON_S * 2 ** self.repair_failures)
@@ -347,8 +351,9 @@ class CellActor:
             elif isinstance(command, PersistAssignment):
                 error = await self._write(command.order_ids,
                                           lambda conn, retried: self._record_assignment(conn, command, retried))
-                if error is not None:
-                    log.info("cell %s: assignment %s not recorded: %s", self.cell_id, command.job_id, error)
+                if isinstance(error, StoreError):  # Postgres knows something of these orders that we do not
+                    log.info("cell %s: assignment %s refused: %s", self.cell_id, command.job_id, error)
+                    self._repair_soon()
                 reason = "" if error is None else error.message if isinstance(error, StoreError) else "unavailable"
                 errors += await self._execute(self.core.assignment_persisted(command.job_id, error is None, reason))
                 if error is not None and not isinstance(error, StoreError):
@@ -406,7 +411,7 @@ class CellActor:
             return exc
         except Exception as exc:  # noqa: BLE001 - whatever kept Postgres from recording it
             log.warning("cell %s: write of orders %s failed (%s: %s)", self.cell_id, order_ids, type(exc).__name__, exc)
-            self.next_sweep = min(self.next_sweep, time.time() + self._repair_delay())
+            self._repair_soon()
             return exc
         finally:
             self.writing.difference_update(order_ids)
