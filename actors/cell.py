@@ -19,7 +19,6 @@ notification was lost is still dispatched and none stays half-assigned.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -199,7 +198,8 @@ class CellActor:
                 from server.db import create_pool
 
                 # A metro runs tens of cells against one Postgres: a quiet cell gives its connections back.
-                self.pool = await create_pool(self.dsn, min_size=0, max_size=3, idle_close_s=10.0)
+                if self.pool is None:  # kept when the rebuild below fails (Postgres down): the next call retries
+                    self.pool = await create_pool(self.dsn, min_size=0, max_size=3, idle_close_s=10.0)
                 await self._rebuild(time.time())
                 loop = asyncio.get_running_loop()
                 self.started = loop.create_task(self._run())
