@@ -169,7 +169,7 @@ class CellActor:
         self.started: asyncio.Task | None = None
         self.freezer: asyncio.Task | None = None
         self.metrics = CellMetrics(cell_id)
-        self.stats = {"borrowed": 0, "lent": 0}
+        self.stats = {"borrowed": 0, "lent": 0, "writes_failed": 0}
         self.last_poll: dict[str, float] = {}
         self._lock = None
         # Drivers that left this cell: fixes still routed here are ignored until the front door follows.
@@ -411,6 +411,7 @@ class CellActor:
             return exc
         except Exception as exc:  # noqa: BLE001 - whatever kept Postgres from recording it
             log.warning("cell %s: write of orders %s failed (%s: %s)", self.cell_id, order_ids, type(exc).__name__, exc)
+            self.stats["writes_failed"] += 1
             self._repair_soon()
             return exc
         finally:

@@ -152,6 +152,8 @@ async def test_assignment_while_postgres_is_down_is_rolled_back_then_made(settin
                         break
                 assert [o["order_id"] for o in reply["orders"]] == [order["id"]]
                 assert driver.link.connections == 1  # the failed accept did not cost the driver its socket
+                cell = ray.get_actor(actor_name(cell_of_point(*spot)), namespace=NAMESPACE)
+                assert (await cell.load.remote())["writes_failed"] >= 1
             finally:
                 beating.cancel()
         events = await fetch(dsn, "SELECT type, payload->>'job_id' AS job_id FROM order_events WHERE order_id = $1"
