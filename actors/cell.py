@@ -19,7 +19,6 @@ notification was lost is still dispatched and none stays half-assigned.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -170,7 +169,7 @@ class CellActor:
         self.started: asyncio.Task | None = None
         self.freezer: asyncio.Task | None = None
         self.metrics = CellMetrics(cell_id)
-        self.stats = {"borrowed": 0, "lent": 0}
+        self.stats = {"borrowed": 0, "lent": 0, "writes_failed": 0}
         self.last_poll: dict[str, float] = {}
         self._lock = None
         # Drivers that left this cell: fixes still routed here are ignored until the front door follows.
@@ -199,7 +198,8 @@ class CellActor:
                 from server.db import create_pool
 
                 # A metro runs tens of cells against one Postgres: a quiet cell gives its connections back.
-                self.pool = await create_pool(self.dsn, min_size=0, max_size=3, idle_close_s=10.0)
+                if self.pool is None:  # kept when the rebuild below fails (Postgres down): the next call retries
+                    self.pool = await create_pool(self.dsn, min_size=0, max_size=3, idle_close_s=10.0)
                 await self._rebuild(time.time())
                 loop = asyncio.get_running_loop()
                 self.started = loop.create_task(self._run())
@@ -245,6 +245,10 @@ class CellActor:
                 else:
                     self.repair_failures = 0
                     self.next_sweep = time.time() + self.sweep_s
+
+    def _repair_soon(self) -> None:
+        """Memory and Postgres may disagree now: bring the next sweep forward (backing off while it fails)."""
+        self.next_sweep = min(self.next_sweep, time.time() + self._repair_delay())
 
     def _repair_delay(self) -> float:
         """Seconds until the next sweep after one more failure: doubling from ``REPAIR_SOON_S``, jittered, capped."""
@@ -347,8 +351,9 @@ class CellActor:
             elif isinstance(command, PersistAssignment):
                 error = await self._write(command.order_ids,
                                           lambda conn, retried: self._record_assignment(conn, command, retried))
-                if error is not None:
-                    log.info("cell %s: assignment %s not recorded: %s", self.cell_id, command.job_id, error)
+                if isinstance(error, StoreError):  # Postgres knows something of these orders that we do not
+                    log.info("cell %s: assignment %s refused: %s", self.cell_id, command.job_id, error)
+                    self._repair_soon()
                 reason = "" if error is None else error.message if isinstance(error, StoreError) else "unavailable"
                 errors += await self._execute(self.core.assignment_persisted(command.job_id, error is None, reason))
                 if error is not None and not isinstance(error, StoreError):
@@ -406,7 +411,8 @@ class CellActor:
             return exc
         except Exception as exc:  # noqa: BLE001 - whatever kept Postgres from recording it
             log.warning("cell %s: write of orders %s failed (%s: %s)", self.cell_id, order_ids, type(exc).__name__, exc)
-            self.next_sweep = min(self.next_sweep, time.time() + self._repair_delay())
+            self.stats["writes_failed"] += 1
+            self._repair_soon()
             return exc
         finally:
             self.writing.difference_update(order_ids)

@@ -461,12 +461,16 @@ class Gateway:
         if not self.customers.get(order_id):
             self.broker.subscribe(f"order:{order_id}", self._on_position)
         self.customers[order_id].add(customer)
-        driver = await self.pool.fetchval("SELECT driver_id FROM orders WHERE id = $1", order_id)
-        if driver is not None:
-            link = self.drivers.get(driver)
-            if link is not None:
-                link.orders.add(order_id)
-        await self._catch_up(customer, order_id)
+        try:
+            driver = await self.pool.fetchval("SELECT driver_id FROM orders WHERE id = $1", order_id)
+            if driver is not None:
+                link = self.drivers.get(driver)
+                if link is not None:
+                    link.orders.add(order_id)
+            await self._catch_up(customer, order_id)
+        except Exception:  # Postgres unreachable: the customer follows anyway, its events come once it is back
+            log.warning("subscribing to order %s: catching up failed; retrying", order_id, exc_info=True)
+            self._spawn(self._fill_gap(customer, order_id))
 
     def unsubscribe(self, customer: CustomerLink, order_id: int | None = None) -> None:
         for oid in [order_id] if order_id is not None else list(customer.last_seq):

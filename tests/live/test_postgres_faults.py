@@ -152,9 +152,53 @@ async def test_assignment_while_postgres_is_down_is_rolled_back_then_made(settin
                         break
                 assert [o["order_id"] for o in reply["orders"]] == [order["id"]]
                 assert driver.link.connections == 1  # the failed accept did not cost the driver its socket
+                cell = ray.get_actor(actor_name(cell_of_point(*spot)), namespace=NAMESPACE)
+                assert (await cell.load.remote())["writes_failed"] >= 1
             finally:
                 beating.cancel()
         events = await fetch(dsn, "SELECT type, payload->>'job_id' AS job_id FROM order_events WHERE order_id = $1"
                                   " ORDER BY seq", order["id"])
         assert [e["type"] for e in events] == ["placed", "assign"]  # assigned once, to this job
         assert events[1]["job_id"] == reply["job_id"]
+
+
+async def test_sweep_releases_an_assignment_only_postgres_holds(live, spot, pool):
+    """An assignment committed whose answer never came back: the cell told its driver nothing, so the sweep
+    releases it in Postgres and the order is dispatched again, and assigned once more, for real."""
+    from dispatch.lifecycle import Actor, Event
+    from server.store.orders import apply_event
+
+    owner, rest, [item] = await setup_restaurant(live, spot)
+    api = ApiClient(live.url, token("customer", f"c-{uuid.uuid4().hex[:8]}"))
+    driver_id = f"d-{uuid.uuid4().hex[:8]}"
+    async with DriverClient(live.url, token("driver", driver_id)) as driver:
+        await driver.next("welcome", timeout_s=30)
+
+        async def heartbeat() -> None:
+            while True:
+                await driver.gps(spot[0] + 0.001, spot[1])
+                await asyncio.sleep(1.0)
+
+        beating = asyncio.get_running_loop().create_task(heartbeat())
+        try:
+            order = await api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
+            offer = await driver.next("offer", timeout_s=60)
+            await apply_event(pool, order["id"], Event.ASSIGN, actor=Actor.SYSTEM, actor_label="system:test",
+                              arguments=(driver_id, "job-lost"), payload={"driver_id": driver_id, "job_id": "job-lost"})
+            await driver.accept(offer["offer_id"])
+            withdrawn = await driver.next("job_withdrawn", "assigned", timeout_s=60)
+            assert withdrawn["type"] == "job_withdrawn"  # Postgres refused: the order was not free
+            deadline = time.monotonic() + 120
+            while True:
+                assert time.monotonic() < deadline, "the order was never dispatched again"
+                offer = await driver.next("offer", timeout_s=60)
+                await driver.accept(offer["offer_id"])
+                reply = await driver.next("assigned", "job_withdrawn", timeout_s=60)
+                if reply["type"] == "assigned":
+                    break
+        finally:
+            beating.cancel()
+    events = await pool.fetch("SELECT type, payload FROM order_events WHERE order_id = $1 ORDER BY seq", order["id"])
+    assert [e["type"] for e in events] == ["placed", "assign", "unassign", "assign"]
+    assert events[2]["payload"]["reason"] == "assignment not confirmed"
+    assert events[3]["payload"]["job_id"] == reply["job_id"] != "job-lost"
