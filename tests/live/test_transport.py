@@ -7,20 +7,16 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import socket
 import uuid
 
 import httpx
 import msgpack
 import pytest
 from websockets.asyncio.client import connect
-from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidStatus
-from websockets.frames import Frame, Opcode
-from websockets.protocol import State
-from websockets.uri import parse_uri
 
 from clients.http import ApiClient
+from clients.stallable import StallableCustomer
 from clients.ws import ws_url
 from server.log_redaction import install_log_redaction, redact
 from tests.conftest import token
@@ -242,70 +238,6 @@ async def test_websocket_refusals_of_its_own_are_written_under_uvicorns_http(set
 PAD = "p" * 2000
 
 
-class RawCustomer:
-    """A customer socket driven by hand (websockets' sans-I/O client over a plain TCP socket with a small
-    receive buffer): it reads only when told to, so it can stop reading altogether."""
-
-    def __init__(self, sock: socket.socket, protocol: ClientProtocol):
-        self.sock, self.protocol = sock, protocol
-        self.frames: list[dict] = []
-
-    @classmethod
-    async def connect(cls, base_url: str, jwt: str) -> "RawCustomer":
-        loop = asyncio.get_running_loop()
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        protocol = ClientProtocol(parse_uri(ws_url(base_url, "/v1/ws/customer", jwt)))
-        await loop.sock_connect(sock, sock_address(base_url))
-        protocol.send_request(protocol.connect())
-        customer = cls(sock, protocol)
-        await customer._flush()
-        while protocol.handshake_exc is None and protocol.state is State.CONNECTING:
-            await customer.read_some(5.0)
-        assert protocol.handshake_exc is None, protocol.handshake_exc
-        return customer
-
-    async def _flush(self) -> None:
-        await asyncio.get_running_loop().sock_sendall(self.sock, b"".join(self.protocol.data_to_send()))
-
-    async def send(self, message: dict) -> None:
-        self.protocol.send_binary(msgpack.packb(message))
-        await self._flush()
-
-    async def read_some(self, timeout_s: float) -> bool:
-        """Read what has arrived; False once the connection is closed (or reset)."""
-        try:
-            data = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(self.sock, 65536), timeout_s)
-        except ConnectionResetError:
-            return False
-        if not data:
-            self.protocol.receive_eof()
-            return False
-        self.protocol.receive_data(data)
-        for event in self.protocol.events_received():
-            if isinstance(event, Frame) and event.opcode is Opcode.BINARY:
-                self.frames.append(msgpack.unpackb(event.data))
-        return True
-
-    async def read_until(self, done, timeout_s: float = 30.0) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while not done():
-            left = deadline - asyncio.get_running_loop().time()
-            assert left > 0 and await self.read_some(left), f"condition not met; frames: {self.frames[-3:]}"
-
-    def statuses(self) -> list[int]:
-        return [f["seq"] for f in self.frames if f.get("type") == "status"]
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def sock_address(base_url: str) -> tuple[str, int]:
-    host, port = base_url.split("//", 1)[1].rsplit(":", 1)
-    return host, int(port)
-
-
 async def wait_until(condition, timeout_s: float, what: str) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not condition():
@@ -334,13 +266,13 @@ async def stalled_server(settings, **limits) -> LiveServer:
     return server
 
 
-async def follower(server: LiveServer, spot) -> tuple[RawCustomer, str, dict]:
+async def follower(server: LiveServer, spot) -> tuple[StallableCustomer, str, dict]:
     """A customer with a placed order, following it on a raw socket that has read the order's first event."""
     _, rest, [item] = await setup_restaurant(server, spot)
     customer_id = f"c-{uuid.uuid4().hex[:8]}"
     api = ApiClient(server.url, token("customer", customer_id))
     order = await api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
-    raw = await RawCustomer.connect(server.url, token("customer", customer_id))
+    raw = await StallableCustomer.connect(server.url, token("customer", customer_id))
     await raw.send({"type": "subscribe", "order_id": order["id"], "after_seq": 0})
     await raw.read_until(lambda: 1 in raw.statuses())
     return raw, customer_id, order

@@ -22,6 +22,7 @@ from pgserver._commands import pg_ctl
 from pgserver.utils import PostmasterInfo
 
 from clients.http import wait_until_healthy
+from server.db import stop_postgres
 from server.local_ray import session_processes
 
 BIN = Path(sys.executable).with_name("hexdispatch")
@@ -135,9 +136,10 @@ def test_serve_binds_ray_to_its_host_redacts_tokens_and_stops_all_it_started(wor
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=120) == 0
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None:  # the test failed with the server up: leave nothing running either
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            stop_postgres((home / "pgdata").resolve(), "pgserver" if os.geteuid() == 0 else None)
 
     _, alive = psutil.wait_procs(started, timeout=30)
     assert alive == [], f"outlived the server: {[p.name() for p in alive]}"
