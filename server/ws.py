@@ -23,7 +23,7 @@ from server import protocol as p
 from server.auth import Principal, Role, bearer_token, require_role
 from server.errors import ApiError
 from server.frame_sink import frame_sink
-from server.gateway import CustomerLink, Outbox
+from server.gateway import CustomerLink
 from server.store import orders as order_store
 
 log = logging.getLogger("hexdispatch.ws")
