@@ -8,13 +8,14 @@ import logging
 import os
 import signal
 import threading
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
 from server import db
+from server import local_ray
 from server import ws
 from server.api import admin, drivers, orders, restaurants
 from server.config import Settings
@@ -105,10 +106,9 @@ def _connect_ray(settings: Settings):
     if ray.is_initialized():
         return lambda: None
     with _server_keeps_sigterm():
-        if settings.ray_address:
-            ray.init(address=settings.ray_address, logging_level="WARNING", log_to_driver=False)
-        else:
-            start_local_ray()
+        if not settings.ray_address:
+            return start_local_ray()
+        ray.init(address=settings.ray_address, logging_level="WARNING", log_to_driver=False)
     return ray.shutdown
 
 
@@ -130,8 +130,9 @@ def _server_keeps_sigterm():
             signal.signal(signal.SIGTERM, previous)
 
 
-def start_local_ray() -> None:
-    """Start a Ray of our own on this machine (never join one some other program left running).
+def start_local_ray() -> Callable[[], None]:
+    """Start a Ray of our own on this machine (never join one some other program left running); return its
+    stop, which leaves none of its processes behind (``server.local_ray``).
 
     Ray lowers its workers' priority (nice 15) by default, for clusters whose
     head runs nothing else. Here the workers are the cell actors, sharing the
@@ -144,6 +145,8 @@ def start_local_ray() -> None:
     # Cells' logs stay in Ray's log files and dashboard; streaming every line into the front door costs it CPU.
     ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING",
              log_to_driver=False)
+    directory = local_ray.session_dir()
+    return lambda: local_ray.stop_local_ray(directory)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
+import psutil
 
 log = logging.getLogger("hexdispatch.db")
 
@@ -117,9 +119,42 @@ class EmbeddedPostgres:
         return dsn
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.cleanup()
-            self._server = None
+        """Stop the server unless another live process still uses it (pgserver counts its users).
+
+        The server is found by its data directory, not by the pid remembered at start: after a restart
+        from outside (``pg_ctl restart``) pgserver alone would leave the new server running.
+        """
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        others = [pid for pid in server.global_process_id_list.get() if pid != os.getpid() and psutil.pid_exists(pid)]
+        server.cleanup()
+        if not others:
+            stop_postgres(self.data_dir.resolve(), server.system_user)
+
+
+def stop_postgres(data_dir: Path, system_user: str | None, timeout_s: float = 60.0) -> None:
+    """Stop the Postgres running on ``data_dir``, if one is (``pg_ctl stop -m fast``, then its postmaster's
+    pid from ``postmaster.pid`` is terminated if that failed)."""
+    import subprocess
+
+    from pgserver._commands import pg_ctl
+    from pgserver.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(data_dir)
+    if info is None or not info.is_running():
+        return
+    log.info("stopping the embedded Postgres on %s (pid %s)", data_dir, info.pid)
+    try:
+        pg_ctl(["-w", "-t", str(int(timeout_s)), "-m", "fast", "stop"], pgdata=data_dir, user=system_user)
+    except subprocess.CalledProcessError:
+        log.warning("pg_ctl could not stop the Postgres on %s; terminating pid %s", data_dir, info.pid)
+        process = psutil.Process(info.pid)
+        process.terminate()
+        try:
+            process.wait(timeout_s)
+        except psutil.TimeoutExpired:
+            process.kill()
 
 
 async def database_identity(pool) -> str:

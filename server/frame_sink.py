@@ -12,16 +12,24 @@ else (False, a text frame, a message fragmented into frames) goes the usual way
 through ``receive()``. While frames wait in that queue, later ones queue
 behind them, so the app sees a socket's frames in the order they came.
 
+The sink's ``close`` closes the connection without waiting for its writes
+(see :meth:`FrameSinkProtocol.close_now`), and a handshake websockets itself
+refuses (414/431) is answered instead of left hanging.
+
 Run under another server (or uvicorn's own protocols) the extension is
 absent and the app reads every frame through ``receive()``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import struct
 from typing import Callable
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
 
 log = logging.getLogger("hexdispatch.ws")
 
@@ -31,12 +39,16 @@ PROTOCOL = "server.frame_sink:FrameSinkProtocol"
 
 
 class FrameSink:
-    """Set :attr:`take` to handle binary frames as they arrive; None hands them all to ``receive()``."""
+    """Set :attr:`take` to handle binary frames as they arrive; None hands them all to ``receive()``.
 
-    __slots__ = ("take",)
+    :attr:`close` (``code, reason, grace_s``) closes the connection at once, whatever its writes are doing.
+    """
 
-    def __init__(self):
+    __slots__ = ("take", "close")
+
+    def __init__(self, close: Callable[[int, str, float], None]):
         self.take: Callable[[bytes], bool] | None = None
+        self.close = close
 
 
 def frame_sink(scope) -> FrameSink | None:
@@ -47,7 +59,38 @@ def frame_sink(scope) -> FrameSink | None:
 class FrameSinkProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.sink = FrameSink()
+        self.sink = FrameSink(self.close_now)
+
+    def close_now(self, code: int, reason: str, grace_s: float) -> None:
+        """Start the closing handshake with ``code`` without waiting for the transport to drain.
+
+        uvicorn's own close first waits until the transport is writable, which a peer that stopped reading
+        never lets happen. Here the close frame is queued behind what the transport holds (it arrives if
+        the peer reads again), the app gets its disconnect at once, and the connection is aborted if it
+        has not closed within ``grace_s``.
+        """
+        if self.close_sent or self.transport.is_closing():
+            return
+        self.close_sent = True
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        with contextlib.suppress(InvalidState):
+            self.conn.send_close(code, reason)
+            self.transport.write(b"".join(self.conn.data_to_send()))
+        if self.read_paused:  # keep reading: the peer's close frame ends the handshake early
+            self.read_paused = False
+            self.transport.resume_reading()
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+        self.close_timer = self.loop.call_later(grace_s, self.abort)
+
+    def abort(self) -> None:
+        """Drop the connection now, unsent data and all (a reset: nothing lingers in the kernel either)."""
+        self.close_timer = None
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

@@ -22,7 +22,9 @@ One :class:`Gateway` per front-door process. It
   any front door is closed: a driver has one live session in the whole fleet.
 
 Sockets are represented by :class:`Outbox` objects; a slow consumer loses
-positions, never status events, and never slows anyone else.
+positions, never status events, and never slows anyone else. An outbox is
+bounded by bytes and by the age of its oldest unsent frame: past either, the
+socket is closed with 1013 and the client resumes (``after_seq``).
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ import os
 import secrets
 import socket
 import time
-from collections import defaultdict
+import weakref
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
@@ -68,8 +72,16 @@ class GatewayParams:
     """Least time between two attempts to hand a busy driver over."""
     borrowed_hold_s: float = 30.0
     """A driver borrowed by a neighbouring cell stays there at least this long (no hand-over back)."""
-    max_backlog: int = 1000
-    """Status events queued for one socket before it is closed (it resumes on reconnect)."""
+    outbox_max_bytes: int = 256 * 1024
+    """Bytes of frames queued for one socket, not yet handed to it, before it is closed with 1013 (try again
+    later: the client reconnects and resumes with ``after_seq``)."""
+    outbox_max_age_s: float = 30.0
+    """Age of a socket's oldest frame not yet handed to it before it is closed with 1013, whether or not
+    more frames come (a reader that stopped reading blocks its writer in flow control)."""
+    outbox_check_s: float = 1.0
+    """How often the outboxes are checked for frames older than ``outbox_max_age_s``."""
+    close_grace_s: float = 2.0
+    """How long a server-side close may wait for its close frame to go out before the connection is aborted."""
     cell_tick_s: float = 0.25
     """Matching tick of each cell actor."""
     cell: CellParams = field(default_factory=CellParams)
@@ -78,43 +90,119 @@ class GatewayParams:
 
 
 class Outbox:
-    """What one socket has yet to receive: reliable messages in order, positions latest-wins."""
+    """What one socket has yet to receive, as encoded frames: reliable ones in order, positions latest-wins.
 
-    def __init__(self, max_backlog: int):
-        self.reliable: list[dict] = []
-        self.positions: dict[object, dict] = {}
+    Bounded by bytes queued and by the age of the oldest frame not yet handed to the socket (the one
+    being written counts), whatever the transport does: past either bound the outbox *overflows*: it
+    drops what it holds, takes nothing more and calls ``on_overflow`` (the socket closes with 1013; a
+    customer resumes with ``after_seq``, so no status event is lost, only delayed).
+    """
+
+    def __init__(self, encode: Callable[[dict], bytes | str], max_bytes: int, max_age_s: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.encode = encode
+        self.max_bytes = max_bytes
+        self.max_age_s = max_age_s
+        self.clock = clock
+        self.reliable: deque[tuple[float, bytes | str]] = deque()  # (queued at, frame)
+        self.positions: dict[object, tuple[float, bytes | str]] = {}
+        self.queued_bytes = 0
+        self.writing_since: float | None = None  # when the frame being written was queued
         self.wakeup = asyncio.Event()
-        self.max_backlog = max_backlog
         self.overflowed = False
         self.closed = False
+        self.on_overflow: Callable[[], None] | None = None
+        self._room: asyncio.Event | None = None  # set while at most half the byte bound is queued
 
     def send(self, message: dict) -> None:
         if self.closed:
             return
-        self.reliable.append(message)
-        if len(self.reliable) > self.max_backlog:
-            self.overflowed = True
-        self.wakeup.set()
-
-    def close(self) -> None:
-        """Stop taking messages and wake the writer so it closes the socket."""
-        self.closed = True
-        self.wakeup.set()
+        frame = self.encode(message)
+        self.reliable.append((self.clock(), frame))
+        self._queued(len(frame))
 
     def send_latest(self, key: object, message: dict) -> None:
+        """Queue ``message`` in place of any unsent one under ``key`` (it keeps the older one's age)."""
         if self.closed:
             return
-        self.positions[key] = message
-        self.wakeup.set()
+        frame = self.encode(message)
+        previous = self.positions.get(key)
+        if previous is None:
+            self.positions[key] = (self.clock(), frame)
+            self._queued(len(frame))
+        else:
+            self.positions[key] = (previous[0], frame)
+            self._queued(len(frame) - len(previous[1]))
 
-    async def next_batch(self) -> list[dict]:
-        """Wait for messages; reliable ones first, then the latest positions."""
-        await self.wakeup.wait()
-        self.wakeup.clear()
-        batch, self.reliable = self.reliable, []
-        batch += list(self.positions.values())
+    def _queued(self, size: int) -> None:
+        self.queued_bytes += size
+        if self.queued_bytes > self.max_bytes:
+            self.overflow()
+        else:
+            self.wakeup.set()
+
+    def oldest(self) -> float | None:
+        """When the oldest frame not yet handed to the socket was queued (None: nothing waits)."""
+        oldest = self.writing_since
+        if self.reliable:
+            queued_at = self.reliable[0][0]
+            oldest = queued_at if oldest is None else min(oldest, queued_at)
+        if self.positions:
+            queued_at = min(t for t, _ in self.positions.values())
+            oldest = queued_at if oldest is None else min(oldest, queued_at)
+        return oldest
+
+    def check_age(self, now: float) -> bool:
+        """Overflow if the oldest waiting frame is older than the bound; True if it did."""
+        oldest = self.oldest()
+        if not self.closed and oldest is not None and now - oldest > self.max_age_s:
+            self.overflow()
+            return True
+        return False
+
+    def overflow(self) -> None:
+        self.overflowed = True
+        self.close()
+        if self.on_overflow is not None:
+            self.on_overflow()
+
+    def close(self) -> None:
+        """Drop what is queued, take nothing more, and wake the writer so it closes the socket."""
+        self.closed = True
+        self.reliable.clear()
         self.positions.clear()
-        return batch
+        self.queued_bytes = 0
+        self.wakeup.set()
+        if self._room is not None:
+            self._room.set()
+
+    async def room(self) -> None:
+        """Return once at most half the byte bound is queued (or the outbox closed): a burst of many
+        frames (a catch-up after a reconnect) goes at the pace the socket reads, without overflowing it."""
+        while self.queued_bytes > self.max_bytes // 2 and not self.closed:
+            if self._room is None:
+                self._room = asyncio.Event()
+            self._room.clear()
+            await self._room.wait()
+
+    def next_frame(self) -> bytes | str | None:
+        """The next frame to write (reliable ones first, then positions), now counted as being written;
+        None when nothing waits. Call :meth:`written` once the socket took it."""
+        if self.reliable:
+            queued_at, frame = self.reliable.popleft()
+        elif self.positions:
+            queued_at, frame = self.positions.pop(next(iter(self.positions)))
+        else:
+            self.wakeup.clear()
+            return None
+        self.queued_bytes -= len(frame)
+        self.writing_since = queued_at
+        if self._room is not None and self.queued_bytes <= self.max_bytes // 2:
+            self._room.set()
+        return frame
+
+    def written(self) -> None:
+        self.writing_since = None
 
 
 @dataclass(eq=False)
@@ -167,9 +255,12 @@ class Gateway:
         # Every front door hears every status event; after a lost connection, followers are filled from the table.
         self.listener = ResilientListener(dsn, {"order_events": self._on_notify}, on_connect=self._resync,
                                           name="status events")
+        self.outboxes: weakref.WeakSet[Outbox] = weakref.WeakSet()  # every open socket's, for the age check
         self.stats = {"gps_in": 0, "gps_fast": 0, "gps_batches": 0, "status_out": 0, "positions_out": 0,
-                      "gps_to_cell_ms": 0.0}  # the oldest fix of the last batch, received until the cell took it
+                      "gps_to_cell_ms": 0.0,  # the oldest fix of the last batch, received until the cell took it
+                      "closed_behind": 0}  # sockets closed with 1013 for falling behind
         self._flusher: asyncio.Task | None = None
+        self._outbox_checker: asyncio.Task | None = None
         self._actor_class = cell_actor_class()
         self._placement: tuple[float, dict] = (-1e9, {})
 
@@ -182,9 +273,10 @@ class Gateway:
         self.broker.subscribe("sessions", self._on_session)
         await self.broker.start()
         self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+        self._outbox_checker = asyncio.get_running_loop().create_task(self._check_outboxes())
 
     async def stop(self) -> None:
-        for task in [self._flusher, *self.pollers.values(), *self.tasks]:
+        for task in [self._flusher, self._outbox_checker, *self.pollers.values(), *self.tasks]:
             if task is not None:
                 task.cancel()
         await self.broker.stop()
@@ -196,6 +288,28 @@ class Gateway:
                 "customers_connected": len({c for followers in self.customers.values() for c in followers}),
                 "cells_polled": len(self.pollers), "broker": type(self.broker).__name__,
                 **({"broker_stats": self.broker.stats} if hasattr(self.broker, "stats") else {})}
+
+    # Sockets' outboxes -------------------------------------------------------------------
+
+    def outbox(self, encode: Callable[[dict], bytes | str], on_overflow: Callable[[], None]) -> Outbox:
+        """A new socket's outbox, bounded by this gateway's limits; ``on_overflow`` closes the socket."""
+        outbox = Outbox(encode, self.params.outbox_max_bytes, self.params.outbox_max_age_s)
+
+        def overflowed() -> None:
+            self.stats["closed_behind"] += 1
+            on_overflow()
+
+        outbox.on_overflow = overflowed
+        self.outboxes.add(outbox)
+        return outbox
+
+    async def _check_outboxes(self) -> None:
+        """Overflow every outbox whose oldest waiting frame is too old, even if nothing more comes to it."""
+        while True:
+            await asyncio.sleep(self.params.outbox_check_s)
+            now = time.monotonic()
+            for outbox in list(self.outboxes):
+                outbox.check_age(now)
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
@@ -503,6 +617,7 @@ class Gateway:
         for row in rows:
             event = dict(row)
             for customer in list(self.customers.get(event["order_id"], ())):
+                await customer.outbox.room()  # a long catch-up goes at the pace the socket reads
                 self._status_to(customer, event)
 
     async def _resync(self, _conn) -> None:

@@ -22,6 +22,7 @@ from server.config import Settings
 from server.db import EmbeddedPostgres, migrate_sync
 from server.frame_sink import PROTOCOL as FRAME_SINK_PROTOCOL
 from server.http_limits import PROTOCOL as HTTP_LIMITS_PROTOCOL
+from server.local_ray import bind_local_ray_to
 from server.log_redaction import install_log_redaction
 
 
@@ -46,6 +47,8 @@ def main(argv: list[str]) -> int:
     settings = Settings.from_env()
     if args.workers > 1 and not settings.redis_url:
         parser.error("--workers N > 1 needs REDIS_URL: front doors share positions, sessions and rate limits there")
+    if settings.use_ray and not settings.ray_address:
+        bind_local_ray_to(args.host)  # before anything imports Ray
     embedded = None
     release_ray = None
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it found:
@@ -101,7 +104,7 @@ def _start_shared_ray():
 
     from server.app import start_local_ray
 
-    start_local_ray()
+    stop = start_local_ray()
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     logging.getLogger("hexdispatch.serve").info("local Ray at %s shared by the workers", os.environ["RAY_ADDRESS"])
-    return ray.shutdown
+    return stop

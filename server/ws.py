@@ -23,13 +23,14 @@ from server import protocol as p
 from server.auth import Principal, Role, bearer_token, require_role
 from server.errors import ApiError, error_body
 from server.frame_sink import frame_sink
-from server.gateway import CustomerLink, Outbox
+from server.gateway import CustomerLink
 from server.responses import JSONResponse
 from server.store import orders as order_store
 
 log = logging.getLogger("hexdispatch.ws")
 
 CLOSE_SERVER_OVERLOADED = 1013  # "try again later": the client reconnects and resumes
+BEHIND = "too far behind; reconnect and resume"
 #: A socket hands the event loop to the others after this many frames in a row.
 FRAMES_PER_TURN = 8
 
@@ -42,10 +43,11 @@ def _principal(websocket: WebSocket, role: Role) -> Principal:
 class Connection:
     """One accepted socket: its format (msgpack or JSON), outbox, limits and writer task."""
 
-    def __init__(self, websocket: WebSocket, max_backlog: int, principal: Principal):
+    def __init__(self, websocket: WebSocket, gateway, principal: Principal):
         self.websocket = websocket
         self.binary = True
-        self.outbox = Outbox(max_backlog)
+        self.close_grace_s = gateway.params.close_grace_s
+        self.outbox = gateway.outbox(self.encode, lambda: self.close(CLOSE_SERVER_OVERLOADED, BEHIND))
         limits = websocket.app.state.settings.rate_limits
         self.gps_bucket = p.TokenBucket(limits.gps.rate, limits.gps.burst)
         self.limiter = websocket.app.state.rate_limiter
@@ -55,21 +57,46 @@ class Connection:
         self.loop_guard = websocket.app.state.loop_guard
         self.frames_read = 0
         self.writer: asyncio.Task | None = None
+        self.closing = False
+
+    def encode(self, message: dict) -> bytes | str:
+        """``message`` as a frame in the format this client speaks (msgpack, or JSON once it sent JSON)."""
+        return p.encode(message, self.binary)
 
     async def write_loop(self) -> None:
-        while not self.outbox.closed:
-            batch = await self.outbox.next_batch()
-            if self.outbox.overflowed:
-                await self.websocket.close(CLOSE_SERVER_OVERLOADED, "too far behind; reconnect and resume")
-                return
-            for message in batch:
-                frame = p.encode(message, self.binary)
-                if self.binary:
-                    await self.websocket.send_bytes(frame)
-                else:
-                    await self.websocket.send_text(frame)
+        outbox, websocket = self.outbox, self.websocket
+        while not outbox.closed:
+            frame = outbox.next_frame()
+            if frame is None:
+                await outbox.wakeup.wait()
+                continue
+            if isinstance(frame, bytes):
+                await websocket.send_bytes(frame)
+            else:
+                await websocket.send_text(frame)
+            outbox.written()
+        if not outbox.overflowed:  # an overflow closed the socket already
+            self.close(p.CLOSE_REPLACED, "replaced by a newer connection")
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the socket with ``code`` now, without waiting for its writes (a reader that stopped reading
+        would block them forever): the close frame goes behind what the connection holds, and the
+        connection is aborted if it is not closed within ``close_grace_s``."""
+        if self.closing:
+            return
+        self.closing = True
+        self.outbox.close()
+        if self.writer is not None and self.writer is not asyncio.current_task():
+            self.writer.cancel()  # it may be stuck in a write; what it held is dropped with the connection
+        sink = frame_sink(self.websocket.scope)
+        if sink is not None:
+            sink.close(code, reason, self.close_grace_s)
+        else:  # another server than uvicorn with server.frame_sink: its own close, bounded
+            asyncio.get_running_loop().create_task(self._close_bounded(code, reason))
+
+    async def _close_bounded(self, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):
-            await self.websocket.close(p.CLOSE_REPLACED, "replaced by a newer connection")
+            await asyncio.wait_for(self.websocket.close(code, reason), self.close_grace_s)
 
     async def next_message(self, adapter):
         """The next validated, rate-limited message; ``None`` once the client is gone or was closed
@@ -123,7 +150,7 @@ class Connection:
 
     async def close_for_abuse(self) -> None:
         await asyncio.sleep(0.05)  # let the last error frame go out first
-        await self.websocket.close(p.CLOSE_POLICY_VIOLATION, "too many invalid or excess messages")
+        self.close(p.CLOSE_POLICY_VIOLATION, "too many invalid or excess messages")
 
 
 async def _serve(websocket: WebSocket, role: Role, handle) -> None:
@@ -141,7 +168,7 @@ async def _serve(websocket: WebSocket, role: Role, handle) -> None:
         await websocket.close(p.CLOSE_POLICY_VIOLATION, "reconnecting too fast; back off")
         return
     await websocket.accept()
-    conn = Connection(websocket, gateway.params.max_backlog, principal)
+    conn = Connection(websocket, gateway, principal)
     conn.writer = asyncio.get_running_loop().create_task(conn.write_loop())
     try:
         await handle(websocket, gateway, principal, conn)

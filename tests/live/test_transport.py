@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import uuid
 
 import httpx
+import msgpack
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from clients.http import ApiClient
+from clients.stallable import StallableCustomer
 from clients.ws import ws_url
 from server.log_redaction import install_log_redaction, redact
 from tests.conftest import token
-from tests.live.conftest import LiveServer
+from tests.live.conftest import LIVE_PARAMS, LiveServer
+from tests.live.test_end_to_end import setup_restaurant
 
 
 @pytest.fixture(scope="module")
@@ -222,5 +228,114 @@ async def test_websocket_refusals_of_its_own_are_written_under_uvicorns_http(set
         answer, took = await exchange(server.port, request_head(path, [(f"x-h{i}", "k") for i in range(130)],
                                                                 upgrade=True))
         assert status_of(answer) == 431 and took < PROMPT_S
+    finally:
+        await server.stop()
+
+
+# Stalled readers (item 4) ---------------------------------------------------------------------------
+
+#: Padding of each status event these tests write, so a socket's buffers fill in a few hundred events.
+PAD = "p" * 2000
+
+
+async def wait_until(condition, timeout_s: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"not within {timeout_s} s: {what}")
+        await asyncio.sleep(0.05)
+
+
+async def add_events(pool, order_id: int, count: int) -> int:
+    """Append ``count`` status events to the order's audit trail (each NOTIFYs the front doors, as every
+    event does); return the last sequence number."""
+    return await pool.fetchval(
+        """WITH o AS (UPDATE orders SET version = version + $2 WHERE id = $1 RETURNING version, status),
+                added AS (INSERT INTO order_events (order_id, seq, type, status, payload, actor)
+                          SELECT $1, o.version - $2 + g, 'revise_ready', o.status, $3::jsonb, 'test'
+                          FROM o, generate_series(1, $2) AS g RETURNING seq)
+           SELECT max(seq) FROM added""",
+        order_id, count, {"pad": PAD},
+    )
+
+
+async def stalled_server(settings, **limits) -> LiveServer:
+    server = LiveServer(settings.with_(use_ray=True, migrate_on_start=False,
+                                      gateway=dataclasses.replace(LIVE_PARAMS, outbox_check_s=0.2, **limits)))
+    await server.start()
+    return server
+
+
+async def follower(server: LiveServer, spot) -> tuple[StallableCustomer, str, dict]:
+    """A customer with a placed order, following it on a raw socket that has read the order's first event."""
+    _, rest, [item] = await setup_restaurant(server, spot)
+    customer_id = f"c-{uuid.uuid4().hex[:8]}"
+    api = ApiClient(server.url, token("customer", customer_id))
+    order = await api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
+    raw = await StallableCustomer.connect(server.url, token("customer", customer_id))
+    await raw.send({"type": "subscribe", "order_id": order["id"], "after_seq": 0})
+    await raw.read_until(lambda: 1 in raw.statuses())
+    return raw, customer_id, order
+
+
+async def test_stalled_reader_is_closed_with_1013_on_the_byte_bound_and_resumes_without_a_gap(
+        settings, ray_local, pool, spot):
+    """A customer that stops reading while its order's events keep coming: once a bound's worth of frames
+    wait, the socket is closed with 1013 although its writer is stuck in flow control; reading again, the
+    client finds the close frame, and reconnecting with ``after_seq`` it gets every event it missed."""
+    server = await stalled_server(settings, outbox_max_bytes=64 * 1024, outbox_max_age_s=600.0,
+                                  close_grace_s=120.0)
+    try:
+        stats = server.app.state.gateway.stats
+        closed_before = stats["closed_behind"]
+        raw, customer_id, order = await follower(server, spot)
+        # From here on the client reads nothing; events keep coming until the server gives up on it.
+        last_seq, deadline = 1, asyncio.get_running_loop().time() + 120
+        while stats["closed_behind"] == closed_before:
+            assert asyncio.get_running_loop().time() < deadline, "the stalled socket was never closed"
+            last_seq = await add_events(pool, order["id"], 50)
+            await asyncio.sleep(0.05)
+        # Reading again: whatever was already on its way, then the close frame with 1013.
+        while raw.protocol.close_rcvd is None and await raw.read_some(30.0):
+            pass
+        assert raw.protocol.close_rcvd is not None and raw.protocol.close_rcvd.code == 1013, raw.protocol.close_rcvd
+        seen = raw.statuses()
+        assert seen == list(range(1, len(seen) + 1)) and len(seen) < last_seq  # in order, with a gap at the end
+        raw.close()
+        # Nothing is lost: a reconnect resuming after the last event seen gets all the others.
+        async with connect(ws_url(server.url, "/v1/ws/customer", token("customer", customer_id))) as socket_:
+            await socket_.send(msgpack.packb({"type": "subscribe", "order_id": order["id"], "after_seq": seen[-1]}))
+            resumed: list[int] = []
+            while not resumed or resumed[-1] < last_seq:
+                frame = msgpack.unpackb(await asyncio.wait_for(socket_.recv(), 30))
+                if frame["type"] == "status":
+                    resumed.append(frame["seq"])
+        assert resumed == list(range(seen[-1] + 1, last_seq + 1))
+    finally:
+        await server.stop()
+
+
+async def test_stalled_reader_is_closed_on_the_age_bound_and_aborted_when_its_close_cannot_be_written(
+        settings, ray_local, pool, spot):
+    """A burst the client never reads, then nothing more: its oldest unsent frame ages past the bound, the
+    socket is closed with 1013, and since the close frame cannot be written, the connection is reset
+    within the grace period instead of lingering."""
+    server = await stalled_server(settings, outbox_max_bytes=64 * 1024 * 1024, outbox_max_age_s=2.0,
+                                  close_grace_s=0.5)
+    try:
+        stats = server.app.state.gateway.stats
+        closed_before = stats["closed_behind"]
+        raw, customer_id, order = await follower(server, spot)
+        local = raw.sock.getsockname()
+        sockets = server.server.server_state.connections
+        assert any(getattr(c, "client", None) == local for c in sockets)
+        await add_events(pool, order["id"], 3000)  # ~6 MB: far more than the socket buffers hold
+        await wait_until(lambda: stats["closed_behind"] > closed_before, 60, "closed for its oldest frame's age")
+        await wait_until(lambda: not any(getattr(c, "client", None) == local for c in sockets), 30,
+                         "the server let go of the connection")
+        # The client sees the connection end (a reset: its close frame was stuck behind unread data).
+        while await raw.read_some(30.0):
+            pass
+        raw.close()
     finally:
         await server.stop()
