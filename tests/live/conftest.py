@@ -1,4 +1,7 @@
-"""A real server on a free port (uvicorn in this event loop), real Ray, real websockets."""
+"""A real server on a free port (uvicorn in this event loop), real Ray, real websockets.
+
+The session's ``ray_local`` and ``live`` fixtures are in ``tests/conftest.py`` (``tests/fuzz`` uses them too).
+"""
 
 from __future__ import annotations
 
@@ -26,16 +29,6 @@ LIVE_PARAMS = GatewayParams(
     # Short enough to keep the suite quick, long enough for a loaded 2-core CI machine.
     cell=CellParams(offer_ttl_s=5.0, heartbeat_ttl_s=8.0, borrow_after_s=1.0),
 )
-
-
-@pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray for the whole test session."""
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace="hexdispatch-tests")
-    yield ray
-    ray.shutdown()
 
 
 def free_port() -> int:
@@ -78,15 +71,6 @@ def forget_cells_after_module(request):
 
     for handle in cell_handles(NAMESPACE).values():
         ray.kill(handle, no_restart=True)
-
-
-@pytest.fixture(scope="session")
-async def live(settings, ray_local, pool):
-    """The in-process live server (the ``pool`` fixture has migrated the session database)."""
-    server = LiveServer(settings.with_(use_ray=True, migrate_on_start=False, gateway=LIVE_PARAMS))
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture
