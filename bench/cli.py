@@ -14,6 +14,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "catalog": ("bench.catalog", "nearby search, menu and order placement on a metro-sized catalog"),
     "quality": ("bench.mdrp_quality", "offline dispatch quality on every o100t100 MDRP instance"),
     "speed": ("bench.matcher_speed", "matcher tick time, numba vs its plain-Python twin"),
+    "fuzz": ("bench.fuzz", "the HTTP API and both websockets under generated bad input, longer than make test"),
 }
 
 

@@ -15,7 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "token": ("server.tokens", "mint a JWT for the local secret"),
     "replay": ("bench.replay", "replay MDRP instances offline through the dispatch core"),
     "simulate": ("clients.simulate", "run a live simulated city against a running server"),
-    "bench": ("bench.cli", "benchmarks: peak, nearest, mdrp, catalog, quality, speed"),
+    "bench": ("bench.cli", "benchmarks: peak, nearest, mdrp, catalog, quality, speed, fuzz"),
 }
 
 

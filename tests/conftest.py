@@ -94,6 +94,28 @@ def pool(app):
     return app.state.pool
 
 
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole test session."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace="hexdispatch-tests")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def live(settings, ray_local, pool):
+    """The in-process live server (``tests/live/conftest.py``; the ``pool`` fixture has migrated the session
+    database)."""
+    from tests.live.conftest import LIVE_PARAMS, LiveServer
+
+    server = LiveServer(settings.with_(use_ray=True, migrate_on_start=False, gateway=LIVE_PARAMS))
+    await server.start()
+    yield server
+    await server.stop()
+
+
 def token(role: str, sub: str, ttl_s: int = 3600) -> str:
     return mint_token(TEST_SECRET, role, sub, now=int(time.time()), ttl_s=ttl_s)
 

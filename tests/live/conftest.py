@@ -1,4 +1,7 @@
-"""A real server on a free port (uvicorn in this event loop), real Ray, real websockets."""
+"""A real server on a free port (uvicorn in this event loop), real Ray, real websockets.
+
+The session's ``ray_local`` and ``live`` fixtures are in ``tests/conftest.py`` (``tests/fuzz`` uses them too).
+"""
 
 from __future__ import annotations
 
@@ -33,16 +36,6 @@ LIVE_PARAMS = GatewayParams(
 )
 #: How often a test's driver app sends its position while it must look alive to its cell.
 GPS_EVERY_S = 1.0
-
-
-@pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray for the whole test session."""
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace="hexdispatch-tests")
-    yield ray
-    ray.shutdown()
 
 
 def free_port() -> int:
@@ -85,15 +78,6 @@ def forget_cells_after_module(request):
 
     for handle in cell_handles(NAMESPACE).values():
         ray.kill(handle, no_restart=True)
-
-
-@pytest.fixture(scope="session")
-async def live(settings, ray_local, pool):
-    """The in-process live server (the ``pool`` fixture has migrated the session database)."""
-    server = LiveServer(settings.with_(use_ray=True, migrate_on_start=False, gateway=LIVE_PARAMS))
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture
