@@ -41,10 +41,12 @@ async def place_order(request: Request) -> JSONResponse:
     if len(key) > MAX_IDEMPOTENCY_KEY:
         raise ApiError(400, "idempotency_key_too_long", f"Idempotency-Key is limited to {MAX_IDEMPOTENCY_KEY} characters")
     order = await body(request, OrderIn)
+    gateway = request.app.state.gateway
+    if gateway is not None:
+        await gateway.admit_order(order.restaurant_id)  # refused outside the service area or past the cell cap
     row, created = await orders.place_order(
         request.app.state.pool, principal, key, request_fingerprint(order), order
     )
-    gateway = request.app.state.gateway
     if created and gateway is not None:
         gateway.order_placed(placed_order(row))
     return JSONResponse(order_view(row), status_code=201 if created else 200)

@@ -15,6 +15,7 @@ import pytest
 import uvicorn
 
 from dispatch.cell import CellParams
+from dispatch.movement import MovementParams
 from clients.http import wait_until_healthy
 from server.app import create_app
 from server.gateway import GatewayParams
@@ -25,6 +26,8 @@ LIVE_PARAMS = GatewayParams(
     gps_flush_s=0.05, poll_timeout_s=2.0, cell_tick_s=0.1,
     # Short enough to keep the suite quick, long enough for a loaded 2-core CI machine.
     cell=CellParams(offer_ttl_s=5.0, heartbeat_ttl_s=8.0, borrow_after_s=1.0),
+    # Tests move drivers by up to about 1 km at once (to the restaurant, to the drop-off): not jumps.
+    movement=MovementParams(slack_m=2000.0),
 )
 
 
@@ -93,6 +96,16 @@ async def live(settings, ray_local, pool):
 def spot():
     """A random place (lat, lng) of its own for a test, so cells do not mix tests."""
     return (random.uniform(-40, 40), random.uniform(-150, 150))
+
+
+@pytest.fixture
+async def served(live, spot):
+    """A restaurant at ``spot``: the service area (derived from the restaurants) then holds it."""
+    from clients.http import ApiClient
+
+    owner = ApiClient(live.url, token("restaurant", f"r-{random.getrandbits(40):x}"))
+    return await owner.create_restaurant(name="Served", address="1 Test St", latitude=spot[0], longitude=spot[1],
+                                         prep_minutes=1)
 
 
 def tokens(role: str, sub: str) -> str:
