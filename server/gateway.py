@@ -168,8 +168,8 @@ def cell_placement(resource: str, cluster_resources: dict) -> dict:
     return {}
 
 
-#: What a call to a cell raises when its actor is gone for good: retired, or killed without restart.
 def cell_gone_errors() -> tuple[type[BaseException], ...]:
+    """What a call to a cell raises when its actor is gone for good: retired, or killed without restart."""
     from ray.exceptions import ActorDiedError
 
     return CellRetired, ActorDiedError
@@ -285,7 +285,9 @@ class Gateway:
         outside the service area or would be a new cell past ``max_cells``: then the error frame saying why."""
         exists = cell_id in self.cells or cell_id in self.census
         inside = self.area.takes_orders_in(cell) if order else self.area.contains(cell)
-        code = cell_refusal(inside, exists, len(self.census | self.cells.keys()), self.params.max_cells)
+        # Counting the cells costs a set union: only for a cell that would be new.
+        cells = 0 if exists else len(self.census | self.cells.keys())
+        code = cell_refusal(inside, exists, cells, self.params.max_cells)
         if code == "outside_service_area":
             return error_frame(code, f"cell {cell_id} is outside the area this deployment serves")
         if code == "cell_capacity":
@@ -350,6 +352,9 @@ class Gateway:
         poller = self.pollers.pop(cell_id, None)
         if poller is not None and poller is not asyncio.current_task():
             poller.cancel()
+        for link in self.drivers.values():
+            if link.home_cell == cell_id:
+                link.home_cell = None  # held no online driver: its next fix homes it where it is
         if not self.fixes.get(cell_id, True):
             del self.fixes[cell_id]
 
