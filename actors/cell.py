@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from collections import defaultdict
@@ -39,9 +40,10 @@ from dispatch.cell import (
     SendToDriver,
     StoredOrder,
 )
-from dispatch.cells import cell_of, descendant_range
+from dispatch.cells import descendant_range, owner_cell
 from dispatch.geo import haversine_m
 from dispatch.lifecycle import Actor, DriverEvent, Event
+from dispatch.retirement import IdleWatch
 from server.gc_watch import freeze_survivors
 from server.store.errors import StoreError
 
@@ -70,6 +72,8 @@ REPAIR_SOON_S = 0.5
 #: What a driver is told when its reply could not be recorded (it changed nothing; it may try again).
 UNAVAILABLE = {"type": "error", "code": "unavailable",
                "message": "dispatch could not record this now; nothing changed, try again"}
+#: A retiring cell answers for this long (every call refused with CellRetired) before its process exits.
+RETIRE_GRACE_S = 0.5
 
 _ORDER_EVENTS = {"arrive": Event.ARRIVE, "pick_up": Event.PICK_UP, "deliver": Event.DELIVER, "unassign": Event.UNASSIGN}
 #: The courier status each order event leaves (how a retried write sees that an earlier attempt committed).
@@ -95,18 +99,20 @@ ORDERS_BY_ID_SQL = LIVE_ORDER_SELECT + " WHERE o.id = ANY($1::bigint[])"
 
 
 def cell_of_point(lat: float, lng: float, res: int = DEFAULT_CELL_RES) -> str:
-    """The cell (hex string) whose actor owns a point.
-
-    It is the resolution-``res`` ancestor of the point's fine cell (the one
-    the catalog stores), not the coarse cell containing the point: H3 children
-    do not nest exactly, and this way every restaurant a cell owns lies in the
-    cell's ``descendant_range``.
-    """
-    return h3.int_to_str(h3.cell_to_parent(cell_of(lat, lng), res))
+    """The cell (hex string) whose actor owns a point (see ``dispatch.cells.owner_cell``)."""
+    return h3.int_to_str(owner_cell(lat, lng, res))
 
 
 def actor_name(cell_id: str) -> str:
     return f"cell-{cell_id}"
+
+
+def cell_names(namespace: str = NAMESPACE) -> list[str]:
+    """The cell ids of every live cell actor (blocking: asks Ray's control store)."""
+    import ray
+
+    return [actor["name"][len("cell-"):] for actor in ray.util.list_named_actors(all_namespaces=True)
+            if actor["namespace"] == namespace and actor["name"].startswith("cell-")]
 
 
 def cell_handles(namespace: str = NAMESPACE) -> dict[str, object]:
@@ -114,13 +120,11 @@ def cell_handles(namespace: str = NAMESPACE) -> dict[str, object]:
     import ray
 
     handles = {}
-    for actor in ray.util.list_named_actors(all_namespaces=True):
-        name = actor["name"]
-        if actor["namespace"] == namespace and name.startswith("cell-"):
-            try:
-                handles[name[len("cell-"):]] = ray.get_actor(name, namespace=namespace)
-            except ValueError:
-                continue  # died since it was listed
+    for cell_id in cell_names(namespace):
+        try:
+            handles[cell_id] = ray.get_actor(actor_name(cell_id), namespace=namespace)
+        except ValueError:
+            continue  # died since it was listed
     return handles
 
 
@@ -151,8 +155,20 @@ NEW_ORDER_FIELDS = ("id", "restaurant_id", "restaurant_lat", "restaurant_lng", "
                     "placed_at", "ready_at")
 
 
+class CellRetired(Exception):
+    """Raised by every call to a cell that has retired (``dispatch.retirement``): it holds nothing any more and
+    exits. The caller opens the cell anew (a new actor, rebuilt from Postgres) and calls again."""
+
+
 class CellActor:
-    """A Ray actor (see :func:`cell_actor_class`) holding one cell's live state."""
+    """A Ray actor (see :func:`cell_actor_class`) holding one cell's live state.
+
+    An empty cell retires after ``CellParams.idle_retire_s`` of quiet: from the
+    tick that decides it, every call raises :class:`CellRetired`, and the actor
+    exits. The decision and the refusals run on the actor's one event loop, so
+    a call is either taken before it (and the cell is not empty: no retirement)
+    or refused after it (and its caller re-creates the cell): nothing is lost.
+    """
 
     def __init__(self, cell_id: str, dsn: str, params: CellParams | None = None, tick_s: float = 0.25,
                  sweep_s: float = 15.0):
@@ -180,6 +196,8 @@ class CellActor:
         self._touched: set[int] | None = None  # orders written or changed while a sweep reads Postgres
         self.next_sweep = time.time() + sweep_s
         self.repair_failures = 0
+        self.idle = IdleWatch(self.core.params.idle_retire_s, time.time())
+        self.retired = False
 
     # Lifecycle ---------------------------------------------------------------
 
@@ -187,6 +205,15 @@ class CellActor:
         """Open the database, rebuild from Postgres, start ticking (idempotent)."""
         await self._ensure_started()
         return {"cell": self.cell_id, **self.core.load()}
+
+    async def _open(self, arrival: bool = True) -> None:
+        """Start if need be; refuse the call (:class:`CellRetired`) once retired. ``arrival``: the call brings
+        something (a fix, an order, a driver's message), which restarts the idle period."""
+        await self._ensure_started()
+        if self.retired:
+            raise CellRetired(f"cell {self.cell_id} has retired; open it anew")
+        if arrival:
+            self.idle.arrived(time.time())
 
     async def _ensure_started(self) -> None:
         if self.started is not None:
@@ -230,6 +257,9 @@ class CellActor:
             await asyncio.sleep(self.tick_s)
             try:
                 await self._tick()
+                if self.idle.may_retire(self.core.is_empty() and not any(self.outbox.values()), time.time()):
+                    await self._retire()
+                    return
                 if time.time() - last_export >= METRICS_EXPORT_S:
                     last_export = time.time()
                     self.metrics.export(last_export, self.core.load())
@@ -256,6 +286,21 @@ class CellActor:
         self.repair_failures += 1
         return delay * random.uniform(0.5, 1.0)
 
+    async def _retire(self) -> None:
+        """Refuse every call from now on, answer the waiting polls, and exit for good."""
+        import ray
+
+        self.retired = True
+        log.info("cell %s retires after %.0f s empty", self.cell_id, self.core.params.idle_retire_s)
+        for wakeup in self.wakeups.values():
+            wakeup.set()
+        if self.freezer is not None:
+            self.freezer.cancel()
+        await self.pool.close()
+        await asyncio.sleep(RETIRE_GRACE_S)  # the woken polls answer CellRetired on their way out
+        # Not ``exit_actor``: an actor with max_restarts would be restarted after it.
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
     async def _tick(self) -> None:
         started = time.perf_counter()
         now = time.time()
@@ -273,11 +318,12 @@ class CellActor:
             if now - self.borrow_tried.get(order.id, 0.0) < params.borrow_after_s:
                 continue
             self.borrow_tried[order.id] = now
-            for neighbour in self._neighbours_nearest_first(order.restaurant_lat, order.restaurant_lng):
+            for cell_id, neighbour in self._neighbours_nearest_first(order.restaurant_lat, order.restaurant_lng):
                 try:
                     lent = await neighbour.lend_driver.remote(order.restaurant_lat, order.restaurant_lng,
                                                               params.borrow_radius_m, self.cell_id)
                 except Exception:
+                    self.neighbours.pop(cell_id, None)  # retired or gone: look it up afresh next time
                     continue
                 if lent is not None:
                     self.core.driver_seen(lent["id"], lent["lat"], lent["lng"], now, capacity=lent["capacity"])
@@ -291,8 +337,8 @@ class CellActor:
             del self.borrow_tried[order_id]
         return borrowed
 
-    def _neighbours_nearest_first(self, lat: float, lng: float) -> list:
-        """Handles of the live neighbouring cell actors, nearest (to the point) first."""
+    def _neighbours_nearest_first(self, lat: float, lng: float) -> list[tuple[str, object]]:
+        """(cell id, handle) of the live neighbouring cell actors, nearest (to the point) first."""
         import ray
 
         ring = sorted(h3.grid_ring(h3.str_to_int(self.cell_id), 1),
@@ -307,7 +353,7 @@ class CellActor:
                 except ValueError:
                     continue  # no actor there: no drivers there
                 self.neighbours[cell_id] = handle
-            handles.append(handle)
+            handles.append((cell_id, handle))
         return handles
 
     async def _sweep(self) -> None:
@@ -491,7 +537,7 @@ class CellActor:
         ``received_at`` (the front door's clock when the fix arrived, optional)
         measures the GPS lag exported as a metric.
         """
-        await self._ensure_started()
+        await self._open()
         now = time.time()
         lags = []
         for driver_id, lat, lng, heading, speed, capacity, *received in fixes:
@@ -507,7 +553,7 @@ class CellActor:
 
     async def poll(self, gateway_id: str, timeout_s: float = 5.0) -> list[tuple[str, dict]]:
         """Messages for drivers on ``gateway_id``; waits up to ``timeout_s`` for the first one."""
-        await self._ensure_started()
+        await self._open(arrival=False)
         self.last_poll[gateway_id] = time.time()
         wakeup = self.wakeups[gateway_id]
         if not self.outbox[gateway_id]:
@@ -516,6 +562,8 @@ class CellActor:
             except asyncio.TimeoutError:
                 pass
         wakeup.clear()
+        if self.retired:
+            raise CellRetired(f"cell {self.cell_id} has retired; open it anew")
         self.last_poll[gateway_id] = time.time()
         messages, self.outbox[gateway_id] = self.outbox[gateway_id], []
         return messages
@@ -526,7 +574,7 @@ class CellActor:
 
         ``fix`` is the driver's latest GPS fix not yet pushed, applied first.
         """
-        await self._ensure_started()
+        await self._open()
         if fix is not None:
             await self.push_gps(gateway_id, [fix])
         now = time.time()
@@ -552,23 +600,23 @@ class CellActor:
 
     async def add_order(self, order: dict) -> None:
         """A newly placed order (idempotent); matched at once so the offer goes out without waiting."""
-        await self._ensure_started()
+        await self._open()
         self._touch([order["id"]])
         self.core.add_order(LiveOrder(**order))
         await self._tick()
 
     async def cancel_order(self, order_id: int, reason: str) -> None:
-        await self._ensure_started()
+        await self._open()
         self._touch([order_id])
         await self._execute(self.core.withdraw_order(order_id, reason))
 
     async def revise_ready(self, order_id: int, ready_at: float) -> None:
-        await self._ensure_started()
+        await self._open()
         self.core.revise_ready(order_id, ready_at)
 
     async def remove_driver(self, driver_id: str) -> bool:
         """Hand a driver over to another cell; refused (False) while it has an offer or a job."""
-        await self._ensure_started()
+        await self._open()
         removed = self.core.remove_driver(driver_id) is not None
         log.debug("cell %s: hand-over of %s %s", self.cell_id, driver_id, "done" if removed else "refused")
         if removed:
@@ -582,7 +630,7 @@ class CellActor:
         The driver's front door hears of the move from this cell, which it
         already polls ("rehome"), and starts polling the borrower.
         """
-        await self._ensure_started()
+        await self._open(arrival=False)
         driver = self.core.nearest_idle(lat, lng, radius_m)
         if driver is None or self.core.remove_driver(driver.id) is None:
             return None
@@ -602,7 +650,7 @@ class CellActor:
         neighbouring cells needs their answers too: ask each and merge by
         (distance, id).
         """
-        await self._ensure_started()
+        await self._open(arrival=False)
         started, started_cpu = time.perf_counter(), time.thread_time()
         drivers = [{"id": hit.driver.id, "lat": hit.driver.lat, "lng": hit.driver.lng, "distance_m": hit.distance_m}
                    for hit in self.core.nearest_available(lat, lng, radius_m, k)]
@@ -613,7 +661,7 @@ class CellActor:
         """What an operator sees of this cell (also exported as metrics), and the node hosting it."""
         import ray
 
-        return {"cell": self.cell_id, "node_id": ray.get_runtime_context().get_node_id(),
+        return {"cell": self.cell_id, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
                 **self.core.load(), **self.metrics.summary(), **self.stats}
 
 

@@ -54,6 +54,7 @@ from dispatch.feasibility import check_solution
 from dispatch.matcher import MatchParams
 from dispatch.mdrp import Instance
 from dispatch.metrics import solution_metrics
+from dispatch.movement import MovementParams
 from dispatch.simulator import Solution, mdrp_match_params, replay
 
 REPO = Path(__file__).resolve().parents[1]
@@ -441,7 +442,9 @@ def main(argv: list[str]) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     tick_s = args.tick or 0.25
     env = {"HEXDISPATCH_CELL_PARAMS": json.dumps(live_cell_params(instance, args.speedup, args.gps_interval)),
-           "HEXDISPATCH_CELL_RES": str(args.cell_res)}
+           "HEXDISPATCH_CELL_RES": str(args.cell_res),
+           # Couriers drive ``speedup`` times faster than real ones: so does the fastest plausible driver.
+           "HEXDISPATCH_MAX_SPEED_MPS": str(MovementParams().max_speed_mps * args.speedup)}
     if args.tick:
         env["HEXDISPATCH_CELL_TICK_S"] = str(args.tick)
     jwt_secret = secrets.token_urlsafe(32)

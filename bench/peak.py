@@ -554,8 +554,26 @@ def flood_per_socket(args) -> float | None:
     return args.flood_rate / args.flood_sockets if args.flood_rate else None
 
 
+def flood_center(args) -> tuple[float, float]:
+    return args.lat + FLOOD_OFFSET_DEG, args.lng
+
+
+def open_flood_kitchen(args, system: System) -> None:
+    """A restaurant at the flood's centre: hexdispatch serves drivers only around restaurants (its service
+    area, ``dispatch.service_area``), and the flood runs in cells of its own."""
+    async def create() -> None:
+        owner = ApiClient(system.urls[0], minter(system.secret)("restaurant", f"flood-kitchen-{secrets.token_hex(3)}"))
+        try:
+            await owner.create_restaurant(name="Flood kitchen", address="bench", latitude=flood_center(args)[0],
+                                          longitude=flood_center(args)[1], prep_minutes=1)
+        finally:
+            await owner.aclose()
+
+    asyncio.run(create())
+
+
 def flood_jobs(args, urls: list[str], secret: str, tag: str, following: float) -> list[FloodJob]:
-    center = (args.lat + FLOOD_OFFSET_DEG, args.lng)
+    center = flood_center(args)
     run_id, prefix = secrets.token_hex(3), tag.replace(" ", "-")
     jobs = []
     for index, (first, size) in enumerate(split(args.flood_sockets, args.processes)):
@@ -667,6 +685,7 @@ def run_comparison(args, system: System) -> dict:
                                                args.flood_following)
     if "hexdispatch" in args.compare:
         wait_until_responsive(system)
+        open_flood_kitchen(args, system)
         jobs = flood_jobs(args, system.urls, system.secret, "flood", 0.0)
         results["hexdispatch"] = run_flood(args, "hexdispatch", jobs,
                                            sampler_for_system(system, None, sampling_interval(args.flood_seconds)))

@@ -88,7 +88,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             from server.gateway import Gateway
 
             stack.callback(_connect_ray(settings))
-            app.state.gateway = Gateway(dsn, app.state.pool, settings.gateway, create_broker(app.state.redis, redis_prefix))
+            app.state.gateway = Gateway(dsn, app.state.pool, settings.gateway, create_broker(app.state.redis, redis_prefix),
+                                        replica=app.state.catalog.replica)
             await app.state.gateway.start()
             stack.push_async_callback(app.state.gateway.stop)
             if settings.stats_file:

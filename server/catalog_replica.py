@@ -139,6 +139,9 @@ class CatalogReplica:
         #: True once loaded and while kept fresh; searches fall back to SQL otherwise.
         self.ready = False
         self.loaded_at: float | None = None
+        #: Called with ``(restaurant_ids, records)`` after each change (``apply``'s arguments), and with
+        #: ``(None, records)`` when ``load`` replaced everything: how others (the service area) follow the catalog.
+        self.listeners: list = []
         self._set_arrays(0)
 
     def _set_arrays(self, capacity: int) -> None:
@@ -191,6 +194,8 @@ class CatalogReplica:
                      "_free", "_order", "_sorted_keys"):
             setattr(self, name, getattr(fresh, name))
         self.loaded_at = time.monotonic()
+        for listener in self.listeners:
+            listener(None, records)
         log.info("catalog replica: %d restaurants loaded in %.2f s", len(records), time.perf_counter() - started)
         return True
 
@@ -207,6 +212,19 @@ class CatalogReplica:
                 structural = True
         if structural:
             self._reindex()
+        for listener in self.listeners:
+            listener(restaurant_ids, records)
+
+    def positions(self) -> list[tuple[int, float, float, float]]:
+        """``(id, lat, lng, delivery_radius_m)`` of every restaurant held."""
+        slots = list(self._slot_of.values())
+        return list(zip(self._ids[slots].tolist(), self._lat[slots].tolist(), self._lng[slots].tolist(),
+                        self._radius[slots].tolist()))
+
+    def position(self, restaurant_id: int) -> tuple[float, float] | None:
+        """A restaurant's (lat, lng), if held."""
+        slot = self._slot_of.get(restaurant_id)
+        return None if slot is None else (float(self._lat[slot]), float(self._lng[slot]))
 
     def _write(self, records) -> bool:
         """Store ``records`` in their slots (new ones in free slots); True if the index must be rebuilt."""

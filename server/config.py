@@ -86,14 +86,17 @@ def _default_gateway_params():
     return GatewayParams()
 
 
-GATEWAY_ENV = ("HEXDISPATCH_CELL_RES", "HEXDISPATCH_CELL_TICK_S", "HEXDISPATCH_CELL_PARAMS")
+GATEWAY_ENV = ("HEXDISPATCH_CELL_RES", "HEXDISPATCH_CELL_TICK_S", "HEXDISPATCH_CELL_PARAMS",
+               "HEXDISPATCH_SERVICE_AREA", "HEXDISPATCH_MAX_CELLS", "HEXDISPATCH_MAX_SPEED_MPS")
 
 
 def gateway_params_from_env(env: Mapping[str, str]):
     """``GatewayParams`` from ``HEXDISPATCH_CELL_RES`` (H3 resolution of the cells),
     ``HEXDISPATCH_CELL_TICK_S`` (seconds between matching ticks) and ``HEXDISPATCH_CELL_PARAMS``:
     a JSON object merged into the default ``CellParams``, its ``"match"`` object into
-    ``MatchParams``, e.g. ``{"speed_kmh": 40, "match": {"commit_window": 1.5}}``.
+    ``MatchParams``, e.g. ``{"speed_kmh": 40, "match": {"commit_window": 1.5}}``;
+    ``HEXDISPATCH_SERVICE_AREA`` (see :func:`service_area_from_env`), ``HEXDISPATCH_MAX_CELLS`` (most cell
+    actors) and ``HEXDISPATCH_MAX_SPEED_MPS`` (fastest plausible driver, metres per second).
     Unknown keys and values of the wrong type raise ``ValueError``."""
     import json
 
@@ -113,7 +116,41 @@ def gateway_params_from_env(env: Mapping[str, str]):
         except json.JSONDecodeError as exc:
             raise ValueError(f"HEXDISPATCH_CELL_PARAMS: not JSON: {exc}") from None
         changes["cell"] = _merged(CellParams(), overrides, "HEXDISPATCH_CELL_PARAMS")
+    if env.get("HEXDISPATCH_SERVICE_AREA"):
+        changes["service_area"] = service_area_from_env(env["HEXDISPATCH_SERVICE_AREA"])
+    if env.get("HEXDISPATCH_MAX_CELLS"):
+        changes["max_cells"] = _number(env, "HEXDISPATCH_MAX_CELLS", int, "a number of cells", 1, 1_000_000)
+    if env.get("HEXDISPATCH_MAX_SPEED_MPS"):
+        speed = _number(env, "HEXDISPATCH_MAX_SPEED_MPS", float, "metres per second", 1, 1e9)
+        changes["movement"] = replace(GatewayParams().movement, max_speed_mps=speed)
     return GatewayParams(**changes)
+
+
+def _number(env: Mapping[str, str], name: str, kind: type, what: str, low: float, high: float):
+    try:
+        value = kind(env[name])
+    except ValueError:
+        raise ValueError(f"{name}: expected {what}, got {env[name]!r}") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name}: expected {what} between {low:g} and {high:g}")
+    return value
+
+
+def service_area_from_env(value: str):
+    """The ``dispatch.service_area.Region`` of ``HEXDISPATCH_SERVICE_AREA``: H3 cell indexes separated by commas
+    or spaces, ``*`` for everywhere, or the path of a file holding such a list (``#`` comments)."""
+    from dispatch.service_area import Region
+
+    try:
+        return Region.parse(value)
+    except ValueError as not_cells:
+        path = Path(value.strip())
+        if not path.is_file():
+            raise ValueError(f"HEXDISPATCH_SERVICE_AREA: neither a list of H3 cells ({not_cells}) nor a file") from None
+    try:
+        return Region.parse(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"HEXDISPATCH_SERVICE_AREA: {path}: {exc}") from None
 
 
 def _merged(defaults, overrides, where: str):

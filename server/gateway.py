@@ -19,7 +19,13 @@ One :class:`Gateway` per front-door process. It
   in memory for one process, Redis for several), which brings it to the
   front doors whose customers follow that order;
 * announces each driver's new socket on the broker, so its older socket on
-  any front door is closed: a driver has one live session in the whole fleet.
+  any front door is closed: a driver has one live session in the whole fleet;
+* opens cells only where the deployment serves and within its cap: a fix that
+  jumps further than any vehicle goes, or lands outside the service area, or
+  would open a cell past ``max_cells``, is refused and changes nothing; an order
+  is admitted (or refused) before it is placed. Idle cells retire themselves
+  (``actors.cell.CellRetired``); the directory forgets them, and the next fix
+  or order opens them anew.
 
 Sockets are represented by :class:`Outbox` objects; a slow consumer loses
 positions, never status events, and never slows anyone else. An outbox is
@@ -42,12 +48,19 @@ from typing import Callable
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
+import h3.api.basic_int as h3
+
 from actors.cell import (
-    DEFAULT_CELL_RES, LIVE_ORDER_SQL, NAMESPACE, NEW_ORDER_FIELDS, UNAVAILABLE, actor_name, cell_actor_class,
-    cell_of_point,
+    DEFAULT_CELL_RES, LIVE_ORDER_SQL, NAMESPACE, NEW_ORDER_FIELDS, UNAVAILABLE, CellRetired, actor_name,
+    cell_actor_class, cell_names, cell_of_point,
 )
 from dispatch.cell import CellParams, LiveOrder
+from dispatch.cells import owner_cell
+from dispatch.movement import Fix, MovementParams, implausible_jump
+from dispatch.service_area import Region, ServiceArea, cell_refusal
 from server.broker import LocalBroker, RedisBroker
+from server.errors import ApiError
+from server.protocol import error_frame
 from server.listener import ResilientListener
 
 log = logging.getLogger("hexdispatch.gateway")
@@ -87,6 +100,20 @@ class GatewayParams:
     cell: CellParams = field(default_factory=CellParams)
     cell_resource: str = "cell_host"
     """Custom Ray resource of the nodes that may host cells (``ray_cluster.yaml``); used when the cluster has it."""
+    max_cells: int = 80
+    """Most cell actors the deployment runs. Each is a process of about 180 MB: 80 take about 14 GiB, which
+    leaves a 24 GiB machine room for the front doors, Postgres and Ray. Past it, new cells are refused
+    (``cell_capacity``)."""
+    service_area: Region | None = None
+    """The cells the deployment serves; None: derived from the restaurants (``dispatch.service_area``)."""
+    service_margin_m: float = 3000.0
+    """How far beyond a restaurant's delivery radius the derived service area reaches (drivers approach)."""
+    movement: MovementParams = field(default_factory=MovementParams)
+    """The fastest plausible move between two fixes of a driver (``dispatch.movement``)."""
+    census_s: float = 5.0
+    """How often the deployment's cell actors are counted (Ray's named actors) for ``max_cells``."""
+    reopen_timeout_s: float = 30.0
+    """How long a call keeps re-opening a cell that retired under it before giving up."""
 
 
 class Outbox:
@@ -215,6 +242,8 @@ class DriverLink:
     orders: set[int] = field(default_factory=set)
     position_sent_at: dict[int, float] = field(default_factory=dict)
     attached_at: float = field(default_factory=time.time)
+    last_fix: Fix | None = None
+    """The last fix taken (not refused): where the next one is judged from."""
 
 
 @dataclass(eq=False)
@@ -237,9 +266,16 @@ def cell_placement(resource: str, cluster_resources: dict) -> dict:
     return {}
 
 
+def cell_gone_errors() -> tuple[type[BaseException], ...]:
+    """What a call to a cell raises when its actor is gone for good: retired, or killed without restart."""
+    from ray.exceptions import ActorDiedError
+
+    return CellRetired, ActorDiedError
+
+
 class Gateway:
     def __init__(self, dsn: str, pool, params: GatewayParams | None = None,
-                 broker: LocalBroker | RedisBroker | None = None):
+                 broker: LocalBroker | RedisBroker | None = None, replica=None):
         self.id = f"gw-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.dsn = dsn
         self.pool = pool
@@ -258,8 +294,16 @@ class Gateway:
         self.outboxes: weakref.WeakSet[Outbox] = weakref.WeakSet()  # every open socket's, for the age check
         self.stats = {"gps_in": 0, "gps_fast": 0, "gps_batches": 0, "status_out": 0, "positions_out": 0,
                       "gps_to_cell_ms": 0.0,  # the oldest fix of the last batch, received until the cell took it
+                      "refused_implausible_jump": 0, "refused_outside_service_area": 0, "refused_cell_capacity": 0,
+                      "cells_opened": 0, "cells_retired": 0,
                       "closed_behind": 0}  # sockets closed with 1013 for falling behind
+        #: The catalog replica (``server.catalog_replica``) the service area follows; None: no restaurants known.
+        self.replica = replica
+        self.area = ServiceArea(self.params.cell_res, self.params.service_margin_m, self.params.service_area)
+        #: Cells with an actor anywhere in the deployment, as last counted (see ``_census_loop``).
+        self.census: set[str] = set()
         self._flusher: asyncio.Task | None = None
+        self._census: asyncio.Task | None = None
         self._outbox_checker: asyncio.Task | None = None
         self._actor_class = cell_actor_class()
         self._placement: tuple[float, dict] = (-1e9, {})
@@ -272,11 +316,18 @@ class Gateway:
             log.warning("status events: not listening yet; followers catch up from order_events once it is")
         self.broker.subscribe("sessions", self._on_session)
         await self.broker.start()
-        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
-        self._outbox_checker = asyncio.get_running_loop().create_task(self._check_outboxes())
+        if self.replica is not None and self.params.service_area is None:
+            self.replica.listeners.append(self._restaurants_changed)
+            if self.replica.loaded_at is not None:
+                self.area.replace(self.replica.positions())
+        await self._count_cells()
+        loop = asyncio.get_running_loop()
+        self._flusher = loop.create_task(self._flush_loop())
+        self._census = loop.create_task(self._census_loop())
+        self._outbox_checker = loop.create_task(self._check_outboxes())
 
     async def stop(self) -> None:
-        for task in [self._flusher, self._outbox_checker, *self.pollers.values(), *self.tasks]:
+        for task in [self._flusher, self._census, self._outbox_checker, *self.pollers.values(), *self.tasks]:
             if task is not None:
                 task.cancel()
         await self.broker.stop()
@@ -286,7 +337,11 @@ class Gateway:
         """This front door's counters (the admin API's view of the process)."""
         return {"gateway": self.id, "pid": os.getpid(), **self.stats, "drivers_connected": len(self.drivers),
                 "customers_connected": len({c for followers in self.customers.values() for c in followers}),
-                "cells_polled": len(self.pollers), "broker": type(self.broker).__name__,
+                "cells_polled": len(self.pollers), "cells_open": len(self.cells),
+                "cells_in_deployment": len(self.census | self.cells.keys()), "max_cells": self.params.max_cells,
+                "service_area": "configured" if self.params.service_area is not None else
+                f"{len(self.area)} cells around the restaurants",
+                "broker": type(self.broker).__name__,
                 **({"broker_stats": self.broker.stats} if hasattr(self.broker, "stats") else {})}
 
     # Sockets' outboxes -------------------------------------------------------------------
@@ -320,7 +375,12 @@ class Gateway:
     # Cells ---------------------------------------------------------------------------
 
     def cell(self, cell_id: str):
-        """The actor of ``cell_id``, created on first use (shared by every front door)."""
+        """The actor of ``cell_id``, created on first use (shared by every front door).
+
+        Admission (service area, cap) is decided where fixes and orders come in
+        (:meth:`admit_cell`); this opens the cells they were admitted to, or
+        that hold what was already admitted.
+        """
         handle = self.cells.get(cell_id)
         if handle is None:
             handle = self._actor_class.options(
@@ -328,6 +388,7 @@ class Gateway:
                 **self._cell_placement(),
             ).remote(cell_id, self.dsn, self.params.cell, self.params.cell_tick_s)
             self.cells[cell_id] = handle
+            self.stats["cells_opened"] += 1
             self._spawn(self._ready(cell_id, handle))
         if cell_id not in self.pollers:
             self.pollers[cell_id] = asyncio.get_running_loop().create_task(self._poll_loop(cell_id))
@@ -343,6 +404,84 @@ class Gateway:
             self._placement = (time.monotonic(), placement)
         return placement
 
+    def admit_cell(self, cell_id: str, cell: int, order: bool = False) -> dict | None:
+        """Open ``cell_id`` (``cell`` as an integer) for a driver's fix, or for an order (``order``), unless it is
+        outside the service area or would be a new cell past ``max_cells``: then the error frame saying why."""
+        exists = cell_id in self.cells or cell_id in self.census
+        inside = self.area.takes_orders_in(cell) if order else self.area.contains(cell)
+        # Counting the cells costs a set union: only for a cell that would be new.
+        cells = 0 if exists else len(self.census | self.cells.keys())
+        code = cell_refusal(inside, exists, cells, self.params.max_cells)
+        if code == "outside_service_area":
+            return error_frame(code, f"cell {cell_id} is outside the area this deployment serves")
+        if code == "cell_capacity":
+            log.warning("cell %s refused: the deployment runs its maximum of %d cells", cell_id, self.params.max_cells)
+            return error_frame(code, f"the deployment runs its maximum of {self.params.max_cells} cells;"
+                                     f" cell {cell_id} cannot be opened now, retry later")
+        self.cell(cell_id)
+        return None
+
+    def count_refusal(self, code: str) -> None:
+        """A fix or order was refused with ``code`` (admin stats: ``refused_<code>``)."""
+        key = f"refused_{code}"
+        self.stats[key] = self.stats.get(key, 0) + 1
+
+    def _restaurants_changed(self, restaurant_ids, records) -> None:
+        """The catalog replica changed: the service area follows (``None``: it was reloaded whole)."""
+        rows = [(r["id"], r["latitude"], r["longitude"], r["delivery_radius_m"]) for r in records]
+        if restaurant_ids is None:
+            self.area.replace(rows)
+            return
+        for row in rows:
+            self.area.put(*row)
+        present = {row[0] for row in rows}
+        for restaurant_id in restaurant_ids:
+            if restaurant_id not in present:
+                self.area.remove(restaurant_id)
+
+    async def _census_loop(self) -> None:
+        """Count the deployment's cells (every front door's) for the cap, every ``census_s``."""
+        while True:
+            await asyncio.sleep(self.params.census_s)
+            await self._count_cells()
+
+    async def _count_cells(self) -> None:
+        try:
+            self.census = set(await asyncio.to_thread(cell_names))
+        except Exception:
+            log.warning("counting the cells failed; the cap counts what this front door knows", exc_info=True)
+
+    async def call_cell(self, cell_id: str, method: str, *args):
+        """``method(*args)`` on the cell's actor. If the actor retired (or died for good) under the call, the cell
+        is opened anew (a new actor, rebuilt from Postgres) and called again, for up to ``reopen_timeout_s``."""
+        deadline = time.monotonic() + self.params.reopen_timeout_s
+        while True:
+            handle = self.cell(cell_id)
+            try:
+                return await getattr(handle, method).remote(*args)
+            except cell_gone_errors():
+                self._forget(cell_id, handle)
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)  # a retiring actor keeps its name until it has exited
+
+    def _forget(self, cell_id: str, handle) -> None:
+        """The cell's actor retired or died for good: out of the directory; its next use opens it anew."""
+        if self.cells.get(cell_id) is not handle:
+            return
+        log.info("cell %s is gone (retired); it opens anew when next needed", cell_id)
+        del self.cells[cell_id]
+        self.census.discard(cell_id)
+        self.stats["cells_retired"] += 1
+        poller = self.pollers.pop(cell_id, None)
+        if poller is not None and poller is not asyncio.current_task():
+            poller.cancel()
+        for link in self.drivers.values():
+            if link.home_cell == cell_id:
+                link.home_cell = None  # held no online driver: its next fix homes it where it is
+        if not self.fixes.get(cell_id, True):
+            del self.fixes[cell_id]
+
     async def _ready(self, cell_id: str, handle) -> None:
         try:
             await handle.ready.remote()
@@ -350,19 +489,20 @@ class Gateway:
             log.exception("cell %s failed to start", cell_id)
 
     async def _poll_loop(self, cell_id: str) -> None:
-        from ray.exceptions import ActorDiedError
-
         while True:
+            handle = self.cells.get(cell_id)
+            if handle is None:
+                if self.pollers.get(cell_id) is asyncio.current_task():
+                    del self.pollers[cell_id]
+                return
             try:
-                messages = await self.cells[cell_id].poll.remote(self.id, self.params.poll_timeout_s)
+                messages = await handle.poll.remote(self.id, self.params.poll_timeout_s)
             except asyncio.CancelledError:
                 raise
-            except ActorDiedError:
-                # Killed for good (cells restart on failure): forget it; the next use creates it anew.
-                log.warning("cell %s is gone; it will be re-created when next needed", cell_id)
-                self.cells.pop(cell_id, None)
-                self.pollers.pop(cell_id, None)
-                return
+            except cell_gone_errors():
+                # Retired, or killed for good (cells restart on failure): the next use opens it anew.
+                self._forget(cell_id, handle)
+                continue
             except Exception:
                 log.warning("poll of cell %s failed; retrying", cell_id, exc_info=True)
                 await asyncio.sleep(0.5)
@@ -409,9 +549,24 @@ class Gateway:
     # GPS in, positions out ---------------------------------------------------------
 
     def gps(self, link: DriverLink, lat: float, lng: float, heading, speed, now: float,
-            fix_t: int | None = None) -> None:
-        """Buffer one fix for its cell; publish it to the customers following this driver's orders."""
-        here = cell_of_point(lat, lng, self.params.cell_res)
+            fix_t: int | None = None) -> dict | None:
+        """Buffer one fix for its cell; publish it to the customers following this driver's orders.
+
+        Returns the error frame of a refused fix, which changes nothing: a jump
+        further than any vehicle goes (``dispatch.movement``), a cell outside the
+        service area, or a new cell past ``max_cells``. The caller answers it.
+        """
+        fix = Fix(lat, lng, now)
+        jump = implausible_jump(link.last_fix, fix, self.params.movement)
+        if jump is not None:
+            return error_frame("implausible_jump", f"this fix is {jump.distance_m:,.0f} m from the last one, taken"
+                               f" {jump.elapsed_s:.1f} s earlier (at most {jump.allowed_m:,.0f} m is plausible)")
+        cell = owner_cell(lat, lng, self.params.cell_res)
+        here = h3.int_to_str(cell)
+        refusal = self.admit_cell(here, cell)
+        if refusal is not None:
+            return refusal
+        link.last_fix = fix
         if link.home_cell is None:
             link.home_cell = here
         elif here != link.home_cell and now - link.last_handover_try >= self.params.handover_retry_s:
@@ -427,11 +582,16 @@ class Gateway:
                 "type": "driver_position", "order_id": order_id, "driver_id": link.driver_id,
                 "lat": lat, "lng": lng, "heading": heading, "t": now, "fix_t": fix_t,
             })
+        return None
 
     async def _handover(self, link: DriverLink, new_cell: str) -> None:
         old = link.home_cell
+        handle = self.cell(old)
         try:
-            moved = await self.cell(old).remove_driver.remote(link.driver_id)
+            moved = await handle.remove_driver.remote(link.driver_id)
+        except cell_gone_errors():
+            self._forget(old, handle)
+            moved = True  # a cell that retired held no driver
         except Exception:
             log.warning("handover of %s from %s failed", link.driver_id, old, exc_info=True)
             return
@@ -456,6 +616,8 @@ class Gateway:
         """
         while True:
             await asyncio.sleep(self.params.gps_flush_s)
+            for cell in [c for c, fixes in self.fixes.items() if not fixes and c not in self.cells]:
+                del self.fixes[cell]  # a cell that retired
             for cell, fixes in self.fixes.items():
                 if fixes and cell not in self.gps_in_flight:
                     self.fixes[cell] = {}
@@ -465,7 +627,7 @@ class Gateway:
     async def _push_gps(self, cell: str, fixes: list[tuple]) -> None:
         self.stats["gps_batches"] += 1
         try:
-            await self.cell(cell).push_gps.remote(self.id, fixes)
+            await self.call_cell(cell, "push_gps", self.id, fixes)
         except Exception as exc:
             log.warning("GPS batch to cell %s failed: %s", cell, exc)
         else:
@@ -482,7 +644,7 @@ class Gateway:
         previous = self.drivers.get(driver_id)
         if previous is not None:
             previous.outbox.close()  # the newest connection wins
-            link.home_cell, link.orders = previous.home_cell, previous.orders
+            link.home_cell, link.orders, link.last_fix = previous.home_cell, previous.orders, previous.last_fix
         self.drivers[driver_id] = link
         self.broker.publish("sessions", {"driver_id": driver_id, "gateway": self.id, "at": link.attached_at})
         async with self.pool.acquire() as conn:
@@ -525,7 +687,8 @@ class Gateway:
         # A fix still waiting for the next flush goes first, so the cell knows the driver.
         fix = self.fixes[link.home_cell].pop(link.driver_id, None)
         try:
-            replies = await self.cell(link.home_cell).driver_message.remote(self.id, link.driver_id, kind, fields, fix)
+            replies = await self.call_cell(link.home_cell, "driver_message", self.id, link.driver_id, kind,
+                                           fields, fix)
         except Exception:  # a cell restarting or failing: the driver may retry, its socket stays open
             log.warning("driver %s %s: cell %s failed", link.driver_id, kind, link.home_cell, exc_info=True)
             return [UNAVAILABLE]
@@ -537,14 +700,31 @@ class Gateway:
 
     # Orders from the HTTP API ---------------------------------------------------------
 
+    async def admit_order(self, restaurant_id: int) -> None:
+        """Open the cell of an order about to be placed, or refuse the order (``ApiError``): its restaurant's cell
+        is outside the service area (422), or would be a new cell past ``max_cells`` (503). Placed orders then
+        always have a live cell. An unknown restaurant passes (placing the order answers 404)."""
+        position = self.replica.position(restaurant_id) if self.replica is not None else None
+        if position is None:
+            row = await self.pool.fetchrow("SELECT latitude, longitude FROM restaurants WHERE id = $1", restaurant_id)
+            if row is None:
+                return
+            position = (row["latitude"], row["longitude"])
+        cell = owner_cell(*position, self.params.cell_res)
+        refusal = self.admit_cell(h3.int_to_str(cell), cell, order=True)
+        if refusal is not None:
+            self.count_refusal(refusal["code"])
+            raise ApiError(422 if refusal["code"] == "outside_service_area" else 503, refusal["code"],
+                           refusal["message"])
+
     def order_placed(self, order: LiveOrder) -> None:
         """A new order (committed): to its cell at once, without reading it back from Postgres."""
         self._spawn(self._add_order(order))
 
     async def _add_order(self, order: LiveOrder) -> None:
         try:
-            handle = self.cell(cell_of_point(order.restaurant_lat, order.restaurant_lng, self.params.cell_res))
-            await handle.add_order.remote({name: getattr(order, name) for name in NEW_ORDER_FIELDS})
+            await self.call_cell(cell_of_point(order.restaurant_lat, order.restaurant_lng, self.params.cell_res),
+                                 "add_order", {name: getattr(order, name) for name in NEW_ORDER_FIELDS})
         except Exception:
             # The cell's periodic sweep of Postgres will still pick the order up.
             log.warning("telling the cell about new order %s failed", order.id, exc_info=True)
@@ -555,11 +735,11 @@ class Gateway:
             row = await self.pool.fetchrow(LIVE_ORDER_SQL, order_id)
             if row is None:
                 return
-            handle = self.cell(cell_of_point(row["restaurant_lat"], row["restaurant_lng"], self.params.cell_res))
+            cell_id = cell_of_point(row["restaurant_lat"], row["restaurant_lng"], self.params.cell_res)
             if change == "ready":
-                await handle.revise_ready.remote(order_id, float(row["ready_at"]))
+                await self.call_cell(cell_id, "revise_ready", order_id, float(row["ready_at"]))
             elif change == "cancelled":
-                await handle.cancel_order.remote(order_id, "cancelled")
+                await self.call_cell(cell_id, "cancel_order", order_id, "cancelled")
         except Exception:
             # The cell's periodic sweep of Postgres will still pick the change up.
             log.warning("telling the cell about order %s (%s) failed", order_id, change, exc_info=True)

@@ -224,6 +224,10 @@ class TokenBucket:
             return True
         return False
 
+    def give_back(self, cost: float = 1.0) -> None:
+        """Return what :meth:`allow` took for a message that will be judged (and charged) again."""
+        self.tokens = min(self.burst, self.tokens + cost)
+
 
 @dataclass
 class AbuseMeter:

@@ -199,12 +199,15 @@ async def customer_socket(websocket: WebSocket) -> None:
 
 def gps_taker(gateway, link, bucket: p.TokenBucket):
     """The GPS fast path (``server.frame_sink``): a plainly valid fix within the socket's rate limit goes
-    straight to the gateway; anything else is left to :meth:`Connection.next_message` (False)."""
+    straight to the gateway; anything else is left to :meth:`Connection.next_message` (False), and so is a fix
+    the gateway refuses, which the full path then judges again and answers."""
     def take(frame: bytes) -> bool:
         fix = p.plain_gps(frame)
         if fix is None or not bucket.allow(time.monotonic()):
             return False
-        gateway.gps(link, *fix[:4], time.time(), fix[4])
+        if gateway.gps(link, *fix[:4], time.time(), fix[4]) is not None:
+            bucket.give_back()  # the full path charges it
+            return False
         gateway.stats["gps_fast"] += 1
         return True
     return take
@@ -220,7 +223,12 @@ async def _driver_session(websocket, gateway, principal: Principal, conn: Connec
     try:
         while (message := await conn.next_message(p.DRIVER_MESSAGES)) is not None:
             if isinstance(message, p.Gps):
-                gateway.gps(link, message.lat, message.lng, message.heading, message.speed, time.time(), message.t)
+                refusal = gateway.gps(link, message.lat, message.lng, message.heading, message.speed, time.time(),
+                                      message.t)
+                if refusal is not None:
+                    gateway.count_refusal(refusal["code"])
+                    if conn.error(refusal["code"], refusal["message"]):
+                        return await conn.close_for_abuse()
             elif isinstance(message, p.Ping):
                 conn.outbox.send({"type": "pong"})
             elif isinstance(message, p.GoOnline):

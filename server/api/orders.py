@@ -39,10 +39,12 @@ async def place_order(request: Request) -> JSONResponse:
     if "\x00" in key:
         raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key may not contain the character U+0000")
     order = await body(request, OrderIn)
+    gateway = request.app.state.gateway
+    if gateway is not None:
+        await gateway.admit_order(order.restaurant_id)  # refused outside the service area or past the cell cap
     row, created = await orders.place_order(
         request.app.state.pool, principal, key, request_fingerprint(order), order
     )
-    gateway = request.app.state.gateway
     if created and gateway is not None:
         gateway.order_placed(placed_order(row))
     return JSONResponse(order_view(row), status_code=201 if created else 200)

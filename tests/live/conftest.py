@@ -19,6 +19,7 @@ import pytest
 import uvicorn
 
 from dispatch.cell import CellParams
+from dispatch.movement import MovementParams
 from clients.http import wait_until_healthy
 from server.app import create_app
 from server.gateway import GatewayParams
@@ -33,6 +34,8 @@ LIVE_PARAMS = GatewayParams(
     # stream their position (``streaming_gps``); the silent-driver test waits out the heartbeat TTL once,
     # so it is as short as a starved streaming driver allows.
     cell=CellParams(offer_ttl_s=30.0, heartbeat_ttl_s=20.0, borrow_after_s=1.0),
+    # Tests move drivers by up to about 1 km at once (to the restaurant, to the drop-off): not jumps.
+    movement=MovementParams(slack_m=2000.0),
 )
 #: How often a test's driver app sends its position while it must look alive to its cell.
 GPS_EVERY_S = 1.0
@@ -103,6 +106,16 @@ async def streaming_gps(driver, where):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+
+
+@pytest.fixture
+async def served(live, spot):
+    """A restaurant at ``spot``: the service area (derived from the restaurants) then holds it."""
+    from clients.http import ApiClient
+
+    owner = ApiClient(live.url, token("restaurant", f"r-{random.getrandbits(40):x}"))
+    return await owner.create_restaurant(name="Served", address="1 Test St", latitude=spot[0], longitude=spot[1],
+                                         prep_minutes=1)
 
 
 def tokens(role: str, sub: str) -> str:

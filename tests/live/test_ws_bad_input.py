@@ -29,7 +29,7 @@ async def recv(socket) -> dict:
     return msgpack.unpackb(frame) if isinstance(frame, bytes) else __import__("json").loads(frame)
 
 
-async def test_malformed_frames_get_error_frames(live, spot):
+async def test_malformed_frames_get_error_frames(live, spot, served):
     url = ws_url(live.url, "/v1/ws/driver", token("driver", f"d-{uuid.uuid4().hex[:8]}"))
     async with connect(url) as socket:
         assert (await recv(socket))["type"] == "welcome"
@@ -61,7 +61,7 @@ async def test_malformed_frames_get_error_frames(live, spot):
     assert await healthy(live)
 
 
-async def test_plain_gps_takes_the_fast_path_and_the_rest_the_full_one(live, spot):
+async def test_plain_gps_takes_the_fast_path_and_the_rest_the_full_one(live, spot, served):
     """Fixes are taken as uvicorn parses them (``server.frame_sink``), except those the full validator must
     judge; both paths reach the gateway, and a bad fix still gets its error frame (a float ``t`` too: strict)."""
     stats = live.app.state.gateway.stats
@@ -132,7 +132,7 @@ async def test_repeated_abuse_is_closed_with_1008(live):
     assert await healthy(live)
 
 
-async def test_gps_flood_is_rate_limited(live, spot):
+async def test_gps_flood_is_rate_limited(live, spot, served):
     url = ws_url(live.url, "/v1/ws/driver", token("driver", f"d-{uuid.uuid4().hex[:8]}"))
     async with connect(url) as socket:
         await recv(socket)
