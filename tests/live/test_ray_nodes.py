@@ -9,63 +9,18 @@ acknowledged order must still be delivered exactly once.
 """
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
 from actors.cell import cell_of_point
+from bench.chaos_env import RAY_ENV, RayNode
 from clients.driver import DriverClient
 from clients.http import ApiClient
 from tests.conftest import token
 from tests.live.conftest import ServerProcess, free_port
 from tests.live.test_end_to_end import run_driver, setup_restaurant
-
-RAY = Path(sys.executable).with_name("ray")
-# Ray enables token authentication on a head started by `ray start`; every other member must say so too.
-RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
-
-
-class RayNode:
-    """One ``ray start --block`` in its own process group (so it can be lost as a whole)."""
-
-    def __init__(self, log: Path, *args: str):
-        self.log = log
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [str(RAY), "start", "--block", "--num-cpus=1", '--resources={"cell_host": 1}', *args],
-                env={**os.environ, **RAY_ENV}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-
-    def lose(self) -> None:
-        """The machine is gone: every process of the node (its workers included) dies at once."""
-        root = psutil.Process(self.process.pid)
-        doomed = [root, *root.children(recursive=True)]  # workers start sessions of their own
-        with_suppressed_lookup(lambda: os.killpg(self.process.pid, signal.SIGKILL))
-        for process in doomed:
-            with_suppressed_lookup(process.kill)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.lose()
-
-
-def with_suppressed_lookup(action) -> None:
-    try:
-        action()
-    except (ProcessLookupError, psutil.NoSuchProcess):
-        pass
 
 
 @pytest.fixture(scope="module")
