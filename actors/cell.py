@@ -8,18 +8,25 @@ messages for drivers to the front-door process (gateway) holding each
 driver's socket, which collects them by long-polling :meth:`CellActor.poll`.
 
 On (re)start it rebuilds its pending and active orders from Postgres; drivers
-re-appear with their next GPS fix. A periodic sweep re-reads the cell's
-unassigned orders, so an order whose notification was lost is still dispatched.
+re-appear with their next GPS fix. No failure to write to Postgres is fatal:
+a decision that could not be recorded is rolled back (the driver is told,
+with a retryable ``unavailable`` error when it was the one asking), and a
+periodic sweep, brought forward after any failed write, makes memory agree
+with Postgres both ways (``CellCore.reconcile``), so an order whose
+notification was lost is still dispatched and none stays half-assigned.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import random
 import time
 from collections import defaultdict
 
 import h3.api.basic_int as h3
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from actors.metrics import CellMetrics
 from dispatch.cell import (
@@ -31,11 +38,13 @@ from dispatch.cell import (
     PersistAssignment,
     PersistOrderEvent,
     SendToDriver,
+    StoredOrder,
 )
 from dispatch.cells import cell_of, descendant_range
 from dispatch.geo import haversine_m
 from dispatch.lifecycle import Actor, DriverEvent, Event
 from server.gc_watch import freeze_survivors
+from server.store.errors import StoreError
 
 log = logging.getLogger("hexdispatch.cell")
 
@@ -52,14 +61,28 @@ DEPARTED_FIX_GRACE_S = 5.0
 METRICS_EXPORT_S = 2.0
 #: A front door that has not polled for this long is gone: its undelivered messages are dropped.
 GATEWAY_SILENT_S = 60.0
+#: A write to Postgres is retried (transient failures: a lost connection, a serialization failure) for this
+#: long before the decision behind it is rolled back; each attempt may take at most ``WRITE_TIMEOUT_S``.
+WRITE_RETRY_S = 1.5
+WRITE_TIMEOUT_S = 5.0
+#: After a failed write or sweep, the next sweep (which repairs what memory and Postgres disagree on) comes
+#: this soon, doubling per further failure up to the regular sweep interval.
+REPAIR_SOON_S = 0.5
+#: What a driver is told when its reply could not be recorded (it changed nothing; it may try again).
+UNAVAILABLE = {"type": "error", "code": "unavailable",
+               "message": "dispatch could not record this now; nothing changed, try again"}
 
 _ORDER_EVENTS = {"arrive": Event.ARRIVE, "pick_up": Event.PICK_UP, "deliver": Event.DELIVER, "unassign": Event.UNASSIGN}
+#: The courier status each order event leaves (how a retried write sees that an earlier attempt committed).
+_EVENT_COURIER = {"arrive": "at_restaurant", "pick_up": "picked_up", "deliver": "delivered", "unassign": "unassigned"}
+#: A driver's reports of its job, and the driver event of each (``None``: a delivery, by order).
+_REPORTS = {"at_restaurant": DriverEvent.ARRIVE, "picked_up": DriverEvent.PICK_UP, "delivered": None}
 
 LIVE_ORDER_SELECT = """
     SELECT o.id, o.restaurant_id, r.latitude AS restaurant_lat, r.longitude AS restaurant_lng,
            o.dropoff_lat, o.dropoff_lng, extract(epoch FROM o.placed_at) AS placed_at,
            extract(epoch FROM coalesce(least(o.ready_at, o.ready_estimate_at), o.ready_estimate_at)) AS ready_at,
-           o.courier_status, o.driver_id, o.job_id
+           o.courier_status, o.driver_id, o.job_id, o.cancelled
     FROM orders o JOIN restaurants r ON r.id = o.restaurant_id
 """
 #: Every order of a cell still to be delivered ($1, $2: the cell's range of restaurant cells).
@@ -68,6 +91,8 @@ LIVE_ORDERS_SQL = LIVE_ORDER_SELECT + """
 """
 #: One order, as a cell sees it.
 LIVE_ORDER_SQL = LIVE_ORDER_SELECT + " WHERE o.id = $1"
+#: Orders by id ($1), live or not.
+ORDERS_BY_ID_SQL = LIVE_ORDER_SELECT + " WHERE o.id = ANY($1::bigint[])"
 
 
 def cell_of_point(lat: float, lng: float, res: int = DEFAULT_CELL_RES) -> str:
@@ -103,6 +128,11 @@ def cell_handles(namespace: str = NAMESPACE) -> dict[str, object]:
 def live_order(row) -> LiveOrder:
     """The live order of a :data:`LIVE_ORDER_SELECT` row."""
     return _live_order(row, float(row["placed_at"]), float(row["ready_at"]))
+
+
+def stored_order(row) -> StoredOrder:
+    """What Postgres holds of an order, from a :data:`LIVE_ORDER_SELECT` row."""
+    return StoredOrder(live_order(row), row["courier_status"], row["driver_id"], row["job_id"], row["cancelled"])
 
 
 def placed_order(row) -> LiveOrder:
@@ -147,6 +177,10 @@ class CellActor:
         self.departed_until: dict[str, float] = {}
         self.borrow_tried: dict[int, float] = {}
         self.neighbours: dict[str, object] = {}
+        self.writing: set[int] = set()  # orders with a write to Postgres in flight
+        self._touched: set[int] | None = None  # orders written or changed while a sweep reads Postgres
+        self.next_sweep = time.time() + sweep_s
+        self.repair_failures = 0
 
     # Lifecycle ---------------------------------------------------------------
 
@@ -191,7 +225,7 @@ class CellActor:
         log.info("cell %s rebuilt: %d pending, %d jobs", self.cell_id, len(rows), len(jobs))
 
     async def _run(self) -> None:
-        last_sweep = last_export = time.time()
+        last_export = time.time()
         while True:
             await asyncio.sleep(self.tick_s)
             try:
@@ -199,11 +233,24 @@ class CellActor:
                 if time.time() - last_export >= METRICS_EXPORT_S:
                     last_export = time.time()
                     self.metrics.export(last_export, self.core.load())
-                if time.time() - last_sweep >= self.sweep_s:
-                    last_sweep = time.time()
-                    await self._sweep()
             except Exception:  # a failed tick must not kill the cell: log it and tick again
                 log.exception("cell %s tick failed", self.cell_id)
+            if time.time() >= self.next_sweep:
+                try:
+                    await self._sweep()
+                except Exception as exc:  # Postgres unreachable: sweep again soon, backing off
+                    self.next_sweep = time.time() + self._repair_delay()
+                    log.warning("cell %s: sweep failed (%s: %s); next in %.1f s", self.cell_id,
+                                type(exc).__name__, exc, self.next_sweep - time.time())
+                else:
+                    self.repair_failures = 0
+                    self.next_sweep = time.time() + self.sweep_s
+
+    def _repair_delay(self) -> float:
+        """Seconds until the next sweep after one more failure: doubling from ``REPAIR_SOON_S``, jittered, capped."""
+        delay = min(self.sweep_s, REPAIR_SOON_S * 2 ** self.repair_failures)
+        self.repair_failures += 1
+        return delay * random.uniform(0.5, 1.0)
 
     async def _tick(self) -> None:
         started = time.perf_counter()
@@ -260,19 +307,11 @@ class CellActor:
         return handles
 
     async def _sweep(self) -> None:
-        """Pick up orders whose notification never arrived; drop ones cancelled behind our back."""
-        lo, hi = descendant_range(h3.str_to_int(self.cell_id))
-        rows = await self.pool.fetch(LIVE_ORDERS_SQL, lo, hi)
-        live = {row["id"] for row in rows}
-        for row in rows:
-            if row["job_id"] is None:
-                self.core.add_order(live_order(row))
-        missing = [i for i in self.core.orders if i not in live]
-        if missing:
-            cancelled = await self.pool.fetch(
-                "SELECT id FROM orders WHERE id = ANY($1::bigint[]) AND cancelled", missing)
-            for row in cancelled:
-                await self._execute(self.core.withdraw_order(row["id"], "cancelled"))
+        """Forget departed drivers and silent front doors; make memory agree with Postgres (``CellCore.reconcile``).
+
+        Orders written, or changed by a call, while Postgres is being read are
+        left for the next sweep: the rows read may predate that change.
+        """
         now = time.time()
         for driver_id in [d for d, until in self.departed_until.items() if until < now]:
             del self.departed_until[driver_id]
@@ -283,6 +322,18 @@ class CellActor:
                 mapping.pop(gateway, None)
             for driver_id in [d for d, g in self.driver_gateway.items() if g == gateway]:
                 del self.driver_gateway[driver_id]
+        lo, hi = descendant_range(h3.str_to_int(self.cell_id))
+        self._touched = set()
+        try:
+            rows = list(await self.pool.fetch(LIVE_ORDERS_SQL, lo, hi))
+            live = {row["id"] for row in rows}
+            others = [order_id for order_id in self.core.orders if order_id not in live]
+            if others:
+                rows += await self.pool.fetch(ORDERS_BY_ID_SQL, others)
+            unsettled = self._touched | self.writing
+        finally:
+            self._touched = None
+        await self._execute(self.core.reconcile([stored_order(row) for row in rows], unsettled, time.time()))
 
     # Commands ----------------------------------------------------------------
 
@@ -294,12 +345,22 @@ class CellActor:
             if isinstance(command, SendToDriver):
                 self._send(command.driver_id, command.message)
             elif isinstance(command, PersistAssignment):
-                ok, reason = await self._persist_assignment(command)
-                await self._execute(self.core.assignment_persisted(command.job_id, ok, reason))
+                error = await self._write(command.order_ids,
+                                          lambda conn, retried: self._record_assignment(conn, command, retried))
+                if error is not None:
+                    log.info("cell %s: assignment %s not recorded: %s", self.cell_id, command.job_id, error)
+                reason = "" if error is None else error.message if isinstance(error, StoreError) else "unavailable"
+                errors += await self._execute(self.core.assignment_persisted(command.job_id, error is None, reason))
+                if error is not None and not isinstance(error, StoreError):
+                    errors.append(UNAVAILABLE)
             elif isinstance(command, PersistOrderEvent):
-                error = await self._persist_order_event(command)
-                if error:
-                    errors.append(error)
+                # Only the cell's own decisions come here (a lost driver's orders, repairs); a failed one is
+                # found again by the next sweep, which comes early after a failure.
+                error = await self._write([command.order_id],
+                                          lambda conn, retried: self._record_events(conn, [command], retried))
+                if isinstance(error, StoreError):
+                    log.warning("cell %s: %s on order %s refused: %s", self.cell_id, command.event,
+                                command.order_id, error.message)
         return errors
 
     def _send(self, driver_id: str, message: dict) -> None:
@@ -311,42 +372,110 @@ class CellActor:
         self.outbox[gateway].append((driver_id, message))
         self.wakeups[gateway].set()
 
-    async def _persist_assignment(self, command: PersistAssignment) -> tuple[bool, str]:
-        from server.errors import ApiError
+    # Writes to Postgres ------------------------------------------------------
+
+    def _touch(self, order_ids) -> None:
+        """These orders change now: a sweep reading Postgres meanwhile leaves them alone."""
+        if self._touched is not None:
+            self._touched.update(order_ids)
+
+    async def _write(self, order_ids, work) -> Exception | None:
+        """Run ``await work(conn, retried)`` in one transaction; ``None`` once committed, else why not.
+
+        A refusal (``StoreError``) is returned as it is. Any other failure
+        (Postgres down or restarting, a connection lost mid-transaction, a
+        closed pool, a timeout, a serialization failure) is retried with
+        back-off for ``WRITE_RETRY_S``, then returned, and the next sweep is
+        brought forward to repair whatever memory and Postgres then disagree on.
+        ``retried`` tells ``work`` that an earlier attempt may have committed.
+        """
+        order_ids = list(order_ids)
+        self._touch(order_ids)
+        self.writing.update(order_ids)
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(lambda exc: isinstance(exc, Exception) and not isinstance(exc, StoreError)),
+            stop=stop_after_delay(WRITE_RETRY_S), wait=wait_exponential_jitter(initial=0.05, max=0.5, jitter=0.05),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    retried = attempt.retry_state.attempt_number > 1
+                    await asyncio.wait_for(self._transaction(work, retried), WRITE_TIMEOUT_S)
+        except StoreError as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001 - whatever kept Postgres from recording it
+            log.warning("cell %s: write of orders %s failed (%s: %s)", self.cell_id, order_ids, type(exc).__name__, exc)
+            self.next_sweep = min(self.next_sweep, time.time() + self._repair_delay())
+            return exc
+        finally:
+            self.writing.difference_update(order_ids)
+            self._touch(order_ids)
+        return None
+
+    async def _transaction(self, work, retried: bool) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await work(conn, retried)
+
+    async def _record_assignment(self, conn, command: PersistAssignment, retried: bool) -> None:
         from server.store.orders import apply_event_on
 
-        try:
-            # The driver's row exists: the front door creates it when the driver connects.
-            async with self.pool.acquire() as conn, conn.transaction():
-                for order_id in command.order_ids:
-                    await apply_event_on(
-                        conn, order_id, Event.ASSIGN, actor=Actor.SYSTEM, actor_label=f"system:{actor_name(self.cell_id)}",
-                        arguments=(command.driver_id, command.job_id),
-                        payload={"driver_id": command.driver_id, "job_id": command.job_id},
-                    )
-            return True, ""
-        except ApiError as exc:
-            log.info("cell %s: assignment %s refused: %s", self.cell_id, command.job_id, exc.message)
-            return False, exc.message
+        recorded: set[int] = set()
+        if retried:
+            recorded = {row["id"] for row in await conn.fetch(
+                "SELECT id FROM orders WHERE id = ANY($1::bigint[]) AND job_id = $2",
+                list(command.order_ids), command.job_id)}
+        # The driver's row exists: the front door creates it when the driver connects.
+        for order_id in command.order_ids:
+            if order_id not in recorded:
+                await apply_event_on(
+                    conn, order_id, Event.ASSIGN, actor=Actor.SYSTEM, actor_label=f"system:{actor_name(self.cell_id)}",
+                    arguments=(command.driver_id, command.job_id),
+                    payload={"driver_id": command.driver_id, "job_id": command.job_id},
+                )
 
-    async def _persist_order_event(self, command: PersistOrderEvent) -> dict | None:
-        from server.errors import ApiError
-        from server.store.orders import apply_event
+    async def _record_events(self, conn, commands: list[PersistOrderEvent], retried: bool) -> None:
+        from server.store.orders import apply_event_on
 
-        event = _ORDER_EVENTS[command.event]
-        by_system = event is Event.UNASSIGN
-        try:
-            await apply_event(
-                self.pool, command.order_id, event,
+        recorded: set[int] = set()
+        if retried:
+            rows = await conn.fetch("SELECT id, courier_status, driver_id FROM orders WHERE id = ANY($1::bigint[])",
+                                    [c.order_id for c in commands])
+            now_at = {row["id"]: (row["courier_status"], row["driver_id"]) for row in rows}
+            recorded = {c.order_id for c in commands if now_at.get(c.order_id) == (
+                _EVENT_COURIER[c.event], None if c.event == "unassign" else c.driver_id)}
+        for command in commands:
+            if command.order_id in recorded:
+                continue
+            event = _ORDER_EVENTS[command.event]
+            by_system = event is Event.UNASSIGN
+            await apply_event_on(
+                conn, command.order_id, event,
                 actor=Actor.SYSTEM if by_system else Actor.DRIVER,
                 actor_label=f"system:{actor_name(self.cell_id)}" if by_system else f"driver:{command.driver_id}",
                 payload={"driver_id": command.driver_id, **({"reason": command.reason} if command.reason else {})},
                 expected_driver=command.driver_id,
             )
-            return None
-        except ApiError as exc:
-            log.warning("cell %s: %s on order %s refused: %s", self.cell_id, command.event, command.order_id, exc.message)
-            return {"type": "error", "code": exc.code, "message": exc.message}
+
+    async def _report(self, driver_id: str, kind: str, fields: dict) -> list[dict]:
+        """A driver's report on its job: recorded in Postgres first, then applied here (or refused, changing nothing)."""
+        core, event = self.core, _REPORTS[kind]
+        if event is None:
+            planned = core.check_delivered(driver_id, fields["order_id"])
+        else:
+            planned = core.check_job_event(driver_id, fields["job_id"], event)
+        error = await self._write([c.order_id for c in planned],
+                                  lambda conn, retried: self._record_events(conn, planned, retried))
+        if isinstance(error, StoreError):
+            log.warning("cell %s: %s of %s refused: %s", self.cell_id, kind, driver_id, error.message)
+            return [{"type": "error", "code": error.code, "message": error.message}]
+        if error is not None:
+            return [UNAVAILABLE]
+        if event is None:
+            core.delivered(driver_id, fields["order_id"])
+        else:
+            core.job_event(driver_id, fields["job_id"], event)
+        return []
 
     # Calls from front doors ------------------------------------------------------
 
@@ -402,12 +531,8 @@ class CellActor:
                 commands = core.accept(driver_id, fields["offer_id"], now)
             elif kind == "decline":
                 commands = core.decline(driver_id, fields["offer_id"], now)
-            elif kind == "at_restaurant":
-                commands = core.job_event(driver_id, fields["job_id"], DriverEvent.ARRIVE)
-            elif kind == "picked_up":
-                commands = core.job_event(driver_id, fields["job_id"], DriverEvent.PICK_UP)
-            elif kind == "delivered":
-                commands = core.delivered(driver_id, fields["order_id"])
+            elif kind in _REPORTS:
+                return await self._report(driver_id, kind, fields)
             elif kind == "offline":
                 core.driver_offline(driver_id, now)
                 commands = []
@@ -422,11 +547,13 @@ class CellActor:
     async def add_order(self, order: dict) -> None:
         """A newly placed order (idempotent); matched at once so the offer goes out without waiting."""
         await self._ensure_started()
+        self._touch([order["id"]])
         self.core.add_order(LiveOrder(**order))
         await self._tick()
 
     async def cancel_order(self, order_id: int, reason: str) -> None:
         await self._ensure_started()
+        self._touch([order_id])
         await self._execute(self.core.withdraw_order(order_id, reason))
 
     async def revise_ready(self, order_id: int, ready_at: float) -> None:

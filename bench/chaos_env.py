@@ -145,13 +145,15 @@ class OwnRedis:
 class RayNode:
     """One ``ray start --block`` in its own process group (so it can be lost as a whole)."""
 
-    def __init__(self, log: Path, *args: str, cpus: int = 1, cell_host: float = 1):
+    def __init__(self, log: Path, *args: str, cpus: int = 1, cell_host: float = 1, env: dict[str, str] | None = None):
+        """``env``: the node's whole environment (default: this process's, with :data:`RAY_ENV`)."""
         self.log = log
         with log.open("ab") as out:
             self.process = subprocess.Popen(
                 [str(RAY), "start", "--block", f"--num-cpus={cpus}", f'--resources={{"cell_host": {cell_host}}}',
                  *args],
-                env={**os.environ, **RAY_ENV}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                env=env if env is not None else {**os.environ, **RAY_ENV}, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def lose(self) -> None:

@@ -59,6 +59,9 @@ class CellParams:
     """An order no local driver took for this long may borrow an idle driver of a neighbouring cell."""
     borrow_radius_m: float = 3000.0
     """How far from the restaurant a borrowed driver may be."""
+    idle_retire_s: float = 300.0
+    """A cell empty (no online driver, order, offer or job) and quiet this long retires: its actor exits and
+    gives its process back; the next fix or order in the cell creates it anew (``dispatch.retirement``)."""
     match: MatchParams = field(default_factory=MatchParams)
 
 
@@ -107,6 +110,18 @@ class LiveOrder:
         since = self.placed_at if self.wait_since is None else self.wait_since
         self.waited_s[self.wait_reason] = self.waited_s.get(self.wait_reason, 0.0) + max(0.0, now - since)
         self.wait_reason, self.wait_since = reason, now
+
+
+@dataclass(frozen=True)
+class StoredOrder:
+    """What Postgres, the system of record, holds of one order of a cell (see :meth:`CellCore.reconcile`)."""
+
+    order: LiveOrder
+    """The order as a cell would rebuild it."""
+    courier_status: str
+    driver_id: str | None
+    job_id: str | None
+    cancelled: bool = False
 
 
 class _Status:
@@ -582,6 +597,70 @@ class CellCore:
                                              status=status, job_id=job_id)
         self._index.place(self.drivers[driver_id])
 
+    # Repair: memory against Postgres -----------------------------------------
+
+    def reconcile(self, stored: list[StoredOrder], unsettled: set[int], now: float) -> list[Command]:
+        """Make the cell agree with Postgres about the ``stored`` orders; return what to send and persist.
+
+        ``stored`` holds every live order of the cell in Postgres and any other
+        order the cell holds. Orders in ``unsettled`` (being written, or changed
+        since ``stored`` was read) are left alone. The repairs:
+
+        * finished in Postgres (cancelled, delivered) but held here: dropped, its driver told;
+        * waiting for a driver in Postgres but unknown here: dispatched;
+        * waiting in Postgres but "assigning" here with nothing writing it: the assignment
+          failed: rolled back (orders pending, the driver idle and told ``job_withdrawn``);
+        * waiting in Postgres but assigned here: taken from its driver (told) and dispatched again;
+        * assigned in Postgres to the job that holds it here, still "assigning": confirmed (driver told);
+        * assigned in Postgres to a job the cell does not hold for it (a commit that looked failed):
+          released in Postgres (``unassign``; no driver was sent) and dispatched again. After
+          pick-up it is never released: an unknown job is adopted as it stands.
+        """
+        commands: list[Command] = []
+        for row in stored:
+            if row.order.id not in unsettled:
+                commands += self._repair(row, now)
+        return commands
+
+    def _repair(self, row: StoredOrder, now: float) -> list[Command]:
+        order_id = row.order.id
+        held = self.orders.get(order_id)
+        job = next((j for j in self.jobs.values() if order_id in j.order_ids), None) if held else None
+        if row.cancelled or row.courier_status == "delivered":
+            if held is None:
+                return []
+            if held.phase is OrderPhase.PICKED_UP:
+                try:
+                    self.delivered(held.driver_id, order_id)  # Postgres has the delivery already
+                except CellError:
+                    self.orders.pop(order_id, None)
+                return []
+            return self.withdraw_order(order_id, "cancelled" if row.cancelled else "delivered")
+        if row.job_id is None:
+            if held is None:
+                self.add_order(row.order)
+            elif held.phase is OrderPhase.ASSIGNING and job is not None:
+                return self.assignment_persisted(job.id, False, "the assignment could not be recorded")
+            elif held.phase in (OrderPhase.ASSIGNED, OrderPhase.PICKED_UP):
+                commands = self.withdraw_order(order_id, "reassigned")
+                self.add_order(row.order)
+                return commands
+            return []
+        if job is not None and job.id == row.job_id:
+            return self.assignment_persisted(job.id, True) if held.phase is OrderPhase.ASSIGNING else []
+        if row.courier_status == "picked_up":
+            if held is None and row.job_id not in self.jobs and row.driver_id not in self.drivers:
+                self.restore_job(row.job_id, row.driver_id, [row.order], picked_up=True, at_restaurant=False, now=now)
+            return []
+        commands = []
+        if held is not None and held.phase is OrderPhase.ASSIGNING and job is not None:
+            commands += self.assignment_persisted(job.id, False, "the assignment could not be recorded")
+        elif held is not None and held.phase in (OrderPhase.ASSIGNED, OrderPhase.PICKED_UP):
+            commands += self.withdraw_order(order_id, "reassigned")
+        self.add_order(row.order)
+        commands.append(PersistOrderEvent(order_id, "unassign", row.driver_id, reason="assignment not confirmed"))
+        return commands
+
     # Offers -----------------------------------------------------------------
 
     def accept(self, driver_id: str, offer_id: str, now: float) -> list[Command]:
@@ -652,28 +731,46 @@ class CellCore:
 
     # Jobs -------------------------------------------------------------------
 
-    def job_event(self, driver_id: str, job_id: str, event: DriverEvent) -> list[Command]:
-        """The driver reports ``ARRIVE`` or ``PICK_UP`` for its job."""
+    def check_job_event(self, driver_id: str, job_id: str, event: DriverEvent) -> list[PersistOrderEvent]:
+        """What :meth:`job_event` would persist, changing nothing (raises ``CellError`` as it would).
+
+        The actor persists these first and applies the report only once
+        Postgres has it, so a report that cannot be recorded changes nothing.
+        """
         driver = self._driver(driver_id)
         job = self.jobs.get(job_id)
         if job is None or job.driver_id != driver_id or driver.job_id != job_id:
             raise CellError("unknown_job", "no such job is assigned to this driver")
         if any(self.orders[i].phase is OrderPhase.ASSIGNING for i in job.order_ids):
             raise CellError("not_yet_assigned", "the assignment is still being confirmed")
-        driver.status = apply_driver(driver.status, event)
+        apply_driver(driver.status, event)
         order_event = {DriverEvent.ARRIVE: "arrive", DriverEvent.PICK_UP: "pick_up"}[event]
-        if event is DriverEvent.PICK_UP:
-            for order_id in job.order_ids:
-                self.orders[order_id].phase = OrderPhase.PICKED_UP
         return [PersistOrderEvent(i, order_event, driver_id) for i in job.order_ids]
 
-    def delivered(self, driver_id: str, order_id: int) -> list[Command]:
+    def job_event(self, driver_id: str, job_id: str, event: DriverEvent) -> list[Command]:
+        """The driver reports ``ARRIVE`` or ``PICK_UP`` for its job."""
+        commands = self.check_job_event(driver_id, job_id, event)
+        driver = self.drivers[driver_id]
+        driver.status = apply_driver(driver.status, event)
+        if event is DriverEvent.PICK_UP:
+            for order_id in self.jobs[job_id].order_ids:
+                self.orders[order_id].phase = OrderPhase.PICKED_UP
+        return commands
+
+    def check_delivered(self, driver_id: str, order_id: int) -> list[PersistOrderEvent]:
+        """What :meth:`delivered` would persist, changing nothing (raises ``CellError`` as it would)."""
         driver = self._driver(driver_id)
         job = self.jobs.get(driver.job_id) if driver.job_id else None
         if job is None or order_id not in job.order_ids or order_id in job.delivered:
             raise CellError("unknown_order", "this order is not on the driver's current job")
         if driver.status is not DriverStatus.DELIVERING:
             raise CellError("not_picked_up", "an order is delivered only after pick-up")
+        return [PersistOrderEvent(order_id, "deliver", driver_id)]
+
+    def delivered(self, driver_id: str, order_id: int) -> list[Command]:
+        commands = self.check_delivered(driver_id, order_id)
+        driver = self.drivers[driver_id]
+        job = self.jobs[driver.job_id]
         job.delivered.add(order_id)
         last = len(job.delivered) == len(job.order_ids)
         driver.status = apply_driver(driver.status, DriverEvent.DELIVER_LAST if last else DriverEvent.DELIVER_ONE)
@@ -681,7 +778,7 @@ class CellCore:
         if last:
             del self.jobs[job.id]
             driver.job_id = None
-        return [PersistOrderEvent(order_id, "deliver", driver_id)]
+        return commands
 
     # The tick ---------------------------------------------------------------
 
@@ -831,6 +928,14 @@ class CellCore:
         }
 
     # Introspection (metrics, dashboard) --------------------------------------
+
+    def is_empty(self) -> bool:
+        """Nothing here would be lost if the cell went away: no online driver, no order, no offer, no job.
+
+        Offline drivers do not count: they come back with their next fix, wherever it lands.
+        """
+        return (not self.orders and not self.offers and not self.jobs
+                and all(d.status is DriverStatus.OFFLINE for d in self.drivers.values()))
 
     def load(self) -> dict:
         """Counts an operator watches: drivers by status, pending orders, open offers."""

@@ -31,6 +31,16 @@ def cell_of(lat: float, lng: float, res: int = FINE_RES) -> int:
     return h3.latlng_to_cell(lat, lng, res)
 
 
+def owner_cell(lat: float, lng: float, res: int) -> int:
+    """The resolution-``res`` cell owning a point: the ancestor of the point's fine cell.
+
+    Not always the coarse cell geometrically containing the point (H3 children
+    do not nest exactly), but this way every restaurant a cell owns lies in
+    the cell's :func:`descendant_range`.
+    """
+    return h3.cell_to_parent(cell_of(lat, lng), res)
+
+
 def descendant_range(cell: int, res: int = FINE_RES) -> tuple[int, int]:
     """The smallest and largest integer of any descendant of ``cell`` at resolution ``res``.
 
@@ -55,13 +65,19 @@ def cover_disk(lat: float, lng: float, radius_m: float) -> tuple[int, int]:
     Chooses the finest resolution whose disk stays within ``MAX_COVER_DISK_K`` rings.
     """
     for res in range(FINE_RES, -1, -1):
-        # Centres of neighbouring cells are at least sqrt(3) x (smallest edge) apart,
-        # so a straight line of length R crosses at most R / spacing + 1 rings.
-        spacing = math.sqrt(3) * h3.average_hexagon_edge_length(res, "m") / EDGE_SHRINK
-        k = math.ceil(radius_m / spacing) + 1
+        k = rings_covering(radius_m, res)
         if k <= MAX_COVER_DISK_K or res == 0:
             return res, k
     raise AssertionError("unreachable")
+
+
+def rings_covering(distance_m: float, res: int) -> int:
+    """A k such that every point within ``distance_m`` of a point in a resolution-``res`` cell
+    lies in the k-disk around that cell."""
+    # Centres of neighbouring cells are at least sqrt(3) x (smallest edge) apart,
+    # so a straight line of length R crosses at most R / spacing + 1 rings.
+    spacing = math.sqrt(3) * h3.average_hexagon_edge_length(res, "m") / EDGE_SHRINK
+    return math.ceil(distance_m / spacing) + 1
 
 
 def cover_ranges(lat: float, lng: float, radius_m: float) -> tuple[list[int], list[int]]:

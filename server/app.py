@@ -22,6 +22,7 @@ from server.auth import TokenVerifier
 from server.broker import create_broker
 from server.errors import EXCEPTION_HANDLERS
 from server.gc_watch import GcWatch, freeze_survivors
+from server.log_redaction import install_log_redaction
 from server.loop_guard import LoopGuard
 from server.ratelimit import create_rate_limiter
 from server.responses import JSONResponse
@@ -146,7 +147,8 @@ def start_local_ray() -> None:
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
-    """A hexdispatch ASGI app; resources open when its lifespan starts."""
+    """A hexdispatch ASGI app; resources open when its lifespan starts. Its process logs no bearer tokens."""
+    install_log_redaction()
     app = Starlette(routes=routes(), exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     app.state.settings = settings or Settings.from_env()
     return app

@@ -35,6 +35,7 @@ from typing import Awaitable, Callable
 import asyncpg
 
 from server.catalog_replica import CatalogReplica
+from server.listener import ResilientListener
 from server.store import catalog
 
 log = logging.getLogger("hexdispatch.catalog")
@@ -174,8 +175,10 @@ class CatalogCache:
         self.replica = CatalogReplica()
         self.notifications = 0
         self._initial_load_wait_s = initial_load_wait_s
-        self._keepalive_s = keepalive_s
         self._listener: asyncpg.Connection | None = None
+        self.listener = ResilientListener(dsn, {CHANNEL: self._on_notify}, on_connect=self._connected,
+                                          on_disconnect=self._disconnected, name="catalog notifications",
+                                          keepalive_s=keepalive_s)
         self._connection_epoch = 0
         self._reload_wanted = False
         self._dirty: set[int] = set()
@@ -196,14 +199,15 @@ class CatalogCache:
         return self._listener is not None
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._listen(), name="catalog-listen"),
-                       asyncio.create_task(self._refresh(), name="catalog-refresh")]
+        self.listener.start()
+        self._tasks = [asyncio.create_task(self._refresh(), name="catalog-refresh")]
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._loaded.wait(), self._initial_load_wait_s)
         if not self.replica.ready:
             log.warning("catalog replica not loaded yet; nearby searches use SQL until it is")
 
     async def stop(self) -> None:
+        await self.listener.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -243,37 +247,8 @@ class CatalogCache:
             self._dirty.add(restaurant_id)
             self._wake.set()
 
-    async def _listen(self) -> None:
-        """Hold the listening connection; reconnect with back-off when it is lost."""
-        backoff = 0.5
-        while True:
-            lost = asyncio.Event()
-            try:
-                conn = await asyncpg.connect(self.dsn)
-                try:
-                    conn.add_termination_listener(lambda _c: lost.set())
-                    await conn.add_listener(CHANNEL, self._on_notify)
-                    self._connected(conn)
-                    backoff = 0.5
-                    while not lost.is_set():
-                        with contextlib.suppress(asyncio.TimeoutError):
-                            await asyncio.wait_for(lost.wait(), self._keepalive_s)
-                        if not lost.is_set():
-                            await asyncio.wait_for(conn.execute("SELECT 1"), self._keepalive_s)
-                finally:
-                    self._disconnected()
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 2.0)
-                log.warning("catalog notifications: connection lost; reconnecting")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure means: serve from SQL, retry later
-                log.warning("catalog notifications unavailable (%s: %s); retrying in %.1f s",
-                            type(exc).__name__, exc, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
-
-    def _connected(self, conn: asyncpg.Connection) -> None:
+    async def _connected(self, conn: asyncpg.Connection) -> None:
+        """(Re)connected: notifications may have been missed, so the replica reloads and the menus start empty."""
         self._listener = conn
         self._connection_epoch += 1
         self.menus.enable(True)

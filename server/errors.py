@@ -9,6 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from server.responses import JSONResponse
+from server.store.errors import Conflict, Invalid, NotFound, StoreError
 
 log = logging.getLogger("hexdispatch.errors")
 
@@ -47,6 +48,16 @@ async def api_error(request: Request, exc: ApiError) -> JSONResponse:
     return JSONResponse(error_body(exc.code, exc.message, exc.details), status_code=exc.status)
 
 
+#: The HTTP status of each refusal of the system of record.
+STORE_STATUS = {NotFound: 404, Conflict: 409, Invalid: 422}
+
+
+async def store_error(request: Request, exc: StoreError) -> JSONResponse:
+    """A refusal from ``server.store``: its status by kind, its code and message as any API error."""
+    status = next((code for kind, code in STORE_STATUS.items() if isinstance(exc, kind)), 409)
+    return JSONResponse(error_body(exc.code, exc.message), status_code=status)
+
+
 async def invalid_request(request: Request, exc: ValidationError) -> JSONResponse:
     details = validation_details(exc)
     first = details[0] if details else {"field": "body", "problem": "invalid"}
@@ -71,6 +82,7 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 EXCEPTION_HANDLERS = {
     ApiError: api_error,
+    StoreError: store_error,
     ValidationError: invalid_request,
     HTTPException: http_error,
     Exception: internal_error,

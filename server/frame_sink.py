@@ -49,6 +49,15 @@ class FrameSinkProtocol(WebSocketsSansIOProtocol):
         super().__init__(*args, **kwargs)
         self.sink = FrameSink()
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self.handshake_initiated and self.conn.handshake_exc is not None:
+            # websockets refused the request itself (a line over 8 KiB, too many headers: 414/431) and
+            # queued its answer; uvicorn 0.54 never writes it and the connection used to hang open.
+            self.handshake_complete = self.close_sent = True
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.transport.close()
+
     def handle_connect(self, event) -> None:
         super().handle_connect(event)
         scope = getattr(self, "scope", None)  # absent when the handshake was refused

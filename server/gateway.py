@@ -11,7 +11,9 @@ One :class:`Gateway` per front-door process. It
   hands an idle driver over when it crosses into another cell;
 * forwards order status events (Postgres ``LISTEN order_events``: every
   front door hears every event) to the customers following the order,
-  without gaps (a missing sequence number is fetched from ``order_events``);
+  without gaps (a missing sequence number is fetched from ``order_events``;
+  the listening connection reconnects when lost, then fills every followed
+  order from the table: ``server.listener``);
 * publishes the assigned driver's position (latest wins, at most one per
   ``position_interval_s`` per order) on the broker (``server.broker``:
   in memory for one process, Redis for several), which brings it to the
@@ -34,13 +36,22 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+
 from actors.cell import (
-    DEFAULT_CELL_RES, LIVE_ORDER_SQL, NAMESPACE, NEW_ORDER_FIELDS, actor_name, cell_actor_class, cell_of_point,
+    DEFAULT_CELL_RES, LIVE_ORDER_SQL, NAMESPACE, NEW_ORDER_FIELDS, UNAVAILABLE, actor_name, cell_actor_class,
+    cell_of_point,
 )
 from dispatch.cell import CellParams, LiveOrder
 from server.broker import LocalBroker, RedisBroker
+from server.listener import ResilientListener
 
 log = logging.getLogger("hexdispatch.gateway")
+
+#: How long a starting front door waits for its status-event listener before serving anyway (seconds).
+LISTEN_START_WAIT_S = 10.0
+#: How long a gap in one order's status events is retried when filling it fails (seconds).
+GAP_FILL_DEADLINE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -153,7 +164,9 @@ class Gateway:
         self.drivers: dict[str, DriverLink] = {}
         self.customers: dict[int, set[CustomerLink]] = defaultdict(set)
         self.tasks: set[asyncio.Task] = set()
-        self.listener = None
+        # Every front door hears every status event; after a lost connection, followers are filled from the table.
+        self.listener = ResilientListener(dsn, {"order_events": self._on_notify}, on_connect=self._resync,
+                                          name="status events")
         self.stats = {"gps_in": 0, "gps_fast": 0, "gps_batches": 0, "status_out": 0, "positions_out": 0,
                       "gps_to_cell_ms": 0.0}  # the oldest fix of the last batch, received until the cell took it
         self._flusher: asyncio.Task | None = None
@@ -163,10 +176,9 @@ class Gateway:
     # Lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        import asyncpg
-
-        self.listener = await asyncpg.connect(self.dsn)
-        await self.listener.add_listener("order_events", self._on_notify)
+        self.listener.start()
+        if not await self.listener.wait_connected(LISTEN_START_WAIT_S):
+            log.warning("status events: not listening yet; followers catch up from order_events once it is")
         self.broker.subscribe("sessions", self._on_session)
         await self.broker.start()
         self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
@@ -176,8 +188,7 @@ class Gateway:
             if task is not None:
                 task.cancel()
         await self.broker.stop()
-        if self.listener is not None:
-            await self.listener.close()
+        await self.listener.stop()
 
     def snapshot(self) -> dict:
         """This front door's counters (the admin API's view of the process)."""
@@ -399,7 +410,11 @@ class Gateway:
             return [{"type": "error", "code": "no_position", "message": "send a GPS fix first"}]
         # A fix still waiting for the next flush goes first, so the cell knows the driver.
         fix = self.fixes[link.home_cell].pop(link.driver_id, None)
-        replies = await self.cell(link.home_cell).driver_message.remote(self.id, link.driver_id, kind, fields, fix)
+        try:
+            replies = await self.cell(link.home_cell).driver_message.remote(self.id, link.driver_id, kind, fields, fix)
+        except Exception:  # a cell restarting or failing: the driver may retry, its socket stays open
+            log.warning("driver %s %s: cell %s failed", link.driver_id, kind, link.home_cell, exc_info=True)
+            return [UNAVAILABLE]
         for reply in replies:
             log.info("driver %s %s %s refused by cell %s: %s", link.driver_id, kind, fields, link.home_cell, reply)
         if not replies and kind == "delivered":
@@ -464,13 +479,44 @@ class Gateway:
             customer.last_seq.pop(oid, None)
 
     async def _catch_up(self, customer: CustomerLink, order_id: int) -> None:
+        await self._fill({order_id: customer.last_seq.get(order_id, 0)})
+
+    async def _fill(self, after: dict[int, int]) -> None:
+        """Send every follower of each order in ``after`` the events it lacks, from ``order_events``.
+
+        ``after`` maps an order to a sequence number no follower is behind;
+        events a follower already has are skipped, so fills may overlap.
+        """
+        if not after:
+            return
         rows = await self.pool.fetch(
-            "SELECT order_id, seq, type, status, payload, actor, at FROM order_events"
-            " WHERE order_id = $1 AND seq > $2 ORDER BY seq",
-            order_id, customer.last_seq.get(order_id, 0),
+            """SELECT e.order_id, e.seq, e.type, e.status, e.payload, e.actor, e.at
+               FROM order_events e JOIN unnest($1::bigint[], $2::bigint[]) AS f(order_id, after_seq)
+                 ON e.order_id = f.order_id AND e.seq > f.after_seq
+               ORDER BY e.order_id, e.seq""",
+            list(after), list(after.values()),
         )
         for row in rows:
-            self._status_to(customer, dict(row))
+            event = dict(row)
+            for customer in list(self.customers.get(event["order_id"], ())):
+                self._status_to(customer, event)
+
+    async def _resync(self, _conn) -> None:
+        """Listening again: every followed order from its furthest-behind follower's last event."""
+        await self._fill({order_id: min(c.last_seq.get(order_id, 0) for c in followers)
+                          for order_id, followers in self.customers.items() if followers})
+
+    async def _fill_gap(self, customer: CustomerLink, order_id: int) -> None:
+        """:meth:`_catch_up`, retried with back-off while Postgres cannot answer and the customer still follows."""
+        retrying = AsyncRetrying(retry=retry_if_exception_type(Exception), stop=stop_after_delay(GAP_FILL_DEADLINE_S),
+                                 wait=wait_exponential_jitter(initial=0.2, max=5.0, jitter=0.2))
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if order_id in customer.last_seq:
+                        await self._catch_up(customer, order_id)
+        except Exception:  # the listener's resynchronisation on reconnect still fills it
+            log.warning("status events of order %s: gap not filled", order_id, exc_info=True)
 
     def _status_to(self, customer: CustomerLink, event: dict) -> bool:
         """Send ``event`` if it is the next one for this customer; False if there is a gap."""
@@ -504,4 +550,4 @@ class Gateway:
                 link.position_sent_at.pop(order_id, None)
         for customer in list(self.customers.get(order_id, ())):
             if not self._status_to(customer, event):
-                self._spawn(self._catch_up(customer, order_id))
+                self._spawn(self._fill_gap(customer, order_id))

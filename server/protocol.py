@@ -16,7 +16,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from server.errors import validation_details
-from server.schemas import MAX_LATITUDE, MAX_LONGITUDE, Id, Latitude, Longitude
+from server.schemas import MAX_LATITUDE, MAX_LONGITUDE, EventSeq, Id, Integer, Latitude, Longitude, Number
 
 MAX_FRAME_BYTES = 4096
 PROTOCOL_VERSION = 1
@@ -34,7 +34,9 @@ Token = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """A frame's map, validated strictly (see ``server.schemas``): values must already have their types."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 # Driver -> server ---------------------------------------------------------------
@@ -44,10 +46,10 @@ class Gps(Message):
     type: Literal["gps"]
     lat: Latitude
     lng: Longitude
-    heading: Annotated[float, Field(ge=0, le=MAX_HEADING_DEG, allow_inf_nan=False)] | None = None
-    speed: Annotated[float, Field(ge=0, le=MAX_SPEED_MPS, allow_inf_nan=False)] | None = None
-    t: Annotated[int, Field(ge=0, le=MAX_COUNT)] | None = None
-    seq: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 0
+    heading: Number(0, MAX_HEADING_DEG) | None = None
+    speed: Number(0, MAX_SPEED_MPS) | None = None
+    t: Integer(0, MAX_COUNT) | None = None
+    seq: Integer(0, MAX_COUNT) = 0
 
 
 class GoOnline(Message):
@@ -98,7 +100,7 @@ DriverMessage = Annotated[
 class Subscribe(Message):
     type: Literal["subscribe"]
     order_id: Id
-    after_seq: Annotated[int, Field(ge=0, le=2**31)] = 0
+    after_seq: EventSeq = 0
 
 
 class Unsubscribe(Message):
@@ -150,10 +152,11 @@ def plain_gps(frame: bytes) -> tuple[float, float, float | None, float | None, i
     """``(lat, lng, heading, speed, t)`` of a msgpack ``gps`` frame that is plainly valid, else None.
 
     The GPS fast path (``server.frame_sink``) takes the common frame without
-    pydantic: plain floats and ints within :class:`Gps`'s bounds, no other key.
-    Anything else, valid or not, gets None and goes through :func:`decode`,
-    which decides in full. It never accepts a frame :func:`decode` refuses, and
-    returns what :func:`decode` would (tests hold the two to that).
+    pydantic: floats or ints (never bools) within :class:`Gps`'s bounds, no
+    other key. Anything else gets None and goes through :func:`decode`, which
+    explains the refusal. It accepts exactly the msgpack ``gps`` frames
+    :func:`decode` accepts, and returns what :func:`decode` would (tests hold
+    the two to that).
     """
     if len(frame) > MAX_FRAME_BYTES:
         return None

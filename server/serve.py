@@ -21,6 +21,8 @@ import signal
 from server.config import Settings
 from server.db import EmbeddedPostgres, migrate_sync
 from server.frame_sink import PROTOCOL as FRAME_SINK_PROTOCOL
+from server.http_limits import PROTOCOL as HTTP_LIMITS_PROTOCOL
+from server.log_redaction import install_log_redaction
 
 
 def main(argv: list[str]) -> int:
@@ -35,6 +37,7 @@ def main(argv: list[str]) -> int:
         parser.error("--workers must be at least 1")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every pg_ctl call at INFO
+    install_log_redaction()
 
     import uvicorn
 
@@ -86,8 +89,10 @@ def _exit_normally(signum, frame) -> None:
 #: keepalive pings only need to catch dead customer sockets: once a minute, not uvicorn's every 20 s,
 #: which at 10,000 sockets would be 500 pings a second each way.
 #: ``ws``: uvicorn's websocket protocol plus the GPS fast path (``server.frame_sink``).
+#: ``http``: uvicorn's httptools protocol refusing oversized request heads, websocket upgrades
+#: included (``server.http_limits``: 414/431).
 WEBSOCKET_OPTIONS = {"ws": FRAME_SINK_PROTOCOL, "ws_max_size": 64 * 1024, "ws_ping_interval": 60.0,
-                     "ws_ping_timeout": 30.0}
+                     "ws_ping_timeout": 30.0, "http": HTTP_LIMITS_PROTOCOL}
 
 
 def _start_shared_ray():

@@ -21,9 +21,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server import protocol as p
 from server.auth import Principal, Role, bearer_token, require_role
-from server.errors import ApiError
+from server.errors import ApiError, error_body
 from server.frame_sink import frame_sink
 from server.gateway import CustomerLink, Outbox
+from server.responses import JSONResponse
 from server.store import orders as order_store
 
 log = logging.getLogger("hexdispatch.ws")
@@ -130,7 +131,7 @@ async def _serve(websocket: WebSocket, role: Role, handle) -> None:
     try:
         principal = _principal(websocket, role)
     except ApiError as exc:
-        await websocket.close(p.CLOSE_POLICY_VIOLATION, exc.message[:120])
+        await _refuse(websocket, exc)
         return
     if gateway is None:
         await websocket.close(1011, "live dispatch is not running on this server")
@@ -149,6 +150,16 @@ async def _serve(websocket: WebSocket, role: Role, handle) -> None:
     finally:
         conn.outbox.close()
         conn.writer.cancel()
+
+
+async def _refuse(websocket: WebSocket, exc: ApiError) -> None:
+    """Refuse the handshake as the HTTP API would (401 without a valid token, 403 for a wrong role, with the
+    JSON error body) where the server offers ASGI's denial response; else close it with 1008."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(
+            JSONResponse(error_body(exc.code, exc.message), status_code=exc.status))
+    else:
+        await websocket.close(p.CLOSE_POLICY_VIOLATION, exc.message[:120])
 
 
 async def driver_socket(websocket: WebSocket) -> None:

@@ -2,7 +2,10 @@
 
 ``DATABASE_URL`` (when set) names a server in which a fresh database is
 created for the session and dropped afterwards; otherwise an embedded
-Postgres (pgserver) is started in a temporary directory.
+Postgres (pgserver) is started in a temporary directory. ``REDIS_URL`` (when
+set) names the Redis of the scale-out tests. Every other setting a shell may
+export (``RAY_ADDRESS``, ``HEXDISPATCH_*``, ``RAY_*``) is removed from this
+process's environment at start-up: each test builds what it needs explicitly.
 """
 
 from __future__ import annotations
@@ -21,8 +24,15 @@ from server.app import create_app
 from server.auth import mint_token
 from server.config import Settings
 from server.db import EmbeddedPostgres
+from tests.environment import CONFIGURING, configures
 
 TEST_SECRET = "test-secret-" + uuid.uuid4().hex
+
+
+def pytest_configure(config):
+    """Forget the ambient settings of whoever runs the suite (``DATABASE_URL`` and ``REDIS_URL`` are its inputs)."""
+    for name in [k for k in os.environ if configures(k) and k not in CONFIGURING]:
+        del os.environ[name]
 
 
 def _with_database(dsn: str, name: str) -> str:

@@ -1,7 +1,6 @@
 """The catalog benchmark runs end to end at a tiny size and its figures add up."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 
 from bench.catalog_load import uncorrected_latencies, wrk_path
+from tests.environment import child_environment
 
 GENERATORS = ["aiohttp"] + (["wrk"] if wrk_path() else [])
 
@@ -16,7 +16,7 @@ GENERATORS = ["aiohttp"] + (["wrk"] if wrk_path() else [])
 @pytest.mark.parametrize("generator", GENERATORS)
 def test_catalog_bench_smoke(tmp_path, postgres_server, generator):
     out = tmp_path / "out"
-    env = {**os.environ, "DATABASE_URL": postgres_server}
+    env = child_environment(DATABASE_URL=postgres_server)
     result = subprocess.run(
         [sys.executable, "-m", "bench.catalog", "--restaurants", "300", "--items", "3", "--duration", "1",
          "--warmup", "0.2", "--no-postgis", "--concurrency", "4", "--load-generator", generator, "--out", str(out),

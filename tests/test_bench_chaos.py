@@ -10,7 +10,7 @@ audit trail it left.
 
 import json
 import math
-import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +20,8 @@ import pytest
 
 from bench import chaos_audit
 from bench.chaos_audit import Phase
+from bench.chaos_env import PG_BIN
+from tests.environment import child_environment
 
 REPO = Path(__file__).resolve().parents[1]
 PHASES = [Phase("control", 0.0), Phase("1. cell", 100.0), Phase("2. redis", 200.0)]
@@ -139,16 +141,16 @@ def test_recovery_is_the_first_window_after_the_fault_under_the_target():
     assert chaos_audit.p99([float(v) for v in range(1, 101)]) == pytest.approx(99.01)
 
 
-@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="scale-out tests run where Redis is available")
+@pytest.mark.skipif(not shutil.which("redis-server") or not (PG_BIN / "initdb").exists(),
+                    reason="the bench starts its own redis-server and Postgres")
 def test_chaos_bench_at_toy_size(tmp_path):
     """The bench end to end, in its own process: two cheap faults, the report, the accounting's inputs."""
     out = tmp_path / "chaos"
     argv = ["--drivers", "30", "--processes", "1", "--restaurants", "3", "--radius-m", "400", "--prep-minutes", "1",
             "--orders-per-minute", "60", "--faults", "cell,redis", "--window", "10", "--stall", "6",
             "--recovery-window", "3", "--drain", "0", "--workers", "1", "--out", str(out)]
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "RAY_ADDRESS")}
-    result = subprocess.run([sys.executable, "-m", "bench.chaos", *argv], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "bench.chaos", *argv], cwd=REPO, env=child_environment(),
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode in (0, 1), result.stdout[-3000:] + result.stderr[-3000:]
     figures = json.loads((out / "chaos.json").read_text())
     assert "errors" not in figures, figures.get("errors")

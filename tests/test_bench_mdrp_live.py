@@ -44,9 +44,10 @@ def read_solution(instance: Instance, folder: Path) -> Solution:
 
 
 @needs_mdrp
-def test_live_replay_delivers_every_order_once_with_feasible_files(tmp_path):
+def test_live_replay_delivers_every_order_once_with_feasible_files(tmp_path, postgres_server):
     out = tmp_path / "out"
-    code = main(["--from", str(WINDOW[0]), "--until", str(WINDOW[1]), "--speedup", "240", "--gps-interval", "1",
+    code = main(["--database-url", postgres_server,
+                 "--from", str(WINDOW[0]), "--until", str(WINDOW[1]), "--speedup", "240", "--gps-interval", "1",
                  "--out", str(out), "--json", str(tmp_path / "figures.json")])
     figures = json.loads((tmp_path / "figures.json").read_text())
     instance = time_window(load_instance(DEFAULT_INSTANCE), *WINDOW)

@@ -43,6 +43,38 @@ def test_bad_frames_are_protocol_errors(raw, code):
     assert info.value.code == code and info.value.message
 
 
+@pytest.mark.parametrize("fields", [
+    {"type": "gps", "lat": True, "lng": 2.0}, {"type": "gps", "lat": "41.8", "lng": 2.0},
+    {"type": "gps", "lat": 1.0, "lng": 2.0, "t": 5.0}, {"type": "gps", "lat": 1.0, "lng": 2.0, "seq": "1"},
+    {"type": "gps", "lat": 1.0, "lng": 2.0, "speed": False}, {"type": "delivered", "order_id": 3.0},
+    {"type": "delivered", "order_id": "3"}, {"type": "delivered", "order_id": True},
+])
+def test_lax_types_are_refused_by_the_socket_validator(fields):
+    """Issue 13 item 7: wrong types are refused (strict), on the full path and the GPS fast path alike."""
+    for raw in (msgpack.packb(fields), __import__("json").dumps(fields)):
+        with pytest.raises(p.ProtocolError) as info:
+            p.decode(raw, p.DRIVER_MESSAGES)
+        assert info.value.code == "invalid_message"
+    assert p.plain_gps(msgpack.packb(fields)) is None
+
+
+def test_integer_coordinates_are_numbers():
+    assert p.decode(frame(type="gps", lat=41, lng=-87), p.DRIVER_MESSAGES).lat == 41.0
+    assert p.plain_gps(frame(type="gps", lat=41, lng=-87)) == (41.0, -87.0, None, None, None)
+
+
+@pytest.mark.parametrize("after_seq", [2**31 - 1, 2**31, 2**63, -1])
+def test_after_seq_past_int4_is_refused(after_seq):
+    """Issue 13 item 6: ``after_seq`` is an order_events.seq (Postgres integer); 2**31 used to crash the socket."""
+    raw = frame(type="subscribe", order_id=1, after_seq=after_seq)
+    if 0 <= after_seq < 2**31:
+        assert p.decode(raw, p.CUSTOMER_MESSAGES).after_seq == after_seq
+        return
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode(raw, p.CUSTOMER_MESSAGES)
+    assert info.value.code == "invalid_message" and "after_seq" in info.value.message
+
+
 def test_customers_cannot_send_driver_messages():
     with pytest.raises(p.ProtocolError):
         p.decode(frame(type="gps", lat=1, lng=1), p.CUSTOMER_MESSAGES)
@@ -61,7 +93,7 @@ def test_arbitrary_bytes_never_escape_as_other_exceptions(raw):
 
 _gps_values = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True), st.integers(min_value=-2**60, max_value=2**60),
-    st.none(), st.booleans(), st.text(max_size=3), st.just([1.0]),
+    st.none(), st.booleans(), st.text(max_size=3), st.sampled_from(["41.8", "1", "nan"]), st.just([1.0]),
 )
 
 
@@ -82,16 +114,19 @@ def gps_like(draw) -> dict:
 @settings(max_examples=2000, deadline=None)
 @given(gps_like())
 def test_the_gps_fast_path_agrees_with_the_full_validator(fields):
+    """Both ways: the fast path accepts exactly the gps frames decode accepts (strictness included: a bool or
+    string latitude, a float ``t``), and reads the same values."""
     raw = msgpack.packb(fields)
     fast = p.plain_gps(raw)
     try:
         full = p.decode(raw, p.DRIVER_MESSAGES)
     except p.ProtocolError:
         full = None
-    if fast is not None:  # it never accepts what decode refuses, and reads the same values
-        assert isinstance(full, p.Gps)
-        assert fast == (full.lat, full.lng, full.heading, full.speed, full.t)
-        assert all(type(a) is type(b) for a, b in zip(fast, (full.lat, full.lng, full.heading, full.speed, full.t)))
+    if not isinstance(full, p.Gps):
+        assert fast is None
+        return
+    assert fast == (full.lat, full.lng, full.heading, full.speed, full.t)
+    assert all(type(a) is type(b) for a, b in zip(fast, (full.lat, full.lng, full.heading, full.speed, full.t)))
 
 
 @settings(max_examples=500, deadline=None)

@@ -1,6 +1,5 @@
 """The pieces several front doors share: the broker and the rate limiter, against a real Redis."""
 
-import asyncio
 import os
 import uuid
 
@@ -8,6 +7,7 @@ import pytest
 
 from server.broker import LocalBroker, RedisBroker
 from server.ratelimit import Limit, LocalRateLimiter, RedisRateLimiter
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -38,8 +38,8 @@ async def test_redis_limit_is_shared_by_two_processes(redis_clients):
     results = [await (first if i % 2 else second).allow("customer-1", limit) for i in range(8)]
     assert results == [True] * 4 + [False] * 4
     assert await first.allow("customer-2", limit)
-    await asyncio.sleep(2.1)  # one token at 0.5/s
-    assert await second.allow("customer-1", limit)
+    # One token comes back after 2 s at 0.5/s (a refused call takes none); right after it is used, none is left.
+    await eventually(lambda: second.allow("customer-1", limit), interval_s=0.2, what="a token back")
     assert not await first.allow("customer-1", limit)
 
 
@@ -63,12 +63,11 @@ def test_local_broker_delivers_to_the_subscribed_channel_only():
     assert seen == [{"n": 1}]
 
 
-async def wait_for(predicate, timeout_s=5.0):
-    for _ in range(int(timeout_s / 0.02)):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not met in time")
+async def subscribers(client, prefix: str, expected: dict[str, int]) -> bool:
+    """Whether Redis counts ``expected[channel]`` subscribers on each (prefixed) channel."""
+    counts = {(c.decode() if isinstance(c, bytes) else c): n
+              for c, n in await client.pubsub_numsub(*(prefix + channel for channel in expected))}
+    return all(counts.get(prefix + channel) == n for channel, n in expected.items())
 
 
 async def test_redis_broker_carries_messages_between_processes(redis_clients):
@@ -81,23 +80,26 @@ async def test_redis_broker_carries_messages_between_processes(redis_clients):
         there.subscribe("order:7", received.append)
         there.subscribe("sessions", sessions.append)
         here.subscribe("order:7", own.append)
-        await wait_for(lambda: not there._subscribe and not here._subscribe)
-        await asyncio.sleep(0.1)  # the SUBSCRIBEs reach Redis
+        await eventually(lambda: subscribers(redis_clients[0], prefix, {"order:7": 2, "sessions": 1}))
         for n in range(50):
             here.publish("order:7", {"n": n})
         assert [m["n"] for m in own] == list(range(50)), "the publisher's own handler gets them at once"
         here.publish("order:8", {"n": "not followed"})
         here.publish("sessions", {"driver_id": "d1"})
-        await wait_for(lambda: len(received) == 50 and sessions)
+        await eventually(lambda: len(received) == 50 and sessions)
         assert [m["n"] for m in received] == list(range(50)), "in order, none lost"
         assert here.stats["round_trips"] < 50, "publishes are pipelined"
-        await asyncio.sleep(0.2)
-        assert len(own) == 50 and here.stats["received"] == 0, "Redis's echo of its own messages is dropped"
+        # Redis sends a subscriber messages in the order it took them: once a message published after
+        # the 50 has reached ``here``, Redis's echo of those 50 has reached it too.
+        there.publish("order:7", {"n": "after"})
+        await eventually(lambda: len(own) == 51)
+        assert own[-1] == {"n": "after"} and here.stats["received"] == 1, "Redis's echo of its own messages is dropped"
         there.unsubscribe("order:7")
-        await asyncio.sleep(0.2)
+        await eventually(lambda: subscribers(redis_clients[0], prefix, {"order:7": 1}))
         here.publish("order:7", {"n": "late"})
-        await asyncio.sleep(0.3)
-        assert len(received) == 50
+        here.publish("sessions", {"driver_id": "d2"})  # taken by Redis after "late"
+        await eventually(lambda: len(sessions) == 2)
+        assert [m["n"] for m in received] == [*range(50), "after"], "nothing after unsubscribing"
     finally:
         await here.stop()
         await there.stop()

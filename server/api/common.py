@@ -7,12 +7,12 @@ import time
 from typing import TypeVar
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.requests import Request
 
 from server.auth import Principal, Role, bearer_token, require_role
 from server.errors import ApiError
-from server.schemas import MAX_ID
+from server.schemas import PATH_ID
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -53,11 +53,11 @@ def query(request: Request, model: type[M]) -> M:
 
 
 def path_id(request: Request, name: str, what: str) -> int:
-    """A positive 64-bit id from the path; 404 for anything else (it cannot exist)."""
-    raw = request.path_params[name]
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_ID:
-        raise ApiError(404, "not_found", f"{what} not found")
-    return int(raw)
+    """A positive 64-bit id from the path, in ASCII digits; 404 for anything else (it cannot exist)."""
+    try:
+        return PATH_ID.validate_python(request.path_params[name])
+    except ValidationError:
+        raise ApiError(404, "not_found", f"{what} not found") from None
 
 
 def encode_cursor(*values: object) -> str:
@@ -65,17 +65,12 @@ def encode_cursor(*values: object) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, *types: type) -> tuple:
-    """The values in a cursor made by :func:`encode_cursor`; 422 if it was tampered with."""
+def decode_cursor(cursor: str, values: TypeAdapter) -> tuple:
+    """The values in a cursor made by :func:`encode_cursor`, checked by ``values`` (a tuple's adapter from
+    ``server.schemas``); 422 if it was tampered with."""
     try:
-        values = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if not isinstance(values, list) or len(values) != len(types):
-            raise ValueError
-        decoded = tuple(t(v) for t, v in zip(types, values))
-        if any(isinstance(v, bool) for v in values):
-            raise ValueError
-        return decoded
-    except (ValueError, TypeError, orjson.JSONDecodeError):
+        return values.validate_json(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)), strict=True)
+    except (ValueError, TypeError):  # ValidationError is a ValueError, as is binascii.Error
         raise ApiError(422, "invalid_cursor", "the cursor is not one this server issued") from None
 
 

@@ -15,14 +15,10 @@ from server.api.views import event_view, order_view
 from server.auth import Role
 from server.errors import ApiError, not_found
 from server.responses import JSONResponse
-from server.schemas import CancelIn, OrderIn, PageQuery, Query, ReadyRevision
+from server.schemas import ID_CURSOR, CancelIn, EventsQuery, OrderIn, PageQuery, ReadyRevision
 from server.store import orders
 
 MAX_IDEMPOTENCY_KEY = 200
-
-
-class EventsQuery(Query):
-    after: int = 0
 
 
 def request_fingerprint(order: OrderIn) -> str:
@@ -40,6 +36,8 @@ async def place_order(request: Request) -> JSONResponse:
         raise ApiError(400, "idempotency_key_required", "POST /v1/orders needs an Idempotency-Key header")
     if len(key) > MAX_IDEMPOTENCY_KEY:
         raise ApiError(400, "idempotency_key_too_long", f"Idempotency-Key is limited to {MAX_IDEMPOTENCY_KEY} characters")
+    if "\x00" in key:
+        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key may not contain the character U+0000")
     order = await body(request, OrderIn)
     row, created = await orders.place_order(
         request.app.state.pool, principal, key, request_fingerprint(order), order
@@ -63,7 +61,7 @@ async def get_order(request: Request) -> JSONResponse:
 async def list_orders(request: Request) -> JSONResponse:
     principal = caller(request)
     params = query(request, PageQuery)
-    before = decode_cursor(params.cursor, int)[0] if params.cursor else None
+    before = decode_cursor(params.cursor, ID_CURSOR)[0] if params.cursor else None
     async with request.app.state.pool.acquire() as conn:
         rows = await orders.list_orders(conn, principal, before_id=before, limit=params.limit + 1)
     return JSONResponse(page([order_view(r) for r in rows], params.limit, lambda v: encode_cursor(v["id"])))
@@ -90,9 +88,12 @@ def notify(request: Request, order_id: int, change: str) -> None:
 CHANGES = {Event.CANCEL: "cancelled", Event.REVISE_READY: "ready", Event.MARK_READY: "ready"}
 
 
-async def _apply(request: Request, event: Event, roles: tuple[Role, ...], arguments=(), payload=None):
+async def _apply(request: Request, event: Event, roles: tuple[Role, ...], read_change=None):
+    """Apply ``event`` to the path's order: the caller (401, 403) and the id (404) before the body
+    (``read_change(request)`` -> (arguments, payload)) is read and validated (400, 422)."""
     principal = caller(request, *roles)
     order_id = path_id(request, "order_id", "order")
+    arguments, payload = await read_change(request) if read_change is not None else ((), None)
     row = await orders.apply_event(
         request.app.state.pool,
         order_id,
@@ -109,12 +110,21 @@ async def _apply(request: Request, event: Event, roles: tuple[Role, ...], argume
 
 
 KITCHEN = (Role.RESTAURANT, Role.ADMIN)
+CANCELLERS = (Role.CUSTOMER, Role.RESTAURANT, Role.ADMIN)
+
+
+async def _cancellation(request: Request) -> tuple[tuple, dict]:
+    data = await body(request, CancelIn) if await _has_body(request) else CancelIn()
+    return (), {"reason": data.reason}
+
+
+async def _ready_revision(request: Request) -> tuple[tuple, dict]:
+    data = await body(request, ReadyRevision)
+    return (data.seconds,), data.model_dump(exclude_none=True)
 
 
 async def cancel(request: Request) -> JSONResponse:
-    caller(request, Role.CUSTOMER, Role.RESTAURANT, Role.ADMIN)
-    data = await body(request, CancelIn) if await _has_body(request) else CancelIn()
-    return await _apply(request, Event.CANCEL, (Role.CUSTOMER, Role.RESTAURANT, Role.ADMIN), payload={"reason": data.reason})
+    return await _apply(request, Event.CANCEL, CANCELLERS, _cancellation)
 
 
 async def accept(request: Request) -> JSONResponse:
@@ -130,12 +140,7 @@ async def mark_ready(request: Request) -> JSONResponse:
 
 
 async def revise_ready(request: Request) -> JSONResponse:
-    caller(request, *KITCHEN)
-    data = await body(request, ReadyRevision)
-    return await _apply(
-        request, Event.REVISE_READY, KITCHEN, arguments=(data.seconds,),
-        payload=data.model_dump(exclude_none=True),
-    )
+    return await _apply(request, Event.REVISE_READY, KITCHEN, _ready_revision)
 
 
 async def _has_body(request: Request) -> bool:

@@ -16,6 +16,8 @@ from server.catalog_replica import OpenClock
 from server.errors import ApiError, not_found
 from server.responses import JSONResponse, dumps
 from server.schemas import (
+    ID_CURSOR,
+    NEARBY_CURSOR,
     MenuItemIn,
     MenuItemPatch,
     NearbyQuery,
@@ -36,11 +38,13 @@ def _json(body: bytes) -> Response:
     return Response(body, media_type="application/json")
 
 
-async def _owned_restaurant(request: Request, conn) -> tuple[int, Principal]:
-    """The path's restaurant id, checked to belong to the caller (admins may touch any)."""
+async def _owned_restaurant(request: Request) -> tuple[int, Principal]:
+    """The caller (a restaurant or an admin) and the path's restaurant id, checked to belong to the caller
+    (admins may touch any): 401, 403, then 404, before the request's body is read."""
     principal = caller(request, Role.RESTAURANT, Role.ADMIN)
     restaurant_id = path_id(request, "restaurant_id", "restaurant")
-    owner = await catalog.restaurant_owner(conn, restaurant_id)
+    async with request.app.state.pool.acquire() as conn:
+        owner = await catalog.restaurant_owner(conn, restaurant_id)
     if owner is None:
         raise not_found("restaurant")
     if principal.role is not Role.ADMIN and owner != principal.sub:
@@ -62,18 +66,17 @@ async def create_restaurant(request: Request) -> JSONResponse:
         row = await catalog.create_restaurant(conn, data.owner_sub or principal.sub, fields)
     if (cache := _catalog(request)) is not None:
         cache.restaurant_written(row)
-    return JSONResponse(restaurant_view(row), status_code=201)
+    return JSONResponse(restaurant_view(row, with_owner=True), status_code=201)
 
 
 async def update_restaurant(request: Request) -> JSONResponse:
-    caller(request, Role.RESTAURANT, Role.ADMIN)
+    restaurant_id, _ = await _owned_restaurant(request)
     data = await body(request, RestaurantPatch)
     changes = data.model_dump(exclude_unset=True)
     nulls = sorted(k for k, v in changes.items() if v is None and k != "opening_hours")
     if nulls:
         raise ApiError(422, "invalid_request", f"{nulls[0]}: may not be null")
     async with request.app.state.pool.acquire() as conn:
-        restaurant_id, _ = await _owned_restaurant(request, conn)
         row = (
             await catalog.update_restaurant(conn, restaurant_id, changes)
             if changes
@@ -83,24 +86,29 @@ async def update_restaurant(request: Request) -> JSONResponse:
         raise not_found("restaurant")
     if changes and (cache := _catalog(request)) is not None:
         cache.restaurant_written(row)
-    return JSONResponse(restaurant_view(row))
+    return JSONResponse(restaurant_view(row, with_owner=True))
 
 
 async def get_restaurant(request: Request) -> JSONResponse:
-    caller(request)
+    principal = caller(request)
     restaurant_id = path_id(request, "restaurant_id", "restaurant")
     async with request.app.state.pool.acquire() as conn:
         row = await catalog.get_restaurant(conn, restaurant_id)
     if row is None:
         raise not_found("restaurant")
-    return JSONResponse(restaurant_view(row))
+    return JSONResponse(restaurant_view(row, with_owner=_sees_owner(principal, row["owner_sub"])))
+
+
+def _sees_owner(principal: Principal, owner_sub: str) -> bool:
+    """Only the restaurant's own account and admins see who owns it."""
+    return principal.role is Role.ADMIN or (principal.role is Role.RESTAURANT and principal.sub == owner_sub)
 
 
 async def nearby(request: Request) -> Response:
     """Nearest first; answered from this process's replica when it is ready, else in SQL."""
     caller(request)
     params = query(request, NearbyQuery)
-    after = decode_cursor(params.cursor, float, int) if params.cursor else None
+    after = decode_cursor(params.cursor, NEARBY_CURSOR) if params.cursor else None
     cache = _catalog(request)
     if cache is not None and cache.replica.ready and params.q is None:
         found = cache.replica.nearby(
@@ -161,25 +169,23 @@ async def get_menu(request: Request) -> Response:
 
 
 async def create_item(request: Request) -> JSONResponse:
-    caller(request, Role.RESTAURANT, Role.ADMIN)
+    restaurant_id, _ = await _owned_restaurant(request)
     data = await body(request, MenuItemIn)
     async with request.app.state.pool.acquire() as conn:
-        restaurant_id, _ = await _owned_restaurant(request, conn)
         row = await catalog.create_item(conn, restaurant_id, data.model_dump())
     _menu_written(request, restaurant_id)
     return JSONResponse(item_view(row), status_code=201)
 
 
 async def update_item(request: Request) -> JSONResponse:
-    caller(request, Role.RESTAURANT, Role.ADMIN)
+    restaurant_id, _ = await _owned_restaurant(request)
+    item_id = path_id(request, "item_id", "menu item")
     data = await body(request, MenuItemPatch)
     changes = data.model_dump(exclude_unset=True)
     nulls = sorted(k for k, v in changes.items() if v is None)
     if nulls:
         raise ApiError(422, "invalid_request", f"{nulls[0]}: may not be null")
-    item_id = path_id(request, "item_id", "menu item")
     async with request.app.state.pool.acquire() as conn:
-        restaurant_id, _ = await _owned_restaurant(request, conn)
         row = await catalog.update_item(conn, restaurant_id, item_id, changes)
     if row is None:
         raise not_found("menu item")
@@ -188,9 +194,9 @@ async def update_item(request: Request) -> JSONResponse:
 
 
 async def delete_item(request: Request) -> JSONResponse:
+    restaurant_id, _ = await _owned_restaurant(request)
     item_id = path_id(request, "item_id", "menu item")
     async with request.app.state.pool.acquire() as conn:
-        restaurant_id, _ = await _owned_restaurant(request, conn)
         deleted = await catalog.delete_item(conn, restaurant_id, item_id)
     if not deleted:
         raise not_found("menu item")
@@ -204,10 +210,10 @@ def _menu_written(request: Request, restaurant_id: int) -> None:
 
 
 async def restaurant_orders(request: Request) -> JSONResponse:
+    restaurant_id, principal = await _owned_restaurant(request)
     params = query(request, RestaurantOrdersQuery)
-    before = decode_cursor(params.cursor, int)[0] if params.cursor else None
+    before = decode_cursor(params.cursor, ID_CURSOR)[0] if params.cursor else None
     async with request.app.state.pool.acquire() as conn:
-        restaurant_id, principal = await _owned_restaurant(request, conn)
         rows = await orders.list_orders(
             conn, principal, before_id=before, limit=params.limit + 1, restaurant_id=restaurant_id,
             active_only=params.active,

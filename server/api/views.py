@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncpg
 
 
-def restaurant_view(row: asyncpg.Record, *, open_now: bool | None = None) -> dict:
-    """A restaurant as clients see it; ``open_now`` overrides the row's (rows without one need it)."""
+def restaurant_view(row: asyncpg.Record, *, open_now: bool | None = None, with_owner: bool = False) -> dict:
+    """A restaurant as clients see it; ``open_now`` overrides the row's (rows without one need it).
+
+    The owner's account id is shown only ``with_owner`` (to the owner and admins): customers, drivers
+    and other restaurants see the restaurant, not who runs it.
+    """
     view = {
         "id": row["id"],
         "name": row["name"],
@@ -21,10 +25,11 @@ def restaurant_view(row: asyncpg.Record, *, open_now: bool | None = None) -> dic
         "open_now": row["open_now"] if open_now is None else open_now,
         "delivery_radius_m": row["delivery_radius_m"],
         "delivery_fee_cents": row["delivery_fee_cents"],
-        "owner": row["owner_sub"],
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
     }
+    if with_owner:
+        view["owner"] = row["owner_sub"]
     if "distance_m" in row.keys():
         view["distance_m"] = round(row["distance_m"], 1)
     return view

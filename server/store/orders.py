@@ -13,7 +13,7 @@ from dispatch import lifecycle
 from dispatch.geo import haversine_m
 from dispatch.lifecycle import Actor, Event, IllegalTransition
 from server.auth import Principal, Role
-from server.errors import ApiError, not_found
+from server.store.errors import Conflict, Invalid, NotFound
 
 ORDER_COLUMNS = """
     o.id, o.customer_id, o.restaurant_id, o.items, o.subtotal_cents, o.delivery_fee_cents,
@@ -69,9 +69,7 @@ async def _existing(conn, customer_id: str, key: str, request_hash: str) -> asyn
         customer_id, key,
     )
     if row is not None and row["request_hash"] != request_hash:
-        raise ApiError(
-            422, "idempotency_key_reused", "this Idempotency-Key was already used for a different order"
-        )
+        raise Invalid("idempotency_key_reused", "this Idempotency-Key was already used for a different order")
     return row
 
 
@@ -99,13 +97,13 @@ async def place_order(pool, principal: Principal, key: str, request_hash: str, o
             order.restaurant_id,
         )
         if restaurant is None:
-            raise ApiError(422, "unknown_restaurant", f"restaurant {order.restaurant_id} does not exist")
+            raise Invalid("unknown_restaurant", f"restaurant {order.restaurant_id} does not exist")
         if not restaurant["open_now"]:
-            raise ApiError(409, "restaurant_closed", "the restaurant is not taking orders now")
+            raise Conflict("restaurant_closed", "the restaurant is not taking orders now")
         distance = haversine_m(restaurant["latitude"], restaurant["longitude"], order.dropoff.lat, order.dropoff.lng)
         if distance > restaurant["delivery_radius_m"]:
-            raise ApiError(
-                422, "outside_delivery_area",
+            raise Invalid(
+                "outside_delivery_area",
                 f"the drop-off is {distance:.0f} m away; this restaurant delivers within "
                 f"{restaurant['delivery_radius_m']} m",
             )
@@ -148,11 +146,11 @@ async def _priced_lines(conn, order) -> list[dict]:
     for line in order.items:
         item = by_id.get(line.item_id)
         if item is None or item["restaurant_id"] != order.restaurant_id:
-            raise ApiError(
-                422, "unknown_item", f"item {line.item_id} is not on restaurant {order.restaurant_id}'s menu"
+            raise Invalid(
+                "unknown_item", f"item {line.item_id} is not on restaurant {order.restaurant_id}'s menu"
             )
         if not item["available"]:
-            raise ApiError(409, "item_unavailable", f"{item['name']} (item {item['id']}) is not available now")
+            raise Conflict("item_unavailable", f"{item['name']} (item {item['id']}) is not available now")
         lines.append({
             "item_id": item["id"],
             "name": item["name"],
@@ -224,8 +222,8 @@ async def apply_event_on(
 ) -> asyncpg.Record:
     """Apply a lifecycle event to an order, with its audit event, inside the caller's transaction.
 
-    ``principal`` (when given) must be able to see the order, else 404. An
-    illegal transition is a 409 and changes nothing; so is a stale
+    ``principal`` (when given) must be able to see the order, else :class:`NotFound`. An
+    illegal transition is a :class:`Conflict` and changes nothing; so is a stale
     ``expected_version``, or an order not held by ``expected_driver``.
     ``arguments`` feed the event's effect (see ``EVENT_EFFECTS``).
     """
@@ -237,16 +235,16 @@ async def apply_event_on(
         f"SELECT {ORDER_COLUMNS} FROM orders o WHERE o.id = $1 AND {clause} FOR UPDATE", order_id, *params
     )
     if row is None:
-        raise not_found("order")
+        raise NotFound("order")
     if expected_version is not None and row["version"] != expected_version:
-        raise ApiError(409, "version_conflict", f"the order is at version {row['version']}, not {expected_version}")
+        raise Conflict("version_conflict", f"the order is at version {row['version']}, not {expected_version}")
     if expected_driver is not None and row["driver_id"] != expected_driver:
-        raise ApiError(409, "not_your_order", "the order is not assigned to this driver")
+        raise Conflict("not_your_order", "the order is not assigned to this driver")
     state = lifecycle.state_from_row(row["kitchen_status"], row["courier_status"], row["cancelled"])
     try:
         new = lifecycle.apply(state, event, actor)
     except IllegalTransition as exc:
-        raise ApiError(409, "illegal_transition", str(exc)) from None
+        raise Conflict("illegal_transition", str(exc)) from None
     effect = EVENT_EFFECTS[event]
     sets = [
         "kitchen_status = $3", "courier_status = $4", "cancelled = $5", "status = $6",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -20,12 +21,18 @@ from server.app import create_app
 from server.gateway import GatewayParams
 from server.serve import WEBSOCKET_OPTIONS
 from tests.conftest import token
+from tests.environment import child_environment
 
 LIVE_PARAMS = GatewayParams(
     gps_flush_s=0.05, poll_timeout_s=2.0, cell_tick_s=0.1,
-    # Short enough to keep the suite quick, long enough for a loaded 2-core CI machine.
-    cell=CellParams(offer_ttl_s=5.0, heartbeat_ttl_s=8.0, borrow_after_s=1.0),
+    # No live test waits for an offer to expire (tests/test_cell.py drives expiry with an explicit clock):
+    # the offer TTL only has to outlast a starved test process answering it. Drivers that must stay alive
+    # stream their position (``streaming_gps``); the silent-driver test waits out the heartbeat TTL once,
+    # so it is as short as a starved streaming driver allows.
+    cell=CellParams(offer_ttl_s=30.0, heartbeat_ttl_s=20.0, borrow_after_s=1.0),
 )
+#: How often a test's driver app sends its position while it must look alive to its cell.
+GPS_EVERY_S = 1.0
 
 
 @pytest.fixture(scope="session")
@@ -95,6 +102,25 @@ def spot():
     return (random.uniform(-40, 40), random.uniform(-150, 150))
 
 
+@contextlib.asynccontextmanager
+async def streaming_gps(driver, where):
+    """While the block runs, ``driver`` sends its position ``where()`` every ``GPS_EVERY_S``, as a real app
+    streams GPS: its cell's heartbeat sees it alive however long the test's waits take on a loaded machine."""
+
+    async def stream():
+        while True:
+            await driver.gps(*where())
+            await asyncio.sleep(GPS_EVERY_S)
+
+    task = asyncio.get_running_loop().create_task(stream())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
 def tokens(role: str, sub: str) -> str:
     return token(role, sub)
 
@@ -109,13 +135,12 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp_path / f"serve-{self.port}.log"
-        environment = {
-            **os.environ,
-            "DATABASE_URL": settings.database_url,
-            "HEXDISPATCH_JWT_SECRET": settings.jwt_secret,
-            "HEXDISPATCH_HOME": str(tmp_path / "home"),
+        environment = child_environment(
+            DATABASE_URL=settings.database_url,
+            HEXDISPATCH_JWT_SECRET=settings.jwt_secret,
+            HEXDISPATCH_HOME=str(tmp_path / "home"),
             **(env or {}),
-        }
+        )
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
                 [str(HEXDISPATCH), "serve", "--port", str(self.port), "--log-level", "warning", *extra_args],

@@ -4,11 +4,14 @@ import asyncio
 import uuid
 
 import h3.api.basic_int as h3
+import httpx
 
 from actors.cell import DEFAULT_CELL_RES, cell_of_point
 from clients.driver import DriverClient
 from clients.http import ApiClient
 from tests.conftest import token
+from tests.live.conftest import streaming_gps
+from tests.waiting import DEADLINE_S, eventually
 
 
 def edge_points(spot, inset_m=400.0):
@@ -30,13 +33,27 @@ def edge_points(spot, inset_m=400.0):
     return pa, pb
 
 
-async def accept_everything(driver: DriverClient, jobs: list):
-    while True:
-        message = await driver.next("offer", "assigned")
-        if message["type"] == "offer":
-            await driver.accept(message["offer_id"])
-        else:
-            jobs.append(message)
+#: How long the test keeps watching for a second assignment after the expected ones (a double assignment
+#: cannot be waited for; it can only be given time to show).
+AFTERWARDS_S = 2.0
+
+
+async def accept_everything(driver: DriverClient, position, jobs: list):
+    """Stream GPS at ``position``, accept every offer, record every job."""
+    async with streaming_gps(driver, lambda: position):
+        while True:
+            message = await driver.next("offer", "assigned", timeout_s=3600)
+            if message["type"] == "offer":
+                await driver.accept(message["offer_id"])
+            else:
+                jobs.append(message)
+
+
+async def cell_holds(live, cell: str, drivers: int) -> bool:
+    """Whether ``cell`` reports holding ``drivers`` drivers (the admin API reads each cell actor)."""
+    async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
+        reply = await client.get(f"{live.url}/v1/admin/cells", headers={"authorization": f"Bearer {token('admin', 'ops')}"})
+    return any(c["cell"] == cell and sum(c["drivers"].values()) == drivers for c in reply.json()["cells"])
 
 
 async def test_no_double_assignment_across_a_cell_edge(live, spot, pool):
@@ -52,21 +69,17 @@ async def test_no_double_assignment_across_a_cell_edge(live, spot, pool):
     try:
         for i, driver in enumerate(drivers):
             await driver.__aenter__()
-            await driver.gps(in_a[0] + 0.0003 * i, in_a[1])
-            workers.append(asyncio.get_running_loop().create_task(accept_everything(driver, jobs)))
-        await asyncio.sleep(0.5)
+            position = (in_a[0] + 0.0003 * i, in_a[1])
+            workers.append(asyncio.get_running_loop().create_task(accept_everything(driver, position, jobs)))
+        await eventually(lambda: cell_holds(live, cell_of_point(*in_a), 3), what="cell A holding the three drivers")
         customer = ApiClient(live.url, token("customer", f"c-{uuid.uuid4().hex[:8]}"))
         placed = await asyncio.gather(*[
             customer.place_order(rest["id"], [{"item_id": item["id"]}], (in_a[0] + 0.01, in_a[1]))
             for rest, item in [(rest_a, item_a), (rest_b, item_b), (rest_a, item_a), (rest_b, item_b)]
         ])
         order_ids = [o["id"] for o in placed]
-        for _ in range(150):
-            if len(jobs) >= 3:
-                break
-            await asyncio.sleep(0.1)
-        # Give any would-be second assignment time to show up.
-        await asyncio.sleep(1.5)
+        await eventually(lambda: len(jobs) >= 3, what="three jobs")
+        await asyncio.sleep(AFTERWARDS_S)  # not a wait for something to happen: see AFTERWARDS_S
     finally:
         for worker in workers:
             worker.cancel()
@@ -94,20 +107,21 @@ async def test_borrowed_driver_completes_the_job(live, spot):
     customer = ApiClient(live.url, token("customer", f"c-{uuid.uuid4().hex[:8]}"))
     async with DriverClient(live.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) as driver:
         await driver.gps(*in_a)
-        await asyncio.sleep(0.3)
+        await eventually(lambda: cell_holds(live, cell_of_point(*in_a), 1), what="cell A holding the driver")
         order = await customer.place_order(rest_b["id"], [{"item_id": item_b["id"]}], (in_b[0], in_b[1] + 0.005))
-        offer = await driver.next("offer", timeout_s=15)
+        offer = await driver.next("offer", timeout_s=DEADLINE_S)
         await driver.accept(offer["offer_id"])
-        job = await driver.next("assigned")
-        for position in (in_a, in_b):  # drives across the edge to the restaurant
+        job = await driver.next("assigned", timeout_s=DEADLINE_S)
+        # It drives across the edge to the restaurant; cell B, which borrowed it, keeps it.
+        for position in (in_a, in_b):
             await driver.gps(*position)
-            await asyncio.sleep(0.6)
+        await eventually(lambda: cell_holds(live, cell_of_point(*in_b), 1), what="cell B holding the driver")
         for step in ("at_restaurant", "picked_up"):
             await getattr(driver, step)(job["job_id"])
-            reply = await driver.next("ack", "error")
+            reply = await driver.next("ack", "error", timeout_s=DEADLINE_S)
             assert reply["type"] == "ack", reply
         await driver.gps(in_b[0], in_b[1] + 0.005)
         await driver.delivered(order["id"])
-        reply = await driver.next("ack", "error")
+        reply = await driver.next("ack", "error", timeout_s=DEADLINE_S)
         assert reply["type"] == "ack", reply
     assert (await customer.order(order["id"]))["status"] == "delivered"

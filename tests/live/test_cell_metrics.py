@@ -13,10 +13,11 @@ from clients.driver import DriverClient
 from clients.http import ApiClient
 from tests.conftest import token
 from tests.live.test_end_to_end import setup_restaurant
+from tests.waiting import DEADLINE_S, eventually
 
 
 def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=DEADLINE_S) as reply:
         return reply.read().decode()
 
 
@@ -34,32 +35,35 @@ async def test_cell_figures_are_exported_to_ray_metrics_and_the_admin_api(live, 
     # One driver declines the order: the cell then holds one driver, one pending order and one offer made.
     async with DriverClient(live.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) as driver:
         await driver.gps(spot[0] + 0.001, spot[1])
-        offer = await driver.next("offer", timeout_s=15)
+        offer = await driver.next("offer", timeout_s=DEADLINE_S)
         await driver.decline(offer["offer_id"])
         for _ in range(6):
             await driver.gps(spot[0] + 0.001, spot[1])
-            await asyncio.sleep(0.3)
 
-        async with httpx.AsyncClient() as client:
-            reply = await client.get(f"{live.url}/v1/admin/cells",
-                                     headers={"authorization": f"Bearer {token('admin', 'ops')}"})
-        assert reply.status_code == 200, reply.text
-        mine = [c for c in reply.json()["cells"] if c["cell"] == cell]
-        assert len(mine) == 1
-        load = mine[0]
-        assert load["node_id"] and load["offers"] >= 1 and load["gps_fixes"] >= 7 and load["ticks"] > 0
+        async def cell_load():
+            """The cell's figures once it has applied all seven fixes (the admin API reads the actor)."""
+            async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
+                reply = await client.get(f"{live.url}/v1/admin/cells",
+                                         headers={"authorization": f"Bearer {token('admin', 'ops')}"})
+            assert reply.status_code == 200, reply.text
+            mine = [c for c in reply.json()["cells"] if c["cell"] == cell]
+            assert len(mine) == 1
+            return mine[0] if mine[0]["gps_fixes"] >= 7 else None
+
+        load = await eventually(cell_load)
+        assert load["node_id"] and load["offers"] >= 1 and load["ticks"] > 0
         assert load["gps_lag_ms"]["p99"] >= load["gps_lag_ms"]["p50"] >= 0
         assert sum(load["drivers"].values()) == 1
 
         port = ray_local.nodes()[0]["MetricsExportPort"]
-        exported: dict[str, list] = {}
-        for _ in range(60):  # the node's metrics agent publishes every few seconds
+
+        async def exported_metrics():
+            """Every metric's samples of this cell, once all are there (the node's agent publishes every few s)."""
             text = await asyncio.to_thread(scrape, port)
             exported = {name: samples(text, name, cell) for name in METRICS}
-            if all(exported.values()):
-                break
-            await asyncio.sleep(1)
-    assert all(exported.values()), {name: bool(v) for name, v in exported.items()}
+            return exported if all(exported.values()) else None
+
+        exported = await eventually(exported_metrics, interval_s=1.0)
     drivers = {re.search(r'status="(\w+)"', labels)[1]: value for labels, value in exported["hexdispatch_cell_drivers"]}
     assert sum(drivers.values()) == 1.0
     assert exported["hexdispatch_cell_gps_per_s"][0][1] >= 0.0

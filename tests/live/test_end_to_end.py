@@ -5,6 +5,8 @@ from clients.customer import CustomerClient
 from clients.driver import DriverClient
 from clients.http import ApiClient
 from tests.conftest import token
+from tests.live.conftest import streaming_gps
+from tests.waiting import DEADLINE_S, eventually
 
 EXPECTED = ["placed", "driver_assigned", "at_restaurant", "picked_up", "delivered"]
 
@@ -18,25 +20,30 @@ async def setup_restaurant(live, spot, n_items=1):
 
 
 async def run_driver(driver: DriverClient, position, deliveries: list):
-    """Accept every offer, go through the job, deliver; record delivered order ids."""
-    while True:
-        offer = await driver.next("offer", timeout_s=60)
-        await driver.accept(offer["offer_id"])
-        assigned = await driver.next("assigned", "error", timeout_s=10)
-        if assigned["type"] == "error":
-            continue
-        await driver.gps(*position)
-        await driver.at_restaurant(assigned["job_id"])
-        await driver.next("ack", timeout_s=10)
-        await driver.picked_up(assigned["job_id"])
-        await driver.next("ack", timeout_s=10)
-        for order in assigned["orders"]:
-            await driver.gps(order["dropoff"]["lat"], order["dropoff"]["lng"])
-            await asyncio.sleep(1.2)  # let the customer see the driver move
-            await driver.gps(order["dropoff"]["lat"], order["dropoff"]["lng"])
-            await driver.delivered(order["order_id"])
-            await driver.next("ack", timeout_s=10)
-            deliveries.append(order["order_id"])
+    """Stream GPS, accept every offer, go through the job, deliver; record delivered order ids."""
+    here = [position]
+    async with streaming_gps(driver, lambda: here[0]):
+        while True:
+            offer = await driver.next("offer", timeout_s=3600)  # the test cancels this driver when done
+            await driver.accept(offer["offer_id"])
+            assigned = await driver.next("assigned", "error", timeout_s=DEADLINE_S)
+            if assigned["type"] == "error":
+                continue
+            here[0] = position
+            await driver.gps(*position)
+            await driver.at_restaurant(assigned["job_id"])
+            await driver.next("ack", timeout_s=DEADLINE_S)
+            await driver.picked_up(assigned["job_id"])
+            await driver.next("ack", timeout_s=DEADLINE_S)
+            for order in assigned["orders"]:
+                here[0] = (order["dropoff"]["lat"], order["dropoff"]["lng"])
+                await driver.gps(*here[0])
+                # One more fix after the gateway's position interval (1 s), so one surely goes to the customer.
+                await asyncio.sleep(1.2)
+                await driver.gps(*here[0])
+                await driver.delivered(order["order_id"])
+                await driver.next("ack", timeout_s=DEADLINE_S)
+                deliveries.append(order["order_id"])
 
 
 async def test_order_is_offered_assigned_and_delivered_with_live_status(live, spot, pool):
@@ -46,14 +53,14 @@ async def test_order_is_offered_assigned_and_delivered_with_live_status(live, sp
     deliveries: list[int] = []
     async with DriverClient(live.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) as driver, \
             CustomerClient(live.url, token("customer", customer_id)) as customer:
-        assert (await driver.next("welcome"))["orders"] == []
+        assert (await driver.next("welcome", timeout_s=DEADLINE_S))["orders"] == []
         await driver.gps(spot[0] + 0.002, spot[1])
         order = await customer_api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
         await customer.follow(order["id"])
         worker = asyncio.get_running_loop().create_task(run_driver(driver, (spot[0] + 0.002, spot[1]), deliveries))
         try:
             await customer.wait_for(lambda c: c.statuses(order["id"])[-1:] == ["delivered"], timeout_s=60)
-            await customer.wait_for(lambda c: deliveries, timeout_s=10)
+            await customer.wait_for(lambda c: deliveries, timeout_s=DEADLINE_S)
         finally:
             worker.cancel()
     assert deliveries == [order["id"]]
@@ -73,18 +80,18 @@ async def test_customer_cancellation_recalls_the_driver(live, spot):
     async with DriverClient(live.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) as driver:
         await driver.gps(spot[0] + 0.001, spot[1])
         order = await api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
-        offer = await driver.next("offer", timeout_s=15)
+        offer = await driver.next("offer", timeout_s=DEADLINE_S)
         await driver.accept(offer["offer_id"])
-        job = await driver.next("assigned")
+        job = await driver.next("assigned", timeout_s=DEADLINE_S)
         cancelled = await api.cancel(order["id"], reason="changed my mind")
         assert cancelled["status"] == "cancelled"
-        recall = await driver.next("cancelled", timeout_s=10)
+        recall = await driver.next("cancelled", timeout_s=DEADLINE_S)
         assert recall["order_id"] == order["id"]
         await driver.at_restaurant(job["job_id"])
-        assert (await driver.next("ack", "error"))["type"] == "error"  # the job is gone
+        assert (await driver.next("ack", "error", timeout_s=DEADLINE_S))["type"] == "error"  # the job is gone
         # The driver is free again: the next order is offered to it.
         second = await api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
-        offer = await driver.next("offer", timeout_s=15)
+        offer = await driver.next("offer", timeout_s=DEADLINE_S)
         assert [o["order_id"] for o in offer["orders"]] == [second["id"]]
 
 
@@ -109,11 +116,8 @@ async def test_twenty_drivers_ten_orders_each_delivered_once(live, spot, pool):
             await follower.follow(order["id"])
             customers.append((follower, order))
         for follower, order in customers:
-            await follower.wait_for(lambda c, o=order: c.statuses(o["id"])[-1:] == ["delivered"], timeout_s=90)
-        for _ in range(50):
-            if len(deliveries) >= 10:
-                break
-            await asyncio.sleep(0.1)
+            await follower.wait_for(lambda c, o=order: c.statuses(o["id"])[-1:] == ["delivered"], timeout_s=180)
+        await eventually(lambda: len(deliveries) >= 10, what="ten deliveries acknowledged")
     finally:
         for worker in workers:
             worker.cancel()

@@ -1,7 +1,7 @@
 """Faults: a cell actor dies, a driver's phone drops, the server restarts. Nothing acknowledged is lost."""
 
-import asyncio
 import contextlib
+import os
 import uuid
 from types import SimpleNamespace
 
@@ -12,14 +12,20 @@ from clients.customer import CustomerClient
 from clients.driver import DriverClient
 from clients.http import ApiClient
 from tests.conftest import token
-from tests.live.conftest import LIVE_PARAMS, LiveServer
+from tests.live.conftest import LIVE_PARAMS, LiveServer, streaming_gps
 from tests.live.test_end_to_end import EXPECTED, setup_restaurant
+from tests.waiting import DEADLINE_S, START_DEADLINE_S, eventually
 
 
-async def take_job(driver: DriverClient) -> dict:
-    offer = await driver.next("offer", timeout_s=30)
+async def process_of(actor) -> int:
+    """The id of the process an actor runs in (a restarted actor runs in a new one)."""
+    return await actor.__ray_call__.remote(lambda _: os.getpid())
+
+
+async def take_job(driver: DriverClient, timeout_s: float = DEADLINE_S) -> dict:
+    offer = await driver.next("offer", timeout_s=timeout_s)
     await driver.accept(offer["offer_id"])
-    return await driver.next("assigned", timeout_s=15)
+    return await driver.next("assigned", timeout_s=DEADLINE_S)
 
 
 @contextlib.asynccontextmanager
@@ -44,19 +50,25 @@ async def test_cell_actor_killed_mid_delivery(live, spot, pool):
         # A second order waits in the cell's heap when the cell dies.
         second = await api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
         await customer.follow(second["id"])
-        ray.kill(ray.get_actor(actor_name(cell_of_point(*spot)), namespace=NAMESPACE), no_restart=False)
-        await asyncio.sleep(0.5)
+        cell = ray.get_actor(actor_name(cell_of_point(*spot)), namespace=NAMESPACE)
+        killed = await process_of(cell)
+        ray.kill(cell, no_restart=False)
+
+        async def restarted():
+            return await process_of(cell) != killed
+
+        await eventually(restarted, timeout_s=START_DEADLINE_S)
         for step, kind in [("at_restaurant", "ack"), ("picked_up", "ack")]:
             await getattr(driver, step)(job["job_id"])
-            reply = await driver.next("ack", "error", timeout_s=30)
+            reply = await driver.next("ack", "error", timeout_s=DEADLINE_S)
             assert reply["type"] == kind, reply
             await driver.gps(spot[0] + 0.001, spot[1])
         await driver.delivered(first["id"])
-        assert (await driver.next("ack", "error", timeout_s=15))["type"] == "ack"
+        assert (await driver.next("ack", "error", timeout_s=DEADLINE_S))["type"] == "ack"
         # The rebuilt cell still dispatches the order that was waiting.
         job2 = await take_job(driver)
         assert [o["order_id"] for o in job2["orders"]] == [second["id"]]
-        await customer.wait_for(lambda c: c.statuses(first["id"]) == EXPECTED, timeout_s=20)
+        await customer.wait_for(lambda c: c.statuses(first["id"]) == EXPECTED, timeout_s=DEADLINE_S)
     assert (await api.order(first["id"]))["status"] == "delivered"
 
 
@@ -64,17 +76,17 @@ async def test_driver_socket_drops_mid_delivery(live, spot):
     async with assigned_order(live, spot) as world:
         driver, customer, order, job = world.driver, world.customer, world.order, world.job
         await driver.at_restaurant(job["job_id"])
-        await driver.next("ack")
+        await driver.next("ack", timeout_s=DEADLINE_S)
         await driver.picked_up(job["job_id"])
-        await driver.next("ack")
+        await driver.next("ack", timeout_s=DEADLINE_S)
         await driver.link.drop()
         await customer.link.drop()  # the customer's phone drops too, and resumes from its last seq
-        welcome = await driver.next("welcome", timeout_s=15)
+        welcome = await driver.next("welcome", timeout_s=DEADLINE_S)
         assert welcome["orders"] == [order["id"]] and driver.link.connections == 2
         await driver.gps(spot[0] + 0.01, spot[1])
         await driver.delivered(order["id"])
-        assert (await driver.next("ack", "error"))["type"] == "ack"
-        await customer.wait_for(lambda c: c.statuses(order["id"]) == EXPECTED, timeout_s=20)
+        assert (await driver.next("ack", "error", timeout_s=DEADLINE_S))["type"] == "ack"
+        await customer.wait_for(lambda c: c.statuses(order["id"]) == EXPECTED, timeout_s=DEADLINE_S)
         assert customer.link.connections == 2
 
 
@@ -85,14 +97,9 @@ async def test_silent_driver_orders_are_redispatched(live, spot, pool):
         await quitter.gps(spot[0] + 0.001, spot[1])
         order = await api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
         await take_job(quitter)
-    async with DriverClient(live.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) as rescuer:
-        for _ in range(20):  # keep the rescuer alive while the quitter's heartbeat runs out
-            await rescuer.gps(spot[0] + 0.002, spot[1])
-            try:
-                job = await take_job(rescuer)
-                break
-            except asyncio.TimeoutError:
-                continue
+    async with DriverClient(live.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) as rescuer, \
+            streaming_gps(rescuer, lambda: (spot[0] + 0.002, spot[1])):  # alive while the quitter's heartbeat runs out
+        job = await take_job(rescuer, timeout_s=DEADLINE_S + LIVE_PARAMS.cell.heartbeat_ttl_s)
         assert [o["order_id"] for o in job["orders"]] == [order["id"]]
     events = await pool.fetch("SELECT type, payload FROM order_events WHERE order_id = $1 ORDER BY seq", order["id"])
     assert [e["type"] for e in events] == ["placed", "assign", "unassign", "assign"]
@@ -117,15 +124,15 @@ async def test_server_restart_loses_nothing(settings, ray_local, spot, pool):
     try:
         async with DriverClient(restarted.url, token("driver", driver_id)) as driver, \
                 CustomerClient(restarted.url, token("customer", customer_id)) as customer:
-            welcome = await driver.next("welcome")
+            welcome = await driver.next("welcome", timeout_s=DEADLINE_S)
             assert welcome["orders"] == [order["id"]]
             await driver.gps(spot[0] + 0.001, spot[1])
             await customer.follow(order["id"])
             for step in ("at_restaurant", "picked_up"):
                 await getattr(driver, step)(job["job_id"])
-                assert (await driver.next("ack", "error", timeout_s=15))["type"] == "ack"
+                assert (await driver.next("ack", "error", timeout_s=DEADLINE_S))["type"] == "ack"
             await driver.delivered(order["id"])
-            assert (await driver.next("ack", "error"))["type"] == "ack"
-            await customer.wait_for(lambda c: c.statuses(order["id"]) == EXPECTED, timeout_s=20)
+            assert (await driver.next("ack", "error", timeout_s=DEADLINE_S))["type"] == "ack"
+            await customer.wait_for(lambda c: c.statuses(order["id"]) == EXPECTED, timeout_s=DEADLINE_S)
     finally:
         await restarted.stop()

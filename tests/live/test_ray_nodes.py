@@ -19,6 +19,7 @@ from bench.chaos_env import RAY_ENV, RayNode
 from clients.driver import DriverClient
 from clients.http import ApiClient
 from tests.conftest import token
+from tests.environment import child_environment
 from tests.live.conftest import ServerProcess, free_port
 from tests.live.test_end_to_end import run_driver, setup_restaurant
 
@@ -28,14 +29,16 @@ async def cluster(settings, tmp_path_factory):
     """A two-node Ray cluster and a front door joined to it."""
     logs = tmp_path_factory.mktemp("ray-nodes")
     port = free_port()
+    env = child_environment(**RAY_ENV)
     head = RayNode(logs / "head.log", "--head", f"--port={port}", "--include-dashboard=false",
                    f"--ray-client-server-port={free_port()}", f"--dashboard-port={free_port()}",
-                   f"--metrics-export-port={free_port()}")
+                   f"--metrics-export-port={free_port()}", env=env)
     nodes = [head]
     server = None
     try:
         await asyncio.sleep(3)
-        second = RayNode(logs / "second.log", f"--address=127.0.0.1:{port}", f"--metrics-export-port={free_port()}")
+        second = RayNode(logs / "second.log", f"--address=127.0.0.1:{port}", f"--metrics-export-port={free_port()}",
+                         env=env)
         nodes.append(second)
         server = ServerProcess(settings, tmp_path_factory.mktemp("server"),
                                env={"RAY_ADDRESS": f"127.0.0.1:{port}", **RAY_ENV})

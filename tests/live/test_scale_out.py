@@ -14,6 +14,7 @@ from clients.http import ApiClient
 from tests.conftest import token
 from tests.live.conftest import ServerProcess, redis_url, session_ray_address
 from tests.live.test_end_to_end import EXPECTED, setup_restaurant
+from tests.waiting import DEADLINE_S
 
 
 @pytest.fixture(scope="module")
@@ -45,28 +46,28 @@ async def test_customer_on_one_process_follows_a_driver_on_the_other(front_doors
     near = (spot[0] + 0.002, spot[1])
     driver_id = f"d-{uuid.uuid4().hex[:8]}"
     async with DriverClient(door_b.url, token("driver", driver_id)) as driver:
-        await driver.next("welcome")
+        await driver.next("welcome", timeout_s=DEADLINE_S)
         await driver.gps(*near)
         order = await api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
         dropoff = (spot[0] + 0.01, spot[1])
         async with CustomerClient(door_a.url, token("customer", customer_id)) as on_a:
             await on_a.follow(order["id"])
-            offer = await driver.next("offer", timeout_s=30)
+            offer = await driver.next("offer", timeout_s=DEADLINE_S)
             await driver.accept(offer["offer_id"])
-            job = await driver.next("assigned")
-            await on_a.wait_for(lambda c: "driver_assigned" in c.statuses(order["id"]), timeout_s=15)
+            job = await driver.next("assigned", timeout_s=DEADLINE_S)
+            await on_a.wait_for(lambda c: "driver_assigned" in c.statuses(order["id"]), timeout_s=DEADLINE_S)
             for step in range(4):  # the driver moves; its positions cross from B to A through Redis
                 await driver.gps(near[0] + 0.0005 * step, near[1])
                 await asyncio.sleep(1.1)
-            await on_a.wait_for(lambda c: c.positions[order["id"]], timeout_s=10)
+            await on_a.wait_for(lambda c: c.positions[order["id"]], timeout_s=DEADLINE_S)
             positions = list(on_a.positions[order["id"]])
             seen = dict(on_a.last_seq)
             events = list(on_a.events[order["id"]])
         # The customer's socket drops; while it is away the order moves on.
         await driver.at_restaurant(job["job_id"])
-        assert (await driver.next("ack", "error"))["type"] == "ack"
+        assert (await driver.next("ack", "error", timeout_s=DEADLINE_S))["type"] == "ack"
         await driver.picked_up(job["job_id"])
-        assert (await driver.next("ack", "error"))["type"] == "ack"
+        assert (await driver.next("ack", "error", timeout_s=DEADLINE_S))["type"] == "ack"
         # It reconnects, and the load balancer sends it to the other process: it resumes from its last seq.
         async with CustomerClient(door_b.url, token("customer", customer_id)) as on_b:
             on_b.last_seq.update(seen)
@@ -74,8 +75,8 @@ async def test_customer_on_one_process_follows_a_driver_on_the_other(front_doors
             await on_b.follow(order["id"])
             await driver.gps(*dropoff)
             await driver.delivered(order["id"])
-            assert (await driver.next("ack", "error"))["type"] == "ack"
-            await on_b.wait_for(lambda c: c.statuses(order["id"])[-1:] == ["delivered"], timeout_s=15)
+            assert (await driver.next("ack", "error", timeout_s=DEADLINE_S))["type"] == "ack"
+            await on_b.wait_for(lambda c: c.statuses(order["id"])[-1:] == ["delivered"], timeout_s=DEADLINE_S)
     assert positions and all(p["driver_id"] == driver_id for p in positions)
     assert on_b.statuses(order["id"]) == EXPECTED
     assert [e["seq"] for e in on_b.events[order["id"]]] == [1, 2, 3, 4, 5], "a status event was missed"
@@ -89,10 +90,10 @@ async def test_a_driver_has_one_live_socket_across_processes(front_doors):
     driver_token = token("driver", f"d-{uuid.uuid4().hex[:8]}")
     async with websockets.connect(url.format(door_a.url[4:], driver_token)) as first:
         # The session starts when the server says welcome (the socket is accepted a moment before).
-        assert msgpack.unpackb(await asyncio.wait_for(first.recv(), 10))["type"] == "welcome"
+        assert msgpack.unpackb(await asyncio.wait_for(first.recv(), DEADLINE_S))["type"] == "welcome"
         async with websockets.connect(url.format(door_b.url[4:], driver_token)) as second:
-            assert msgpack.unpackb(await asyncio.wait_for(second.recv(), 10))["type"] == "welcome"
-            await asyncio.wait_for(first.wait_closed(), 10)
+            assert msgpack.unpackb(await asyncio.wait_for(second.recv(), DEADLINE_S))["type"] == "welcome"
+            await asyncio.wait_for(first.wait_closed(), DEADLINE_S)
             assert first.close_code == 4000  # replaced by the newer connection on the other process
             assert second.close_code is None
 

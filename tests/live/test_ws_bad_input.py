@@ -1,6 +1,7 @@
 """Garbage over the websockets gets error frames, abuse gets 1008, and the server keeps serving."""
 
 import asyncio
+import json
 import uuid
 
 import httpx
@@ -14,6 +15,7 @@ from clients.http import ApiClient
 from clients.ws import ws_url
 from tests.conftest import token
 from tests.live.test_end_to_end import setup_restaurant
+from tests.waiting import DEADLINE_S
 
 
 async def healthy(live) -> bool:
@@ -61,7 +63,7 @@ async def test_malformed_frames_get_error_frames(live, spot):
 
 async def test_plain_gps_takes_the_fast_path_and_the_rest_the_full_one(live, spot):
     """Fixes are taken as uvicorn parses them (``server.frame_sink``), except those the full validator must
-    judge; both paths reach the gateway, and a bad fix still gets its error frame."""
+    judge; both paths reach the gateway, and a bad fix still gets its error frame (a float ``t`` too: strict)."""
     stats = live.app.state.gateway.stats
     fast, taken = stats["gps_fast"], stats["gps_in"]
     url = ws_url(live.url, "/v1/ws/driver", token("driver", f"d-{uuid.uuid4().hex[:8]}"))
@@ -69,15 +71,53 @@ async def test_plain_gps_takes_the_fast_path_and_the_rest_the_full_one(live, spo
         assert (await recv(socket))["type"] == "welcome"
         for i in range(3):
             await socket.send(msgpack.packb({"type": "gps", "lat": spot[0], "lng": spot[1] + i * 1e-4, "seq": i}))
-        await socket.send(msgpack.packb({"type": "gps", "lat": spot[0], "lng": spot[1], "t": 1.0}))  # int as float
         await socket.send(f'{{"type": "gps", "lat": {spot[0]}, "lng": {spot[1]}}}')  # JSON text frame
-        await socket.send(msgpack.packb({"type": "gps", "lat": "north", "lng": spot[1]}))
-        reply = await asyncio.wait_for(recv(socket), 10)
-        assert (reply["type"], reply["code"]) == ("error", "invalid_message")
+        for refused in ({"type": "gps", "lat": spot[0], "lng": spot[1], "t": 1.0}, {"type": "gps", "lat": "north", "lng": spot[1]}):
+            await socket.send(msgpack.packb(refused))
+            reply = await asyncio.wait_for(recv(socket), DEADLINE_S)
+            assert (reply["type"], reply["code"]) == ("error", "invalid_message"), refused
         await socket.send(msgpack.packb({"type": "ping"}))
         assert (await recv(socket))["type"] == "pong"
     assert stats["gps_fast"] - fast == 3
-    assert stats["gps_in"] - taken == 5
+    assert stats["gps_in"] - taken == 4
+
+
+async def test_lax_types_on_the_driver_socket_are_refused(live, spot):
+    """Issue 13 item 7: a string or bool latitude is refused over msgpack and JSON alike; an int one is a number."""
+    stats = live.app.state.gateway.stats
+    taken = stats["gps_in"]
+    url = ws_url(live.url, "/v1/ws/driver", token("driver", f"d-{uuid.uuid4().hex[:8]}"))
+    async with connect(url) as socket:
+        assert (await recv(socket))["type"] == "welcome"
+        lat, lng = round(spot[0], 4), round(spot[1], 4)
+        for frame in (f'{{"type": "gps", "lat": "{lat}", "lng": {lng}}}', f'{{"type": "gps", "lat": true, "lng": {lng}}}',
+                      msgpack.packb({"type": "gps", "lat": str(lat), "lng": lng}),
+                      msgpack.packb({"type": "gps", "lat": True, "lng": lng})):
+            await socket.send(frame)
+            reply = await asyncio.wait_for(recv(socket), 10)
+            assert (reply["type"], reply["code"]) == ("error", "invalid_message") and "lat" in reply["message"], frame
+        await socket.send(msgpack.packb({"type": "gps", "lat": int(lat), "lng": int(lng)}))
+        await socket.send(msgpack.packb({"type": "ping"}))
+        assert (await recv(socket))["type"] == "pong"
+    assert stats["gps_in"] - taken == 1
+
+
+async def test_after_seq_past_int4_keeps_the_socket_open(live, spot):
+    """Issue 13 item 6: ``after_seq`` 2**31 crashed the customer's socket (an int4 overflow in Postgres)."""
+    owner, rest, [item] = await setup_restaurant(live, spot)
+    customer = f"c-{uuid.uuid4().hex[:8]}"
+    order = await ApiClient(live.url, token("customer", customer)).place_order(
+        rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
+    async with connect(ws_url(live.url, "/v1/ws/customer", token("customer", customer))) as socket:
+        for after_seq in (2**31, 2**63, 2**64 - 1):
+            await socket.send(msgpack.packb({"type": "subscribe", "order_id": order["id"], "after_seq": after_seq}))
+            reply = await asyncio.wait_for(recv(socket), 10)
+            assert (reply["type"], reply["code"]) == ("error", "invalid_message") and "after_seq" in reply["message"]
+        await socket.send(msgpack.packb({"type": "subscribe", "order_id": order["id"], "after_seq": 2**31 - 1}))
+        assert (await asyncio.wait_for(recv(socket), 10)) == {"type": "subscribed", "order_id": order["id"]}
+        await socket.send(msgpack.packb({"type": "ping"}))
+        assert (await asyncio.wait_for(recv(socket), 10))["type"] == "pong"
+    assert await healthy(live)
 
 
 async def test_repeated_abuse_is_closed_with_1008(live):
@@ -103,14 +143,19 @@ async def test_gps_flood_is_rate_limited(live, spot):
 
 
 async def test_bad_tokens_and_roles_are_refused(live):
-    for url in [
-        ws_url(live.url, "/v1/ws/driver", "not-a-jwt"),
-        ws_url(live.url, "/v1/ws/driver", token("customer", "c-1")),
-        ws_url(live.url, "/v1/ws/customer", token("driver", "d-1")),
+    """Issue 13 item 8: as over HTTP, no valid token is a 401 and a wrong role a 403, with the JSON error."""
+    for url, status, code in [
+        (ws_url(live.url, "/v1/ws/driver", "not-a-jwt"), 401, "invalid_token"),
+        (f"{ws_url(live.url, '/v1/ws/customer', 'x').split('?')[0]}", 401, "unauthenticated"),
+        (ws_url(live.url, "/v1/ws/driver", token("customer", "c-1")), 403, "forbidden"),
+        (ws_url(live.url, "/v1/ws/customer", token("driver", "d-1")), 403, "forbidden"),
     ]:
-        with pytest.raises((InvalidStatus, ConnectionClosed)):
+        with pytest.raises(InvalidStatus) as info:
             async with connect(url) as socket:
                 await socket.recv()
+        response = info.value.response
+        assert response.status_code == status, url
+        assert json.loads(response.body)["error"]["code"] == code
 
 
 async def test_stranger_cannot_follow_an_order(live, spot):
@@ -120,9 +165,9 @@ async def test_stranger_cannot_follow_an_order(live, spot):
         rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
     async with CustomerClient(live.url, token("customer", f"c-{uuid.uuid4().hex[:8]}")) as stranger:
         await stranger.follow(order["id"])
-        await stranger.wait_for(lambda c: c.errors, timeout_s=10)
+        await stranger.wait_for(lambda c: c.errors, timeout_s=DEADLINE_S)
         assert stranger.errors[0]["code"] == "not_found" and not stranger.events
     async with CustomerClient(live.url, token("customer", owner_customer)) as customer:
         await customer.follow(order["id"])
-        await customer.wait_for(lambda c: c.statuses(order["id"]), timeout_s=10)
+        await customer.wait_for(lambda c: c.statuses(order["id"]), timeout_s=DEADLINE_S)
         assert customer.statuses(order["id"])[0] == "placed"

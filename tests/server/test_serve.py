@@ -1,7 +1,6 @@
 """``hexdispatch serve`` on embedded defaults: starts, answers, keeps data across restarts, stops cleanly
 (on Ctrl-C and on SIGTERM)."""
 
-import os
 import signal
 import socket
 import subprocess
@@ -13,6 +12,7 @@ import httpx
 import psutil
 
 from clients.http import wait_until_healthy
+from tests.environment import child_environment
 
 BIN = Path(sys.executable).with_name("hexdispatch")
 
@@ -24,10 +24,9 @@ def free_port() -> int:
 
 
 def start(workdir: Path, port: int) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "RAY_ADDRESS", "REDIS_URL"}}
     return subprocess.Popen(
         [str(BIN), "serve", "--port", str(port), "--log-level", "warning"],
-        cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=workdir, env=child_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
 
 
@@ -44,7 +43,8 @@ def stop(proc: subprocess.Popen, how: signal.Signals = signal.SIGINT) -> list[ps
 
 
 def token(workdir: Path, role: str, sub: str) -> str:
-    out = subprocess.run([str(BIN), "token", "--role", role, "--sub", sub], cwd=workdir, capture_output=True, check=True)
+    out = subprocess.run([str(BIN), "token", "--role", role, "--sub", sub], cwd=workdir, env=child_environment(),
+                         capture_output=True, check=True)
     return out.stdout.decode().strip()
 
 
