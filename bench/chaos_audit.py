@@ -90,6 +90,12 @@ def lost_status_events(phases: list[Phase], events: dict[int, list[dict]], seen_
     return _by_phase(phases, missed)
 
 
+def events_of_type(phases: list[Phase], events: dict[int, list[dict]], kind: str) -> dict[str, list[int]]:
+    """Orders with an event of type ``kind`` (e.g. ``unassign``: a re-dispatch), per phase of the event."""
+    return _by_phase(phases, [(e["at"], order_id) for order_id, trail in events.items() for e in trail
+                              if e["type"] == kind])
+
+
 def double_assignments(phases: list[Phase], events: dict[int, list[dict]]) -> dict[str, list]:
     """Orders assigned while held, and drivers given a job while another of theirs was open.
 

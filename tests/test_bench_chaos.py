@@ -78,6 +78,14 @@ def test_lost_status_events_counts_each_unseen_event_due_before_the_customer_lef
     assert none_seen["control"] == [(1, 1), (1, 2), (1, 3), (1, 4)]
 
 
+def test_events_of_type_counts_re_dispatches_where_they_happened():
+    events = {1: trail((10, "place", "placed"), (12, "assign", "driver_assigned"), (120, "unassign", "placed"),
+                       (125, "assign", "driver_assigned"), (130, "unassign", "placed")),
+              2: delivered(20)}
+    assert chaos_audit.events_of_type(PHASES, events, "unassign") == {"control": [], "1. cell": [1, 1],
+                                                                      "2. redis": []}
+
+
 def test_double_assignments_finds_an_order_held_twice_and_a_driver_with_two_open_jobs():
     clean = {1: delivered(10, driver="a", job="ja"), 2: delivered(80, driver="a", job="jb"),
              # a bundle: two orders on one job of one driver is not a double booking
