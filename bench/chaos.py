@@ -257,6 +257,10 @@ def account(args, go_at: float, load_end: float, injections: list[Injection], ta
             "placement_to_offer_p99_ms": chaos_audit.p99(placed) if placed else None,
             "examples": {"lost_orders": lost[phase.name][:5], "lost_status_events": missed[phase.name][:5],
                          "double_assignments": doubled[phase.name][:5], "stranded_orders": stranded[phase.name][:5]},
+            # What the audit trail says of those orders, to tell why (seconds since the load started).
+            "trails": {str(order_id): [(round(e["at"] - go_at, 2), e["type"], e["status"], e["driver_id"])
+                                  for e in events.get(order_id, [])]
+                       for order_id in {*lost[phase.name][:5], *stranded[phase.name][:5]}},
         })
     return {"phases": rows, "control_p99_ms": control_level, "_series": series, "_latencies": latencies,
             "_faults": [(inj.injected_at - go_at, inj.fault) for inj in injections], "_go_at": go_at}
