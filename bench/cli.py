@@ -9,6 +9,7 @@ from server.cli import route
 
 BENCHES: dict[str, tuple[str, str]] = {
     "peak": ("bench.peak", "peak-hour replay against a running server, beside the bare ceiling and the Redis design"),
+    "chaos": ("bench.chaos", "the peak hour's city while cell actors, front doors, Redis, Postgres and a Ray node fail"),
     "nearest": ("bench.nearest", "nearest idle drivers: inside a cell actor vs Redis GEOSEARCH"),
     "mdrp": ("bench.mdrp_live", "a Grubhub MDRP day through the live server at an accelerated clock"),
     "catalog": ("bench.catalog", "nearby search, menu and order placement on a metro-sized catalog"),

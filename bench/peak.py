@@ -259,7 +259,7 @@ def seed(args, system: System) -> list[Kitchen]:
 
 
 def city_jobs(args, system: System, kitchens: list[Kitchen], steps: list[Step], duration_s: float,
-              tag: str) -> list[CityJob]:
+              tag: str, progress_every_s: float) -> list[CityJob]:
     rng = random.Random(f"{args.seed}-{tag}")
     center = (args.lat, args.lng)
     run_id = secrets.token_hex(3)
@@ -269,7 +269,7 @@ def city_jobs(args, system: System, kitchens: list[Kitchen], steps: list[Step], 
         share = [Step(s.at_s, s.gps_interval_s, s.orders_per_minute / args.processes) for s in steps]
         jobs.append(CityJob(index, system.urls, system.secret, kitchens, drivers[first:first + size], share,
                             duration_s, center, args.radius_m, args.speed_kmh / 3.6, args.accept_rate, args.seed,
-                            progress_every_s=city_sampling(args)))
+                            progress_every_s=progress_every_s))
     return jobs
 
 
@@ -278,19 +278,25 @@ def city_sampling(args) -> float:
 
 
 def run_city(args, system: System, kitchens: list[Kitchen], steps: list[Step], duration_s: float, name: str,
-             drain_s: float, stop_when=None) -> CityRun:
-    """Connect the drivers, run the steps, drain open orders (up to ``drain_s``), collect everything."""
-    load = LoadRun(city_jobs(args, system, kitchens, steps, duration_s, name), name)
+             drain_s: float, stop_when=None, every=None, sample_every_s: float | None = None) -> CityRun:
+    """Connect the drivers, run the steps, drain open orders (up to ``drain_s``), collect everything.
+
+    ``every()`` runs about once a second while the steps run (from the moment the load starts);
+    ``sample_every_s`` (default: from the peak's window) paces the load's reports and the server samples.
+    """
+    sample_every_s = sample_every_s or city_sampling(args)
+    load = LoadRun(city_jobs(args, system, kitchens, steps, duration_s, name, sample_every_s), name)
     sampler = None
     try:
         load.start(args.drivers)
-        sampler = sampler_for_system(system, load, city_sampling(args)).start()
+        sampler = sampler_for_system(system, load, sample_every_s).start()
 
         def postfix(progress: dict[int, dict]) -> str:
             return (f"placed={sum(p['placed'] for p in progress.values())} "
                     f"open={sum(p['open'] for p in progress.values())}")
 
-        load.watch(duration_s, until=(lambda _: stop_when(load, sampler)) if stop_when else None, postfix=postfix)
+        load.watch(duration_s, until=(lambda _: stop_when(load, sampler)) if stop_when else None, every=every,
+                   postfix=postfix)
         if drain_s > 0:
             load.watch(drain_s, postfix=postfix, until=lambda progress: all(
                 not p["placing"] and p["open"] == 0 for p in progress.values()) and len(progress) == len(load.jobs))
@@ -712,6 +718,27 @@ def environment(args, system: System) -> dict:
             "server_started_by_bench": bool(args.start_server), "load_processes": args.processes}
 
 
+def add_city_arguments(parser: argparse.ArgumentParser, title: str, drivers: int = 10_000,
+                       orders_per_minute: float = 500, drain_s: float = 600, processes: int = 3,
+                       restaurants: int = 200, radius_m: float = 5000, prep_minutes: str = "1,1,1,3"):
+    """The simulated city's options (``bench peak`` and ``bench chaos``), in a group named ``title``."""
+    load = parser.add_argument_group(title)
+    load.add_argument("--drivers", type=int, default=drivers, help="driver sockets")
+    load.add_argument("--gps-interval", type=float, default=5.0, help="seconds between a driver's fixes")
+    load.add_argument("--orders-per-minute", type=float, default=orders_per_minute, help="order arrival rate")
+    load.add_argument("--drain", type=float, default=drain_s, help="most seconds to let open orders finish")
+    load.add_argument("--processes", type=int, default=processes, help="load-generator processes")
+    load.add_argument("--restaurants", type=int, default=restaurants, help="kitchens seeded")
+    load.add_argument("--radius-m", type=float, default=radius_m, help="radius of the simulated city")
+    load.add_argument("--prep-minutes", default=prep_minutes, help="kitchens' prep times, cycled over restaurants")
+    load.add_argument("--speed-kmh", type=float, default=36, help="drivers' road speed")
+    load.add_argument("--accept-rate", type=float, default=0.9, help="share of offers drivers accept")
+    load.add_argument("--lat", type=float, default=DEFAULT_CENTER[0], help="the city's centre")
+    load.add_argument("--lng", type=float, default=DEFAULT_CENTER[1], help="the city's centre")
+    load.add_argument("--seed", type=int, default=1, help="random seed of the city")
+    return load
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="hexdispatch bench peak", description=__doc__.split("\n\n")[0])
     where = parser.add_argument_group("the server")
@@ -733,22 +760,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     where.add_argument("--secret", help="the server's JWT secret (default: as `hexdispatch token` finds it)")
     where.add_argument("--stats-file", help="with --url: the front door's HEXDISPATCH_STATS_FILE, to read its counters "
                                             "from while a flood keeps it from answering HTTP promptly")
-    load = parser.add_argument_group("the peak hour")
-    load.add_argument("--drivers", type=int, default=10_000)
-    load.add_argument("--gps-interval", type=float, default=5.0, help="seconds between a driver's fixes")
-    load.add_argument("--orders-per-minute", type=float, default=500)
+    load = add_city_arguments(parser, "the peak hour")
     load.add_argument("--duration", type=float, default=120, help="seconds of the measured peak")
     load.add_argument("--warmup", type=float, default=10, help="first seconds of the peak left out of the figures")
-    load.add_argument("--drain", type=float, default=600, help="most seconds to let open orders finish")
-    load.add_argument("--processes", type=int, default=3, help="load-generator processes")
-    load.add_argument("--restaurants", type=int, default=200)
-    load.add_argument("--radius-m", type=float, default=5000, help="radius of the simulated city")
-    load.add_argument("--prep-minutes", default="1,1,1,3", help="kitchens' prep times, cycled over restaurants")
-    load.add_argument("--speed-kmh", type=float, default=36)
-    load.add_argument("--accept-rate", type=float, default=0.9)
-    load.add_argument("--lat", type=float, default=DEFAULT_CENTER[0])
-    load.add_argument("--lng", type=float, default=DEFAULT_CENTER[1])
-    load.add_argument("--seed", type=int, default=1)
     phases = parser.add_argument_group("phases")
     phases.add_argument("--no-peak", action="store_true", help="skip the peak hour")
     phases.add_argument("--stress", action="store_true", help="ramp the GPS rate until latency breaks")

@@ -110,11 +110,16 @@ class PostgresProbe:
     async def _read(self) -> dict:
         import asyncpg
 
-        if self.conn is None:
-            self.conn = await asyncpg.connect(self.dsn)
-        # Statistics are per transaction snapshot: start afresh each time.
-        await self.conn.execute("SELECT pg_stat_clear_snapshot()")
-        return dict(await self.conn.fetchrow(self.SQL))
+        if self.conn is None or self.conn.is_closed():
+            self.conn = await asyncpg.connect(self.dsn, timeout=PROBE_TIMEOUT_S)
+        try:
+            # Statistics are per transaction snapshot: start afresh each time.
+            await self.conn.execute("SELECT pg_stat_clear_snapshot()")
+            return dict(await self.conn.fetchrow(self.SQL))
+        except Exception:
+            self.conn.terminate()  # a restarted server, say: the next reading connects afresh
+            self.conn = None
+            raise
 
     def close(self) -> None:
         if self.conn is not None:

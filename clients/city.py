@@ -491,6 +491,25 @@ async def place_orders(desk: OrderDesk, per_minute: float, duration_s: float, rn
 DELIVERY_GRACE_S = 2.0
 
 
+def assigned_while_held(events: list[dict]) -> list[dict]:
+    """An order's ``assign`` events that found it already held by a driver: its double assignments."""
+    doubled, holding = [], 0
+    for event in events:
+        if event["type"] == "assign":
+            holding += 1
+            if holding > 1:
+                doubled.append(event)
+        elif event["type"] == "unassign":
+            holding -= 1
+    return doubled
+
+
+def missed_events(events: list[dict], seen_seqs, until: float) -> list[dict]:
+    """An order's status events at or before ``until`` (unix s) whose ``seq`` its customer never received."""
+    seen = set(seen_seqs)
+    return [e for e in events if unix_time(e["at"]) <= until and e["seq"] not in seen]
+
+
 async def audit(admin: ApiClient, placed: list[int], seen_seqs: dict[int, list[int]],
                 followed_until: dict[int, float] | None = None, concurrency: int = 16) -> dict:
     """Check every acknowledged order against the server's audit trail.
@@ -515,17 +534,9 @@ async def audit(admin: ApiClient, placed: list[int], seen_seqs: dict[int, list[i
                 return
         final = events[-1]["status"] if events else None
         counts[{"delivered": "delivered", "cancelled": "cancelled"}.get(final, "in_flight")] += 1
-        holding = 0
-        for event in events:
-            if event["type"] == "assign":
-                holding += 1
-                if holding > 1:
-                    counts["double_assigned"] += 1
-            elif event["type"] == "unassign":
-                holding -= 1
+        counts["double_assigned"] += len(assigned_while_held(events))
         until = followed_until.get(order_id, float("inf")) - DELIVERY_GRACE_S
-        due = {e["seq"] for e in events if unix_time(e["at"]) <= until}
-        counts["lost_status_events"] += len(due - set(seen_seqs.get(order_id, ())))
+        counts["lost_status_events"] += len(missed_events(events, seen_seqs.get(order_id, ()), until))
 
     await asyncio.gather(*(check(order_id) for order_id in placed))
     counts["lost"] = counts["missing"] + counts["in_flight"] + counts["lost_status_events"]

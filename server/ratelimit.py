@@ -74,13 +74,21 @@ class RedisRateLimiter:
         self.prefix = prefix
         self.script = redis.register_script(GCRA_LUA)
         self.fallback = LocalRateLimiter()
+        self.failing = False
+        """Whether the last call fell back; an outage is logged once when it starts and once when it ends."""
 
     async def allow(self, key: str, limit: Limit) -> bool:
         try:
-            return bool(await self.script(keys=[self.prefix + key], args=[limit.rate, limit.burst]))
+            allowed = bool(await self.script(keys=[self.prefix + key], args=[limit.rate, limit.burst]))
         except Exception as exc:
-            log.warning("redis rate limiter unavailable (%s); using this process's limits", exc)
+            if not self.failing:
+                log.warning("redis rate limiter unavailable (%s); using this process's limits", exc)
+            self.failing = True
             return await self.fallback.allow(key, limit)
+        if self.failing:
+            log.warning("redis rate limiter available again")
+            self.failing = False
+        return allowed
 
 
 def create_rate_limiter(redis, prefix: str = "hexdispatch:") -> LocalRateLimiter | RedisRateLimiter:

@@ -1,6 +1,8 @@
 """The pieces several front doors share: the broker and the rate limiter, against a real Redis."""
 
+import logging
 import os
+import shutil
 import uuid
 
 import pytest
@@ -51,6 +53,31 @@ async def test_redis_limiter_falls_back_to_local_limits_when_redis_is_away():
     limit = Limit(rate=0.1, burst=2.0)
     assert [await limiter.allow("k", limit) for _ in range(3)] == [True, True, False]
     await dead.aclose()
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server to restart one of its own")
+async def test_redis_limiter_logs_an_outage_once_and_shares_limits_again_after_a_restart(tmp_path, caplog):
+    import redis.asyncio as aioredis
+
+    from bench.chaos_env import OwnRedis
+
+    server = OwnRedis(tmp_path).start()
+    client = aioredis.from_url(server.url, socket_connect_timeout=1)
+    try:
+        limiter, limit = RedisRateLimiter(client, "test:"), Limit(rate=0.01, burst=50.0)
+        assert await limiter.allow("k", limit)
+        server.stop()
+        with caplog.at_level(logging.WARNING, logger="hexdispatch.ratelimit"):
+            assert all([await limiter.allow("k", limit) for _ in range(20)])  # this process's limits meanwhile
+            assert sum("unavailable" in r.getMessage() for r in caplog.records) == 1
+            server.start()  # the same port, empty
+            await eventually(lambda: limiter.allow("k", limit), interval_s=0.2, what="Redis back")
+            assert not limiter.failing
+            assert sum("available again" in r.getMessage() for r in caplog.records) == 1
+        assert await client.exists("test:k"), "limits are kept in Redis again"
+    finally:
+        await client.aclose()
+        server.stop()
 
 
 def test_local_broker_delivers_to_the_subscribed_channel_only():

@@ -9,18 +9,13 @@ acknowledged order must still be delivered exactly once.
 """
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
 from actors.cell import cell_of_point
+from bench.chaos_env import RAY_ENV, RayNode
 from clients.driver import DriverClient
 from clients.http import ApiClient
 from tests.conftest import token
@@ -28,60 +23,22 @@ from tests.environment import child_environment
 from tests.live.conftest import ServerProcess, free_port
 from tests.live.test_end_to_end import run_driver, setup_restaurant
 
-RAY = Path(sys.executable).with_name("ray")
-# Ray enables token authentication on a head started by `ray start`; every other member must say so too.
-RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
-
-
-class RayNode:
-    """One ``ray start --block`` in its own process group (so it can be lost as a whole)."""
-
-    def __init__(self, log: Path, *args: str):
-        self.log = log
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [str(RAY), "start", "--block", "--num-cpus=1", '--resources={"cell_host": 1}', *args],
-                env=child_environment(**RAY_ENV), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-
-    def lose(self) -> None:
-        """The machine is gone: every process of the node (its workers included) dies at once."""
-        root = psutil.Process(self.process.pid)
-        doomed = [root, *root.children(recursive=True)]  # workers start sessions of their own
-        with_suppressed_lookup(lambda: os.killpg(self.process.pid, signal.SIGKILL))
-        for process in doomed:
-            with_suppressed_lookup(process.kill)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.lose()
-
-
-def with_suppressed_lookup(action) -> None:
-    try:
-        action()
-    except (ProcessLookupError, psutil.NoSuchProcess):
-        pass
-
 
 @pytest.fixture(scope="module")
 async def cluster(settings, tmp_path_factory):
     """A two-node Ray cluster and a front door joined to it."""
     logs = tmp_path_factory.mktemp("ray-nodes")
     port = free_port()
+    env = child_environment(**RAY_ENV)
     head = RayNode(logs / "head.log", "--head", f"--port={port}", "--include-dashboard=false",
                    f"--ray-client-server-port={free_port()}", f"--dashboard-port={free_port()}",
-                   f"--metrics-export-port={free_port()}")
+                   f"--metrics-export-port={free_port()}", env=env)
     nodes = [head]
     server = None
     try:
         await asyncio.sleep(3)
-        second = RayNode(logs / "second.log", f"--address=127.0.0.1:{port}", f"--metrics-export-port={free_port()}")
+        second = RayNode(logs / "second.log", f"--address=127.0.0.1:{port}", f"--metrics-export-port={free_port()}",
+                         env=env)
         nodes.append(second)
         server = ServerProcess(settings, tmp_path_factory.mktemp("server"),
                                env={"RAY_ADDRESS": f"127.0.0.1:{port}", **RAY_ENV})
