@@ -75,7 +75,8 @@ def eta_metrics(solution: Solution, calibration: EtaCalibration) -> dict:
     orders (:func:`dispatch.eta.error_summary`), and the share of drop-offs inside the p10-p90 range."""
     delivered = ~np.isnan(solution.dropoff_time)
     actual = solution.dropoff_time[delivered]
-    promise = calibration.promise(solution.eta_placement[delivered], solution.eta_placement_delay[delivered])
+    promise = calibration.promise(solution.eta_placement[delivered], solution.eta_placement_delay[delivered],
+                                  solution.eta_placement_load[delivered])
     estimates = {"placement": promise.door, "assignment": solution.eta_assignment[delivered],
                  "pickup": solution.eta_pickup[delivered]}
     result = {moment: error_summary(estimates[moment], actual) for moment in ETA_MOMENTS}
@@ -85,10 +86,11 @@ def eta_metrics(solution: Solution, calibration: EtaCalibration) -> dict:
     return result
 
 
-def placement_residuals(solution: Solution) -> tuple[np.ndarray, np.ndarray]:
-    """(actual drop-off minus raw placement forecast, forecast courier delay) of delivered orders."""
+def placement_residuals(solution: Solution) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(actual drop-off minus raw placement forecast, forecast courier delay, load) of delivered orders."""
     delivered = ~np.isnan(solution.dropoff_time)
-    return ((solution.dropoff_time - solution.eta_placement)[delivered], solution.eta_placement_delay[delivered])
+    return ((solution.dropoff_time - solution.eta_placement)[delivered], solution.eta_placement_delay[delivered],
+            solution.eta_placement_load[delivered])
 
 
 def day_of(instance_name: str) -> str:
@@ -100,14 +102,14 @@ def day_of(instance_name: str) -> str:
 def held_out_calibrations(solutions: list[Solution]) -> dict[str, EtaCalibration]:
     """For each day among ``solutions``' instances, the calibration fitted on the residuals of every
     other day (never on the day it will score), plus ``"all"`` fitted on every day (for live use)."""
-    by_day: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    by_day: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
     for solution in solutions:
         by_day.setdefault(day_of(solution.instance.name), []).append(placement_residuals(solution))
 
-    def fit(parts: list[tuple[np.ndarray, np.ndarray]]) -> EtaCalibration:
+    def fit(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> EtaCalibration:
         if not parts:
             return EtaCalibration()
-        return EtaCalibration.fit(np.concatenate([r for r, _ in parts]), np.concatenate([d for _, d in parts]))
+        return EtaCalibration.fit(*(np.concatenate(column) for column in zip(*parts)))
 
     result = {day: fit([p for other, parts in by_day.items() if other != day for p in parts]) for day in by_day}
     result["all"] = fit([p for parts in by_day.values() for p in parts])

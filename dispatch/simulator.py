@@ -57,7 +57,8 @@ class Solution:
     eta_placement: np.ndarray = field(default_factory=lambda: np.empty(0))
     """Raw forecast (:func:`dispatch.eta.forecast`) of each order's drop-off, at the tick it was placed."""
     eta_placement_delay: np.ndarray = field(default_factory=lambda: np.empty(0))
-    """That forecast's courier delay (pickup minus ready), which picks the calibration band."""
+    eta_placement_load: np.ndarray = field(default_factory=lambda: np.empty(0))
+    """That forecast's courier delay (pickup minus ready) and load, which pick the calibration band."""
     eta_assignment: np.ndarray = field(default_factory=lambda: np.empty(0))
     """Drop-off estimate when the order was committed: its job's plan."""
     eta_pickup: np.ndarray = field(default_factory=lambda: np.empty(0))
@@ -103,6 +104,7 @@ def replay(
         order_courier=np.full(n_orders, -1, np.int64),
         eta_placement=np.full(n_orders, np.nan),
         eta_placement_delay=np.full(n_orders, np.nan),
+        eta_placement_load=np.full(n_orders, np.nan),
         eta_assignment=np.full(n_orders, np.nan),
         eta_pickup=np.full(n_orders, np.nan),
     )
@@ -145,6 +147,7 @@ def replay(
                                     expected_orders(order_arrays(recent), now, eta_window))
                 solution.eta_placement[pending[new]] = promised.door[new] + instance.dropoff_service / 2
                 solution.eta_placement_delay[pending[new]] = promised.courier_delay[new]
+                solution.eta_placement_load[pending[new]] = promised.load
             decision = match(now, drivers, orders, travel, params, policy)
             for courier, local_orders in decision.jobs:
                 job = [int(pending[i]) for i in local_orders]

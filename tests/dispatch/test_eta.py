@@ -70,6 +70,8 @@ def test_forecast_kernel_equals_twin_and_orders_its_times(seed, n_orders, n_driv
     result = forecast(now, drivers, orders, travel, params)
     assert np.array_equal(result.door, door) and np.array_equal(result.arrival, arrival, equal_nan=True)
     assert np.array_equal(result.courier_delay, pickup - orders.ready_at)
+    pool = np.count_nonzero((drivers.free_at <= now + params.lookahead) & (drivers.shift_end >= now))
+    assert result.load == n_orders / max(pool, 1)
     # The elementwise travel kernel too.
     legs = (model, travel.metres_per_minute, orders.restaurant_x, orders.restaurant_y, orders.drop_x, orders.drop_y)
     assert np.array_equal(kernels.travel_minutes_each(*legs), twin.travel_minutes_each(*legs))
@@ -96,24 +98,29 @@ def test_forecast_is_monotone_in_prep_time_and_queue(seed, n_orders, extra_prep)
     assert (queued.door[:n_orders] >= base.door).all()
 
 
-def test_calibration_orders_the_range_and_learns_quantiles():
+def test_calibration_orders_the_range_and_learns_offsets_per_band():
     rng = np.random.default_rng(1)
-    delay = np.concatenate([np.zeros(500), np.full(500, 12.0)])
-    residuals = np.concatenate([rng.normal(1.0, 1.0, 500), rng.normal(5.0, 4.0, 500)])
-    calibration = EtaCalibration.fit(residuals, delay)
-    quiet, busy = calibration.offsets[band_of(np.array([0.0]))[0]], calibration.offsets[band_of(np.array([12.0]))[0]]
-    assert quiet[0] <= quiet[1] <= quiet[2] and busy[0] <= busy[1] <= busy[2]
+    delay = np.concatenate([np.zeros(500), np.full(500, 12.0), np.zeros(500)])
+    load = np.concatenate([np.full(1000, 0.5), np.full(500, 2.0)])
+    residuals = np.concatenate([rng.normal(1.0, 1.0, 500), rng.normal(5.0, 4.0, 500), rng.normal(-3.0, 1.0, 500)])
+    calibration = EtaCalibration.fit(residuals, delay, load)
+    offset = lambda d, l: calibration.offsets[band_of(np.array([d]), np.array([l]))[0]]
+    quiet, busy, scarce = offset(0.0, 0.5), offset(12.0, 0.5), offset(0.0, 2.0)
+    for p10, point, p90 in (quiet, busy, scarce):
+        assert p10 <= point <= p90
     assert busy[2] - busy[0] > quiet[2] - quiet[0], "the range widens with the courier delay"
-    assert abs(quiet[1] - 1.0) < 0.3 and abs(busy[1] - 5.0) < 0.8
-    # Bands with too few residuals borrow the pooled quantiles.
-    assert calibration.offsets[-1] == pytest.approx(tuple(np.percentile(residuals, (10, 50, 90))))
-    promise = calibration.promise(np.array([100.0, 100.0, np.nan]), np.array([0.0, 12.0, 0.0]))
+    assert abs(quiet[1] - 1.0) < 0.3 and abs(busy[1] - 5.0) < 0.8 and abs(scarce[1] + 3.0) < 0.3
+    # A band with too few residuals borrows its delay band over all loads.
+    assert offset(12.0, 2.0) == pytest.approx(busy)
+    promise = calibration.promise(np.array([100.0, 100.0, np.nan]), np.array([0.0, 12.0, 0.0]), np.full(3, 0.5))
     assert (promise.door_p10[:2] <= promise.door[:2]).all() and (promise.door[:2] <= promise.door_p90[:2]).all()
-    assert np.isnan(promise.door[2])
+    assert promise.door[0] == pytest.approx(100.0 + quiet[1]) and np.isnan(promise.door[2])
     assert EtaCalibration.from_json(calibration.to_json()) == calibration
     with pytest.raises(ValueError, match="bands"):
         EtaCalibration.from_json({**calibration.to_json(), "delay_bands": [0.0, 3.0]})
-    assert band_of(np.array([-1.0, np.nan, 0.5, 1.0, 1e9])).tolist() == [0, 0, 0, 1, len(DELAY_BANDS) - 1]
+    last = len(DELAY_BANDS) - 1
+    assert band_of(np.array([-1.0, np.nan, 0.5, 1.0, 1e9]), np.zeros(5)).tolist() == [0, 0, 0, 1, last]
+    assert band_of(np.array([0.0, 1e9]), np.array([1.0, 7.0])).tolist() == [last + 1, 2 * last + 1]
 
 
 def test_error_summary():
