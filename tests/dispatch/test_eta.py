@@ -178,3 +178,23 @@ def test_tail_rank_serves_a_long_waiting_order_before_a_later_one():
                     ready_at=np.array([95.0, 80.0]), restaurant_id=np.array([0, 1]))
     assert match(100.0, drivers, orders, travel, MatchParams(tail_weight=0.0)).jobs == [(0, [1])]
     assert match(100.0, drivers, orders, travel, MatchParams()).jobs == [(0, [0])]
+
+
+def test_bundling_stops_at_the_click_to_door_cap_unless_couriers_run_out():
+    # Two orders of one restaurant, placed 60 min ago, ready now, doors 10 min east and west: alone
+    # each arrives at 70 min; as the second stop of a bundle one would arrive at 90 min.
+    travel = TravelModel.mdrp(100.0)
+    orders = Orders(restaurant_x=np.zeros(2), restaurant_y=np.zeros(2), drop_x=np.array([1000.0, -1000.0]),
+                    drop_y=np.zeros(2), placed_at=np.zeros(2), ready_at=np.full(2, 60.0),
+                    restaurant_id=np.zeros(2, np.int64))
+
+    def drivers(n: int) -> Drivers:
+        return Drivers(x=np.zeros(n), y=np.zeros(n), free_at=np.zeros(n), capacity=np.full(n, 4),
+                       shift_end=np.full(n, 1000.0))
+
+    # Two couriers for two orders (scarce, so the 35-min bundling bound, but not out): no bundle past 75 min.
+    assert sorted(job for _, job in match(60.0, drivers(2), orders, travel, MatchParams()).jobs) == [[0], [1]]
+    assert [sorted(job) for _, job in match(60.0, drivers(2), orders, travel,
+                                            MatchParams(bundle_click_to_door_cap=np.inf)).jobs] == [[0, 1]]
+    # One courier for two orders: bundling is what serves both, cap or not.
+    assert [sorted(job) for _, job in match(60.0, drivers(1), orders, travel, MatchParams()).jobs] == [[0, 1]]
