@@ -51,8 +51,9 @@ def kernel_tick(module, now, drivers, orders, travel: TravelModel, params: Match
     by_restaurant = np.lexsort((np.arange(n), orders.ready_at, orders.restaurant_id)).astype(np.int64)
     jobs, lengths = module.bundle_orders(
         by_restaurant, orders.restaurant_id.astype(np.int64), orders.restaurant_x, orders.restaurant_y,
-        orders.drop_x, orders.drop_y, orders.ready_at, travel.kind, travel.metres_per_minute,
-        params.dropoff_service, params.bundle_ready_window, params.bundle_max_delay, params.max_bundle_size)
+        orders.drop_x, orders.drop_y, orders.ready_at, orders.placed_at, travel.kind, travel.metres_per_minute,
+        params.dropoff_service, params.bundle_ready_window, params.bundle_max_delay, params.max_bundle_size, now,
+        params.bundle_click_to_door_cap)
     lead = jobs[:, 0]
     job_ready = np.where(jobs >= 0, orders.ready_at[jobs], -np.inf).max(axis=1)
     scale_x, scale_y = travel.planar_scale(float(drivers.y.mean()))

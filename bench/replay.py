@@ -19,7 +19,8 @@ from tqdm import tqdm
 from dispatch.feasibility import check_solution
 from dispatch.matcher import POLICIES, MatchParams
 from dispatch.mdrp import INSTANCE_FILES, Instance, parse_instance
-from dispatch.metrics import solution_metrics
+from dispatch.eta import EtaCalibration
+from dispatch.metrics import ETA_MOMENTS, day_of, eta_metrics, solution_metrics
 from dispatch.simulator import Solution, replay
 
 
@@ -69,8 +70,8 @@ def write_solution(solution: Solution, folder: Path, metrics: dict) -> None:
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 
-TABLE_COLUMNS = ("instance", "policy", "delivered", "deliv.%", "CtD mean", "p90", "max", "<=40 %",
-                 "bundle", "util", "feasible", "seconds")
+TABLE_COLUMNS = ("instance", "policy", "delivered", "deliv.%", "CtD mean", "p90", "p99", "max", ">90 (floor<=90)",
+                 "<=40 %", "bundle", "util", "feasible", "seconds")
 
 
 def table_row(metrics: dict) -> list[str]:
@@ -79,7 +80,8 @@ def table_row(metrics: dict) -> list[str]:
     return [
         metrics["instance"], metrics["policy"], f"{metrics['orders_delivered']}/{metrics['orders']}",
         f"{100 * metrics['delivered_share_of_deliverable']:.2f}", f"{ctd['mean']:.2f}", f"{ctd['p90']:.0f}",
-        f"{ctd['max']:.0f}", f"{100 * metrics['within_target_share']:.1f}",
+        f"{metrics['tail']['click_to_door_p99']:.1f}", f"{ctd['max']:.0f}", str(metrics["tail"]["over_max_not_floor"]),
+        f"{100 * metrics['within_target_share']:.1f}",
         f"{metrics['bundle_size']['mean']:.2f}", f"{metrics['courier_utilization']['mean']:.2f}",
         "yes" if metrics["feasible"] else "NO", f"{metrics['replay_seconds']:.1f}",
     ]
@@ -92,8 +94,43 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_replay(folder: Path, policy: str, out: Path | None, epoch: float, progress: bool) -> tuple[dict, Solution]:
-    """Replay one instance folder, check it, and (if ``out``) write its files under out/instance/policy."""
+ETA_COLUMNS = ("instance", "policy", "estimate at", "orders", "MAE min", "p90 abs err", "within +/-5 %", "bias min",
+               "p10-p90 coverage %")
+
+
+def eta_table(rows: list[dict]) -> str:
+    """Markdown table of the drop-off estimates' errors (``metrics["eta"]``), one line per moment."""
+    lines = ["| " + " | ".join(ETA_COLUMNS) + " |", "|" + "---|" * len(ETA_COLUMNS)]
+    for m in rows:
+        for moment in ETA_MOMENTS:
+            e = m["eta"][moment]
+            coverage = f"{100 * m['eta']['placement_range_coverage']:.1f}" if moment == "placement" else ""
+            lines.append("| " + " | ".join([m["instance"], m["policy"], moment, str(e["orders"]), f"{e['mae']:.2f}",
+                                            f"{e['p90_abs']:.2f}", f"{100 * e['within_5']:.1f}", f"{e['bias']:+.2f}",
+                                            coverage]) + " |")
+    return "\n".join(lines)
+
+
+DEFAULT_CALIBRATION = Path(__file__).resolve().parent / "results" / "mdrp" / "eta_calibration.json"
+
+
+def load_calibrations(path: Path | None) -> dict[str, EtaCalibration]:
+    """Calibrations keyed by held-out day (and ``"all"``) from ``path`` (written by ``bench.mdrp_quality``);
+    none (raw forecasts) when ``path`` is None."""
+    if path is None:
+        return {}
+    return {day: EtaCalibration.from_json(table) for day, table in json.loads(path.read_text()).items()}
+
+
+def calibration_for(instance_name: str, calibrations: dict[str, EtaCalibration]) -> EtaCalibration:
+    """The calibration fitted without ``instance_name``'s day; raw forecasts if there is none."""
+    return calibrations.get(day_of(instance_name), EtaCalibration())
+
+
+def run_replay(folder: Path, policy: str, out: Path | None, epoch: float, progress: bool,
+               calibrations: dict[str, EtaCalibration] | None = None) -> tuple[dict, Solution]:
+    """Replay one instance folder, check it, score its delivery-time estimates (calibrated without
+    its own day), and (if ``out``) write its files under out/instance/policy."""
     instance = load_instance(folder)
     bar = tqdm(total=int(instance.courier_off.max()), desc=f"{instance.name} {policy}", unit="min",
                leave=False, disable=not progress)
@@ -107,7 +144,8 @@ def run_replay(folder: Path, policy: str, out: Path | None, epoch: float, progre
     bar.close()
     problems = check_solution(solution)
     metrics = solution_metrics(solution)
-    metrics.update(replay_seconds=seconds, epoch_minutes=epoch, feasible=not problems, violations=problems[:20])
+    metrics.update(replay_seconds=seconds, epoch_minutes=epoch, feasible=not problems, violations=problems[:20],
+                   eta=eta_metrics(solution, calibration_for(instance.name, calibrations or {})))
     if out is not None:
         write_solution(solution, out / instance.name / policy, metrics)
     return metrics, solution
@@ -122,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epoch", type=float, default=1.0, help="simulated minutes between decisions")
     parser.add_argument("--match", default=None, help="only instances whose name contains this text")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--eta-calibration", type=Path,
+                        default=DEFAULT_CALIBRATION if DEFAULT_CALIBRATION.is_file() else None,
+                        help="delivery-time calibration JSON from bench.mdrp_quality (default: the committed one); "
+                             "each instance is scored with the table fitted without its day")
     return parser
 
 
@@ -134,13 +176,14 @@ def main(argv: list[str]) -> int:
         print("hexdispatch replay: no MDRP instance found", file=sys.stderr)
         return 2
     rows = []
+    calibrations = load_calibrations(args.eta_calibration)
     for folder in tqdm(folders, desc="instances", disable=args.quiet or len(folders) == 1):
         for policy in policies:
-            metrics, _ = run_replay(folder, policy, args.out, args.epoch, not args.quiet)
+            metrics, _ = run_replay(folder, policy, args.out, args.epoch, not args.quiet, calibrations)
             rows.append(metrics)
             for problem in metrics["violations"]:
                 print(f"{folder.name} {policy}: INFEASIBLE: {problem}", file=sys.stderr)
-    table = markdown_table(rows)
+    table = markdown_table(rows) + "\n\nDrop-off estimates against actual drop-off (minutes):\n\n" + eta_table(rows)
     print(table)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)

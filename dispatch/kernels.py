@@ -36,6 +36,15 @@ def travel_minutes(model, metres_per_minute, from_x, from_y, to_x, to_y):
 
 
 @kernel
+def travel_minutes_each(model, metres_per_minute, from_x, from_y, to_x, to_y):
+    """:func:`travel_minutes` of each pair of points, elementwise over equal-length arrays."""
+    result = np.empty(from_x.shape[0], np.float64)
+    for i in range(from_x.shape[0]):
+        result[i] = travel_minutes(model, metres_per_minute, from_x[i], from_y[i], to_x[i], to_y[i])
+    return result
+
+
+@kernel
 def nearest_candidates(query_x, query_y, point_x, point_y, scale_x, scale_y, k, max_radius_m):
     """For each query, the indices of its (up to) ``k`` nearest points, nearest first, -1 padded.
 
@@ -276,11 +285,13 @@ def drop_leg_minutes(model, metres_per_minute, from_order, to_order, restaurant_
 
 
 @kernel
-def bundle_orders(by_restaurant, restaurant_id, restaurant_x, restaurant_y, drop_x, drop_y, ready,
-                  model, metres_per_minute, dropoff_service, ready_window, max_delay, max_size):
+def bundle_orders(by_restaurant, restaurant_id, restaurant_x, restaurant_y, drop_x, drop_y, ready, placed,
+                  model, metres_per_minute, dropoff_service, ready_window, max_delay, max_size, now,
+                  click_to_door_cap):
     """Bundle orders of the same restaurant; see :func:`dispatch.matcher.form_bundles`.
 
     ``by_restaurant`` lists the order indices sorted by (restaurant, ready, index).
+    A door time counts from pickup at the bundle's latest ready time, or ``now`` if later.
     Returns (jobs, job_length): row j of ``jobs`` holds job j's orders in drop-off
     sequence, -1 padded. Jobs come restaurant by restaurant, in opening order.
     """
@@ -330,6 +341,11 @@ def bundle_orders(by_restaurant, restaurant_id, restaurant_x, restaurant_y, drop
                     solo = drop_leg_minutes(model, metres_per_minute, -1, stop, restaurant_x, restaurant_y,
                                             drop_x, drop_y, dropoff_service)
                     if pickup + elapsed - (ready[stop] + solo) > max_delay:
+                        ok = False
+                        break
+                    # The tail: no order is pushed past the cap by others, unless alone it is past it already.
+                    door = max(pickup, now) + elapsed
+                    if door - placed[stop] > click_to_door_cap and door > max(ready[stop], now) + solo:
                         ok = False
                         break
                 if ok and elapsed - job_route[job] < best_added:
@@ -484,3 +500,91 @@ def grid_nearest(query_lat, query_lng, radius_m, k, lat, lng, available, next_sl
     kept_m = kept_m[by_slot]
     by_distance = np.argsort(kept_m, kind="mergesort")
     return kept_slot[by_distance], kept_m[by_distance]
+
+
+# Delivery-time forecast (``dispatch.eta``) -----------------------------------------------------------
+
+
+@kernel
+def forecast_jobs(now, sequence, driver_x, driver_y, driver_free_at, driver_shift_end, restaurant_id, restaurant_x,
+                  restaurant_y, drop_x, drop_y, ready, pickup_lead, pickup_exit, dropoff_service, model,
+                  metres_per_minute, lateness_weight, idle_weight, travel_weight, max_bundle_size, ready_window,
+                  max_delay):
+    """Virtual dispatch of pending orders, one at a time in ``sequence``; see :func:`dispatch.eta.forecast`.
+
+    An order joins the job a driver was last given here, as its last stop, when that job is for the
+    same restaurant, has room (``max_bundle_size``), is picked up no earlier than the order is ready
+    and at most ``ready_window`` after its first order was, and the order's door time is at most
+    ``max_delay`` later than going alone from that pickup (the bundler's rules). Otherwise it goes
+    to the driver the matcher's cost prefers (lateness, idle wait, travel), which is then busy
+    until it has left the order's door.
+
+    Returns (driver, arrival at the restaurant, pickup, arrival at the door) per order; an order no
+    driver can pick up before its shift ends has driver -1, arrival NaN, and the earliest pickup and
+    door times its food allows.
+    """
+    n_orders = ready.shape[0]
+    n_drivers = driver_x.shape[0]
+    free_at = driver_free_at.copy()
+    at_x = driver_x.copy()
+    at_y = driver_y.copy()
+    job_restaurant = np.full(n_drivers, -1, np.int64)
+    job_size = np.zeros(n_drivers, np.int64)
+    job_first_ready = np.zeros(n_drivers, np.float64)
+    job_arrival = np.zeros(n_drivers, np.float64)
+    job_pickup = np.zeros(n_drivers, np.float64)
+    chosen = np.full(n_orders, -1, np.int64)
+    arrival = np.full(n_orders, np.nan)
+    pickup = np.full(n_orders, np.nan)
+    door = np.full(n_orders, np.nan)
+    for o in sequence:
+        leg = travel_minutes(model, metres_per_minute, restaurant_x[o], restaurant_y[o], drop_x[o], drop_y[o])
+        joined = -1
+        joined_door = np.inf
+        for d in range(n_drivers):
+            if (job_restaurant[d] != restaurant_id[o] or job_size[d] >= max_bundle_size
+                    or ready[o] > job_pickup[d] or ready[o] - job_first_ready[d] > ready_window):
+                continue
+            reach = free_at[d] + travel_minutes(model, metres_per_minute, at_x[d], at_y[d], drop_x[o], drop_y[o])
+            if reach - (job_pickup[d] + pickup_exit + leg) <= max_delay and reach < joined_door:
+                joined, joined_door = d, reach
+        if joined >= 0:
+            chosen[o] = joined
+            arrival[o] = job_arrival[joined]
+            pickup[o] = job_pickup[joined]
+            door[o] = joined_door
+            job_size[joined] += 1
+            free_at[joined] = joined_door + dropoff_service
+            at_x[joined] = drop_x[o]
+            at_y[joined] = drop_y[o]
+            continue
+        best = -1
+        best_cost = np.inf
+        best_arrival = 0.0
+        for d in range(n_drivers):
+            t = travel_minutes(model, metres_per_minute, at_x[d], at_y[d], restaurant_x[o], restaurant_y[o])
+            reach = max(now, free_at[d]) + t + pickup_lead
+            if max(reach, ready[o]) > driver_shift_end[d]:
+                continue
+            slack = ready[o] - reach
+            cost = lateness_weight * max(0.0, -slack) + idle_weight * max(0.0, slack) + travel_weight * t
+            if cost < best_cost:
+                best, best_cost, best_arrival = d, cost, reach - pickup_lead
+        if best < 0:
+            # No courier known yet: the soonest the food could leave (the calibration widens it).
+            pickup[o] = max(now + pickup_lead, ready[o])
+            door[o] = pickup[o] + pickup_exit + leg
+            continue
+        chosen[o] = best
+        arrival[o] = best_arrival
+        pickup[o] = max(best_arrival + pickup_lead, ready[o])
+        door[o] = pickup[o] + pickup_exit + leg
+        free_at[best] = door[o] + dropoff_service
+        at_x[best] = drop_x[o]
+        at_y[best] = drop_y[o]
+        job_restaurant[best] = restaurant_id[o]
+        job_size[best] = 1
+        job_first_ready[best] = ready[o]
+        job_arrival[best] = best_arrival
+        job_pickup[best] = pickup[o]
+    return chosen, arrival, pickup, door

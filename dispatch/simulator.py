@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from dispatch.eta import EXPECTED_WINDOW, expected_orders, forecast
 from dispatch.matcher import Drivers, MatchParams, Orders, TravelModel, job_times, match
 from dispatch.mdrp import Instance
 
@@ -53,6 +54,15 @@ class Solution:
     pickup_time: np.ndarray = field(default_factory=lambda: np.empty(0))
     dropoff_time: np.ndarray = field(default_factory=lambda: np.empty(0))
     order_courier: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    eta_placement: np.ndarray = field(default_factory=lambda: np.empty(0))
+    """Raw forecast (:func:`dispatch.eta.forecast`) of each order's drop-off, at the tick it was placed."""
+    eta_placement_delay: np.ndarray = field(default_factory=lambda: np.empty(0))
+    eta_placement_load: np.ndarray = field(default_factory=lambda: np.empty(0))
+    """That forecast's courier delay (pickup minus ready) and load, which pick the calibration band."""
+    eta_assignment: np.ndarray = field(default_factory=lambda: np.empty(0))
+    """Drop-off estimate when the order was committed: its job's plan."""
+    eta_pickup: np.ndarray = field(default_factory=lambda: np.empty(0))
+    """Drop-off estimate at pickup: the rest of the job's plan from the restaurant."""
 
 
 def label_position(instance: Instance, courier: int, label: str) -> tuple[float, float]:
@@ -78,8 +88,11 @@ def replay(
     params: MatchParams = MatchParams(),
     epoch: float = 1.0,
     on_tick=None,
+    eta_window: float = EXPECTED_WINDOW,
 ) -> Solution:
-    """Replay ``instance`` with ``policy``; ``on_tick(now)`` (optional) observes progress."""
+    """Replay ``instance`` with ``policy``; ``on_tick(now)`` (optional) observes progress. Each order's
+    drop-off is forecast when it is placed (orders placed in the last ``eta_window`` minutes are
+    expected again), at assignment and at pickup (``Solution.eta_*``)."""
     travel = TravelModel.mdrp(instance.metres_per_minute)
     params = mdrp_match_params(instance, params)
     n_orders = instance.n_orders
@@ -89,6 +102,11 @@ def replay(
         pickup_time=np.full(n_orders, np.nan),
         dropoff_time=np.full(n_orders, np.nan),
         order_courier=np.full(n_orders, -1, np.int64),
+        eta_placement=np.full(n_orders, np.nan),
+        eta_placement_delay=np.full(n_orders, np.nan),
+        eta_placement_load=np.full(n_orders, np.nan),
+        eta_assignment=np.full(n_orders, np.nan),
+        eta_pickup=np.full(n_orders, np.nan),
     )
     courier_x = instance.courier_x.copy()
     courier_y = instance.courier_y.copy()
@@ -99,6 +117,18 @@ def replay(
     restaurant_x = instance.restaurant_x[instance.order_restaurant]
     restaurant_y = instance.restaurant_y[instance.order_restaurant]
     assigned = np.zeros(n_orders, np.bool_)
+
+    def order_arrays(indices: np.ndarray) -> Orders:
+        return Orders(
+            restaurant_x=restaurant_x[indices],
+            restaurant_y=restaurant_y[indices],
+            drop_x=instance.order_x[indices],
+            drop_y=instance.order_y[indices],
+            placed_at=instance.order_placed[indices],
+            ready_at=instance.order_ready[indices],
+            restaurant_id=instance.order_restaurant[indices],
+        )
+
     placements = np.sort(instance.order_placed)
     last_off = float(instance.courier_off.max(initial=0.0))
 
@@ -108,16 +138,16 @@ def replay(
             on_tick(now)
         pending = np.flatnonzero(~assigned & (instance.order_placed <= now))
         if len(pending):
-            orders = Orders(
-                restaurant_x=restaurant_x[pending],
-                restaurant_y=restaurant_y[pending],
-                drop_x=instance.order_x[pending],
-                drop_y=instance.order_y[pending],
-                placed_at=instance.order_placed[pending],
-                ready_at=instance.order_ready[pending],
-                restaurant_id=instance.order_restaurant[pending],
-            )
+            orders = order_arrays(pending)
             drivers = Drivers(courier_x, courier_y, free_at, capacity, instance.courier_off)
+            new = np.isnan(solution.eta_placement[pending])
+            if new.any():
+                recent = np.flatnonzero((instance.order_placed > now - eta_window) & (instance.order_placed <= now))
+                promised = forecast(now, drivers, orders, travel, params,
+                                    expected_orders(order_arrays(recent), now, eta_window))
+                solution.eta_placement[pending[new]] = promised.door[new] + instance.dropoff_service / 2
+                solution.eta_placement_delay[pending[new]] = promised.courier_delay[new]
+                solution.eta_placement_load[pending[new]] = promised.load
             decision = match(now, drivers, orders, travel, params, policy)
             for courier, local_orders in decision.jobs:
                 job = [int(pending[i]) for i in local_orders]
@@ -141,10 +171,17 @@ def _execute(instance, solution, travel, params, now, courier, job, courier_x, c
     solution.moves.append(CourierMove(courier, now, label[courier], restaurant_label))
     solution.assignments.append(AssignmentRecord(now, times.pickup, courier, tuple(job)))
     origin = restaurant_label
-    for order, leave, arrive in zip(job, times.departures, times.arrivals):
+    # At pickup, the plan is remade from the restaurant with the food on board (as a live cell does).
+    from_restaurant = job_times(times.pickup + params.pickup_exit, rx, ry, (rx, ry), times.pickup,
+                                [(instance.order_x[o], instance.order_y[o]) for o in job], travel, params,
+                                picked_up=True)
+    for order, leave, arrive, planned in zip(job, times.departures, times.arrivals, from_restaurant.arrivals):
         solution.moves.append(CourierMove(courier, leave, origin, instance.order_ids[order]))
         solution.pickup_time[order] = times.pickup
         solution.dropoff_time[order] = arrive + instance.dropoff_service / 2
+        # Deterministic MDRP travel: the plan made at assignment (and at pickup) is what happens.
+        solution.eta_assignment[order] = arrive + instance.dropoff_service / 2
+        solution.eta_pickup[order] = planned + instance.dropoff_service / 2
         solution.order_courier[order] = courier
         origin = instance.order_ids[order]
     courier_x[courier], courier_y[courier] = times.free_x, times.free_y

@@ -141,17 +141,20 @@ def test_exchanges_equal_twin_keep_served_jobs_and_never_raise_cost(seed, n_jobs
 
 @SETTINGS
 @given(st.integers(0, 2**32 - 1), st.integers(0, 40), st.integers(1, 5), st.integers(1, 5),
-       st.sampled_from([kernels.MDRP_EUCLIDEAN, kernels.GREAT_CIRCLE]), st.sampled_from([0.0, 5.0, 30.0]))
-def test_bundle_orders_equals_twin_and_respects_its_limits(seed, n, n_restaurants, max_size, model, max_delay):
+       st.sampled_from([kernels.MDRP_EUCLIDEAN, kernels.GREAT_CIRCLE]), st.sampled_from([0.0, 5.0, 30.0]),
+       st.sampled_from([-np.inf, 15.0]), st.sampled_from([20.0, np.inf]))
+def test_bundle_orders_equals_twin_and_respects_its_limits(seed, n, n_restaurants, max_size, model, max_delay, now,
+                                                           cap):
     rng = np.random.default_rng(seed)
     rx, ry = random_points(seed, n_restaurants, model)
     dx, dy = random_points(seed + 1, n, model)
     restaurant = rng.integers(0, n_restaurants, n)
     ready = rng.integers(0, 30, n).astype(np.float64)
+    placed = ready - rng.integers(0, 20, n)
     order = np.lexsort((np.arange(n), ready, restaurant)).astype(np.int64)
     speed = 314.0 if model == kernels.MDRP_EUCLIDEAN else 300.0
-    args = (order, restaurant.astype(np.int64), rx[restaurant], ry[restaurant], dx, dy, ready,
-            model, speed, 4.0, 10.0, max_delay, max_size)
+    args = (order, restaurant.astype(np.int64), rx[restaurant], ry[restaurant], dx, dy, ready, placed,
+            model, speed, 4.0, 10.0, max_delay, max_size, now, cap)
     jobs, lengths = kernels.bundle_orders(*args)
     plain_jobs, plain_lengths = twin.bundle_orders(*args)
     assert np.array_equal(jobs, plain_jobs) and np.array_equal(lengths, plain_lengths)
@@ -167,3 +170,6 @@ def test_bundle_orders_equals_twin_and_respects_its_limits(seed, n, n_restaurant
             previous = stop
             if len(job) > 1:
                 assert pickup + elapsed - (ready[stop] + leg(-1, stop)) <= max_delay
+                door = max(pickup, now) + elapsed
+                assert door - placed[stop] <= cap or door <= max(ready[stop], now) + leg(-1, stop), \
+                    "bundling pushed an order past the click-to-door cap"
