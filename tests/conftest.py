@@ -35,6 +35,26 @@ def pytest_configure(config):
         del os.environ[name]
 
 
+#: Fixtures that make a test ``live`` (a Ray of the session or of the module), ``db`` (a Postgres server)
+#: or ``redis`` (the Redis of ``REDIS_URL``).
+LIVE_FIXTURES = frozenset({"ray_local", "ray_running"})
+DB_FIXTURES = frozenset({"postgres_server"})
+REDIS_FIXTURES = frozenset({"redis_clients", "redis_client"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test by what it needs (fixtures are followed to their own fixtures), so that
+    ``make test-fast`` (``-m "not live and not db and not redis"``) keeps the pure core whoever adds a test."""
+    for item in items:
+        needs = set(getattr(item, "fixturenames", ()))
+        if needs & LIVE_FIXTURES:
+            item.add_marker(pytest.mark.live)
+        if needs & DB_FIXTURES:
+            item.add_marker(pytest.mark.db)
+        if needs & REDIS_FIXTURES:
+            item.add_marker(pytest.mark.redis)
+
+
 def _with_database(dsn: str, name: str) -> str:
     parts = urlsplit(dsn)
     return urlunsplit(parts._replace(path="/" + name))

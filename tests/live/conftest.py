@@ -22,6 +22,7 @@ from server.gateway import GatewayParams
 from server.serve import WEBSOCKET_OPTIONS
 from tests.conftest import token
 from tests.environment import child_environment
+from tests.local_ray import init_local_ray
 
 LIVE_PARAMS = GatewayParams(
     gps_flush_s=0.05, poll_timeout_s=2.0, cell_tick_s=0.1,
@@ -38,9 +39,7 @@ GPS_EVERY_S = 1.0
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the whole test session."""
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace="hexdispatch-tests")
+    ray = init_local_ray(num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace="hexdispatch-tests")
     yield ray
     ray.shutdown()
 
