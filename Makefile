@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install clean
+.PHONY: run test test-fast install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The pure core only (dispatch/, protocol, lifecycle, cell core, kernel twins...): no Postgres, Redis, Ray or server.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not live and not db and not redis" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .hexdispatch

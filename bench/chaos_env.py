@@ -156,6 +156,12 @@ class RayNode:
                 start_new_session=True,
             )
 
+    def started(self) -> bool:
+        """Whether ``ray start`` reports the node up (raises if the node exited instead)."""
+        if self.process.poll() is not None:
+            raise RuntimeError(f"ray start exited with {self.process.returncode}:\n{self.log.read_text()[-4000:]}")
+        return "Ray runtime started" in self.log.read_text(errors="replace")
+
     def lose(self) -> None:
         """The machine is gone: every process of the node (its workers included) dies at once."""
         root = psutil.Process(self.process.pid)

@@ -65,9 +65,10 @@ def nearest_candidates(query_x, query_y, point_x, point_y, scale_x, scale_y, k, 
     min_y = py.min()
     width = px.max() - min_x
     height = py.max() - min_y
-    # About two points per cell; degenerate extents collapse to one cell.
+    # About two points per cell; degenerate extents collapse to one cell. A few points along a line
+    # (tiny area, long side) get at most one cell per point along it, not thousands of empty ones.
     cell = math.sqrt(max(width * height, 1.0) * 2.0 / n_points)
-    cell = max(cell, width / 1024.0, height / 1024.0, 1e-9)
+    cell = max(cell, width / 1024.0, height / 1024.0, max(width, height) / n_points, 1e-9)
     n_cols = int(width / cell) + 1
     n_rows = int(height / cell) + 1
     cell_of = np.empty(n_points, np.int64)
@@ -93,13 +94,18 @@ def nearest_candidates(query_x, query_y, point_x, point_y, scale_x, scale_y, k, 
         q_row = int(math.floor((qy - min_y) / cell))
         last_ring = max(abs(q_col), abs(q_col - n_cols + 1), abs(q_row), abs(q_row - n_rows + 1))
         found = 0
-        ring = 0
+        # Rings nearer than the grid hold no cell: a query outside it starts at the first that reaches it.
+        ring = max(0, -q_col, q_col - n_cols + 1, -q_row, q_row - n_rows + 1)
         while ring <= last_ring:
             for row in range(max(q_row - ring, 0), min(q_row + ring, n_rows - 1) + 1):
                 on_edge_row = row == q_row - ring or row == q_row + ring
                 step = 1 if on_edge_row else 2 * ring
                 col = q_col - ring
-                while col <= q_col + ring:
+                last_col = q_col + ring
+                if on_edge_row:  # a whole row of the ring: only its columns inside the grid can hold points
+                    col = max(col, 0)
+                    last_col = min(last_col, n_cols - 1)
+                while col <= last_col:
                     if 0 <= col < n_cols:
                         c = col + n_cols * row
                         for slot in range(cell_start[c], cell_start[c + 1]):

@@ -24,6 +24,7 @@ from server.app import create_app
 from server.auth import mint_token
 from server.config import Settings
 from server.db import EmbeddedPostgres
+from tests.local_ray import init_local_ray
 from tests.environment import CONFIGURING, configures
 
 TEST_SECRET = "test-secret-" + uuid.uuid4().hex
@@ -33,6 +34,26 @@ def pytest_configure(config):
     """Forget the ambient settings of whoever runs the suite (``DATABASE_URL`` and ``REDIS_URL`` are its inputs)."""
     for name in [k for k in os.environ if configures(k) and k not in CONFIGURING]:
         del os.environ[name]
+
+
+#: Fixtures that make a test ``live`` (a Ray of the session or of the module), ``db`` (a Postgres server)
+#: or ``redis`` (the Redis of ``REDIS_URL``).
+LIVE_FIXTURES = frozenset({"ray_local", "ray_running"})
+DB_FIXTURES = frozenset({"postgres_server"})
+REDIS_FIXTURES = frozenset({"redis_clients", "redis_client"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test by what it needs (fixtures are followed to their own fixtures), so that
+    ``make test-fast`` (``-m "not live and not db and not redis"``) keeps the pure core whoever adds a test."""
+    for item in items:
+        needs = set(getattr(item, "fixturenames", ()))
+        if needs & LIVE_FIXTURES:
+            item.add_marker(pytest.mark.live)
+        if needs & DB_FIXTURES:
+            item.add_marker(pytest.mark.db)
+        if needs & REDIS_FIXTURES:
+            item.add_marker(pytest.mark.redis)
 
 
 def _with_database(dsn: str, name: str) -> str:
@@ -97,9 +118,7 @@ def pool(app):
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the whole test session."""
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace="hexdispatch-tests")
+    ray = init_local_ray(num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace="hexdispatch-tests")
     yield ray
     ray.shutdown()
 

@@ -13,6 +13,7 @@ from tests.environment import child_environment
 GENERATORS = ["aiohttp"] + (["wrk"] if wrk_path() else [])
 
 
+@pytest.mark.live  # uvicorn server processes and a load generator
 @pytest.mark.parametrize("generator", GENERATORS)
 def test_catalog_bench_smoke(tmp_path, postgres_server, generator):
     out = tmp_path / "out"

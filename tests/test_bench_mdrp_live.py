@@ -44,6 +44,7 @@ def read_solution(instance: Instance, folder: Path) -> Solution:
 
 
 @needs_mdrp
+@pytest.mark.live  # a `hexdispatch serve` process with a Ray of its own
 def test_live_replay_delivers_every_order_once_with_feasible_files(tmp_path, postgres_server):
     out = tmp_path / "out"
     code = main(["--database-url", postgres_server,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 
 import asyncpg
 import pytest
@@ -13,6 +12,8 @@ import redis
 
 from actors.cell import NAMESPACE, actor_name
 from bench import nearest
+from tests.local_ray import init_local_ray
+from tests.waiting import eventually_sync
 
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 QUERIES = 60
@@ -30,8 +31,8 @@ def ray_running():
     if ray.is_initialized():
         yield ray
         return
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-             namespace="hexdispatch-tests")
+    init_local_ray(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+                   namespace="hexdispatch-tests")
     yield ray
     ray.shutdown()
 
@@ -88,12 +89,8 @@ def test_nearest_bench_end_to_end(tmp_path, postgres_server, ray_running, redis_
     assert sorted(p.name for p in out.glob("*.png")) == ["nearest_cdf.png", "nearest_latency.png",
                                                         "nearest_vs_density.png"]
     assert not redis_client.exists(figures["redis"]["key"])
-    deadline = time.monotonic() + 30
-    alive = list(figures["cell_ids"])
-    while alive and time.monotonic() < deadline:
-        alive = [c for c in alive if _named_actor_exists(ray_running, actor_name(c))]
-        time.sleep(0.2)
-    assert not alive, f"cell actors still alive: {alive}"
+    eventually_sync(lambda: not [c for c in figures["cell_ids"] if _named_actor_exists(ray_running, actor_name(c))],
+                    what="the bench's cell actors gone")
     assert not asyncio.run(_database_exists(postgres_server, figures["database"]))
 
 

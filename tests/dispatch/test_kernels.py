@@ -55,6 +55,27 @@ def test_great_circle_agrees_with_vectorised_haversine():
 def test_nearest_candidates_exact_and_equal_to_twin(seed, n_queries, n_points, k, radius):
     qx, qy = random_points(seed, n_queries, kernels.MDRP_EUCLIDEAN)
     px, py = random_points(seed + 1, n_points, kernels.MDRP_EUCLIDEAN)
+    assert_exact_nearest(qx, qy, px, py, k, radius)
+
+
+@SETTINGS
+@given(st.integers(0, 2**32 - 1), st.integers(1, 6), st.integers(1, 12), st.sampled_from([math.inf, 3_000.0]))
+def test_nearest_candidates_of_a_few_points_along_a_line(seed, n_points, k, radius):
+    """A few drivers strung along a road (almost no area, a long side), queries near and far: exact.
+
+    Such points once got a grid of a thousand mostly empty cells per row, searched ring by ring when
+    fewer than k points exist (tens of ms a query; tests/test_cell.py's random days took minutes)."""
+    rng = np.random.default_rng(seed)
+    px = rng.uniform(0, 4_000, n_points)
+    py = 100.0 + rng.uniform(0, 1e-3, n_points)
+    qx = np.concatenate([rng.uniform(-2_000, 6_000, 8), [-50_000.0, 50_000.0]])
+    qy = np.concatenate([rng.uniform(-2_000, 2_000, 8), [100.0, -9_000.0]])
+    assert_exact_nearest(qx, qy, px, py, k, radius)
+
+
+def assert_exact_nearest(qx, qy, px, py, k, radius):
+    """The kernel and its twin agree, and find the k nearest points within ``radius`` (brute force)."""
+    n_queries = len(qx)
     jitted = kernels.nearest_candidates(qx, qy, px, py, 1.0, 1.0, k, radius)
     plain = twin.nearest_candidates(qx, qy, px, py, 1.0, 1.0, k, radius)
     assert np.array_equal(jitted, plain)

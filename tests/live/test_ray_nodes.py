@@ -20,6 +20,7 @@ from clients.driver import DriverClient
 from clients.http import ApiClient
 from tests.conftest import token
 from tests.environment import child_environment
+from tests.waiting import DEADLINE_S, START_DEADLINE_S, eventually
 from tests.live.conftest import ServerProcess, free_port
 from tests.live.test_end_to_end import run_driver, setup_restaurant
 
@@ -36,13 +37,14 @@ async def cluster(settings, tmp_path_factory):
     nodes = [head]
     server = None
     try:
-        await asyncio.sleep(3)
+        # The second node joins through the head's GCS: only once the head is up.
+        await eventually(head.started, timeout_s=START_DEADLINE_S, interval_s=0.5, what="the head node")
         second = RayNode(logs / "second.log", f"--address=127.0.0.1:{port}", f"--metrics-export-port={free_port()}",
                          env=env)
         nodes.append(second)
         server = ServerProcess(settings, tmp_path_factory.mktemp("server"),
                                env={"RAY_ADDRESS": f"127.0.0.1:{port}", **RAY_ENV})
-        await asyncio.to_thread(server.wait_healthy, 180)
+        await asyncio.to_thread(server.wait_healthy, START_DEADLINE_S)
         await cell_hosts(server, count=2)
         yield server, head, second
     finally:
@@ -55,30 +57,33 @@ async def cluster(settings, tmp_path_factory):
 ADMIN = {"authorization": f"Bearer {token('admin', 'ops')}"}
 
 
-async def cell_hosts(server, count: int, timeout_s: float = 180.0) -> list[dict]:
-    """The live nodes offering ``cell_host``, once there are ``count`` of them."""
-    async with httpx.AsyncClient(timeout=15) as client:
-        for _ in range(int(timeout_s)):
-            reply = await client.get(f"{server.url}/v1/admin/cells", headers=ADMIN)
-            hosts = [n for n in reply.json()["nodes"] if n["alive"] and n["cell_host"] > 0]
-            if len(hosts) == count:
-                return hosts
-            await asyncio.sleep(1)
-    raise AssertionError(f"the cluster never had {count} cell hosts")
+async def admin_cells(server) -> dict:
+    async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
+        reply = await client.get(f"{server.url}/v1/admin/cells", headers=ADMIN)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
 
 
-async def cells_by_node(server, wanted: set[str], on: set[str] | None = None,
-                        timeout_s: float = 60.0) -> dict[str, str]:
+async def cell_hosts(server, count: int) -> list[dict]:
+    """The live nodes offering ``cell_host``, once there are ``count`` of them (Ray notices a lost node
+    only after its health checks fail: tens of seconds, more on a loaded machine)."""
+
+    async def hosts():
+        found = [n for n in (await admin_cells(server))["nodes"] if n["alive"] and n["cell_host"] > 0]
+        return found if len(found) == count else None
+
+    return await eventually(hosts, timeout_s=START_DEADLINE_S, interval_s=1.0, what=f"{count} cell hosts")
+
+
+async def cells_by_node(server, wanted: set[str], on: set[str] | None = None) -> dict[str, str]:
     """``{cell: node_id}`` once every wanted cell reports its load (from one of the nodes ``on``, if given)."""
-    placement: dict[str, str] = {}
-    async with httpx.AsyncClient(timeout=15) as client:
-        for _ in range(int(timeout_s)):
-            reply = await client.get(f"{server.url}/v1/admin/cells", headers=ADMIN)
-            placement = {c["cell"]: c["node_id"] for c in reply.json()["cells"] if c["cell"] in wanted}
-            if set(placement) == wanted and (on is None or set(placement.values()) <= on):
-                return placement
-            await asyncio.sleep(1)
-    raise AssertionError(f"cells not all reporting (from {on}): {placement}")
+
+    async def placement():
+        found = {c["cell"]: c["node_id"] for c in (await admin_cells(server))["cells"] if c["cell"] in wanted}
+        return found if set(found) == wanted and (on is None or set(found.values()) <= on) else None
+
+    return await eventually(placement, timeout_s=START_DEADLINE_S, interval_s=1.0,
+                            what=f"cells {sorted(wanted)} reporting (from {on})")
 
 
 async def deliver(server, spot, rest_order) -> list[int]:
@@ -87,13 +92,14 @@ async def deliver(server, spot, rest_order) -> list[int]:
     async with DriverClient(server.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) as driver:
         await driver.gps(spot[0] + 0.001, spot[1])
         worker = asyncio.get_running_loop().create_task(run_driver(driver, (spot[0] + 0.001, spot[1]), deliveries))
+
+        def delivered() -> bool:
+            if worker.done():
+                worker.result()  # the driver failed: say why
+            return rest_order in deliveries
+
         try:
-            for _ in range(900):
-                if rest_order in deliveries:
-                    break
-                if worker.done():
-                    worker.result()
-                await asyncio.sleep(0.1)
+            await eventually(delivered, timeout_s=START_DEADLINE_S, what=f"order {rest_order} delivered")
         finally:
             worker.cancel()
     return deliveries
@@ -120,8 +126,8 @@ async def test_cells_spread_over_nodes_and_survive_losing_one(cluster, pool):
     # Lose the second node while the other orders wait, acknowledged, for drivers.
     second.lose()
     remaining = [i for i in range(len(spots)) if i not in first_of_node.values()]
-    survivors = {n["node_id"] for n in await cell_hosts(server, count=1, timeout_s=90)}
-    await cells_by_node(server, set(cells), on=survivors, timeout_s=90)  # all back, on the head node
+    survivors = {n["node_id"] for n in await cell_hosts(server, count=1)}
+    await cells_by_node(server, set(cells), on=survivors)  # all back, on the head node
     lost_node = (nodes - survivors).pop()
     moved = [i for i in remaining if placement[cells[i]] == lost_node]
     assert moved, "no waiting order was in a cell of the lost node"

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from clients.http import wait_until_healthy
 from tests.environment import child_environment
 
 BIN = Path(sys.executable).with_name("hexdispatch")
+pytestmark = pytest.mark.live  # `hexdispatch serve` processes, embedded Postgres and Ray of their own
 
 
 def free_port() -> int:
