@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -28,8 +29,9 @@ from clients.http import stop_process, wait_until_healthy
 REPO = Path(__file__).resolve().parents[1]
 PG_BIN = Path(os.environ.get("HEXDISPATCH_PG_BIN", "/usr/lib/postgresql/15/bin"))
 RAY = Path(sys.executable).with_name("ray")
-#: Ray enables token authentication on a head started by `ray start`; every other member must say so too.
-RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+#: The clusters started here use token authentication, with a token of their own (never ``~/.ray/auth_token``,
+#: which may be missing on a fresh machine): every member and client gets both in its environment.
+RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def free_port() -> int:

@@ -167,6 +167,10 @@ def redis_url() -> str:
     return url
 
 
-def session_ray_address(ray_local) -> str:
-    """The GCS address of this session's Ray, for server processes to join."""
-    return ray_local.get_runtime_context().gcs_address
+def session_ray_env(ray_local) -> dict[str, str]:
+    """What a server process needs to join this session's Ray: its GCS address and its authentication mode.
+
+    Ray turns token authentication on for every new local cluster (``RAY_AUTH_MODE=token`` in this process,
+    the token in ``~/.ray/auth_token``) but never for a process given an explicit address: say it."""
+    return {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
+            "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}

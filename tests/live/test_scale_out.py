@@ -12,7 +12,7 @@ from clients.customer import CustomerClient
 from clients.driver import DriverClient
 from clients.http import ApiClient
 from tests.conftest import token
-from tests.live.conftest import ServerProcess, redis_url, session_ray_address
+from tests.live.conftest import ServerProcess, redis_url, session_ray_env
 from tests.live.test_end_to_end import EXPECTED, setup_restaurant
 from tests.waiting import DEADLINE_S
 
@@ -20,7 +20,7 @@ from tests.waiting import DEADLINE_S
 @pytest.fixture(scope="module")
 async def front_doors(settings, ray_local, tmp_path_factory):
     """Two separately started ``hexdispatch serve`` processes sharing Postgres, Ray and Redis."""
-    env = {"REDIS_URL": redis_url(), "RAY_ADDRESS": session_ray_address(ray_local)}
+    env = {"REDIS_URL": redis_url(), **session_ray_env(ray_local)}
     servers = [ServerProcess(settings, tmp_path_factory.mktemp(f"door{i}"), env=env) for i in range(2)]
     try:
         await asyncio.gather(*(asyncio.to_thread(server.wait_healthy) for server in servers))
@@ -73,7 +73,8 @@ async def test_customer_on_one_process_follows_a_driver_on_the_other(front_doors
             on_b.last_seq.update(seen)
             on_b.events[order["id"]].extend(events)
             await on_b.follow(order["id"])
-            await driver.gps(*dropoff)
+            for step in range(1, 5):  # drives to the drop-off: no fix further than a vehicle goes
+                await driver.gps(near[0] + (dropoff[0] - near[0]) * step / 4, dropoff[1])
             await driver.delivered(order["id"])
             assert (await driver.next("ack", "error", timeout_s=DEADLINE_S))["type"] == "ack"
             await on_b.wait_for(lambda c: c.statuses(order["id"])[-1:] == ["delivered"], timeout_s=DEADLINE_S)
@@ -120,7 +121,7 @@ async def test_rate_limits_hold_across_processes(front_doors, settings):
 
 async def test_workers_share_one_port(settings, ray_local, tmp_path):
     server = ServerProcess(settings, tmp_path, "--workers", "2",
-                           env={"REDIS_URL": redis_url(), "RAY_ADDRESS": session_ray_address(ray_local)})
+                           env={"REDIS_URL": redis_url(), **session_ray_env(ray_local)})
     try:
         await asyncio.to_thread(server.wait_healthy)
         pids = set()

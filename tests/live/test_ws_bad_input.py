@@ -84,6 +84,10 @@ async def test_plain_gps_takes_the_fast_path_and_the_rest_the_full_one(live, spo
 
 async def test_lax_types_on_the_driver_socket_are_refused(live, spot):
     """Issue 13 item 7: a string or bool latitude is refused over msgpack and JSON alike; an int one is a number."""
+    whole = (float(int(spot[0])), float(int(spot[1])))  # the integer fix must land where the deployment serves
+    owner = ApiClient(live.url, token("restaurant", f"r-{uuid.uuid4().hex[:8]}"))
+    await owner.create_restaurant(name="Whole", address="1 Integer St", latitude=whole[0], longitude=whole[1],
+                                  prep_minutes=1)
     stats = live.app.state.gateway.stats
     taken = stats["gps_in"]
     url = ws_url(live.url, "/v1/ws/driver", token("driver", f"d-{uuid.uuid4().hex[:8]}"))
