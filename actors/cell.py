@@ -24,6 +24,7 @@ import os
 import random
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 
 import h3.api.basic_int as h3
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
@@ -46,6 +47,7 @@ from dispatch.lifecycle import Actor, DriverEvent, Event
 from dispatch.retirement import IdleWatch
 from server.gc_watch import freeze_survivors
 from server.store.errors import StoreError
+import wire
 
 log = logging.getLogger("hexdispatch.cell")
 
@@ -70,10 +72,18 @@ WRITE_TIMEOUT_S = 5.0
 #: this soon, doubling per further failure up to the regular sweep interval.
 REPAIR_SOON_S = 0.5
 #: What a driver is told when its reply could not be recorded (it changed nothing; it may try again).
-UNAVAILABLE = {"type": "error", "code": "unavailable",
-               "message": "dispatch could not record this now; nothing changed, try again"}
+UNAVAILABLE = wire.error_frame("unavailable", "dispatch could not record this now; nothing changed, try again")
 #: A retiring cell answers for this long (every call refused with CellRetired) before its process exits.
 RETIRE_GRACE_S = 0.5
+
+
+
+@dataclass(frozen=True)
+class Rehome:
+    """To the front doors, not the driver: the driver now belongs to ``cell`` (a neighbour borrowed it)."""
+
+    cell: str
+
 
 _ORDER_EVENTS = {"arrive": Event.ARRIVE, "pick_up": Event.PICK_UP, "deliver": Event.DELIVER, "unassign": Event.UNASSIGN}
 #: The courier status each order event leaves (how a retried write sees that an earlier attempt committed).
@@ -179,7 +189,7 @@ class CellActor:
         self.tick_s = tick_s
         self.sweep_s = sweep_s
         self.pool = None
-        self.outbox: dict[str, list[tuple[str, dict]]] = defaultdict(list)
+        self.outbox: dict[str, list[tuple[str, wire.ServerFrame | Rehome]]] = defaultdict(list)
         self.wakeups: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self.driver_gateway: dict[str, str] = {}
         self.started: asyncio.Task | None = None
@@ -387,9 +397,9 @@ class CellActor:
 
     # Commands ----------------------------------------------------------------
 
-    async def _execute(self, commands: list[Command]) -> list[dict]:
+    async def _execute(self, commands: list[Command]) -> list[wire.Error]:
         """Carry out the core's commands; return the error frames for the calling driver."""
-        errors: list[dict] = []
+        errors: list[wire.Error] = []
         for command in commands:
             log.debug("cell %s: %s", self.cell_id, command)
             if isinstance(command, SendToDriver):
@@ -414,8 +424,8 @@ class CellActor:
                                 command.order_id, error.message)
         return errors
 
-    def _send(self, driver_id: str, message: dict) -> None:
-        if message.get("type") == "offer":
+    def _send(self, driver_id: str, message: wire.ServerFrame | Rehome) -> None:
+        if isinstance(message, wire.OfferFrame):
             self.metrics.offer()
         gateway = self.driver_gateway.get(driver_id)
         if gateway is None:
@@ -509,7 +519,7 @@ class CellActor:
                 expected_driver=command.driver_id,
             )
 
-    async def _report(self, driver_id: str, kind: str, fields: dict) -> list[dict]:
+    async def _report(self, driver_id: str, kind: str, fields: dict) -> list[wire.Error]:
         """A driver's report on its job: recorded in Postgres first, then applied here (or refused, changing nothing)."""
         core, event = self.core, _REPORTS[kind]
         if event is None:
@@ -520,7 +530,7 @@ class CellActor:
                                   lambda conn, retried: self._record_events(conn, planned, retried))
         if isinstance(error, StoreError):
             log.warning("cell %s: %s of %s refused: %s", self.cell_id, kind, driver_id, error.message)
-            return [{"type": "error", "code": error.code, "message": error.message}]
+            return [wire.error_frame(error.code, error.message)]
         if error is not None:
             return [UNAVAILABLE]
         if event is None:
@@ -551,7 +561,12 @@ class CellActor:
         self.metrics.fixes(len(fixes), lags)
         return len(fixes)
 
-    async def poll(self, gateway_id: str, timeout_s: float = 5.0) -> list[tuple[str, dict]]:
+    async def driver_view(self, driver_id: str) -> dict | None:
+        """The driver's live state here (``dispatch.cell.CellCore.driver_view``), for its ``welcome``."""
+        await self._open(arrival=False)
+        return self.core.driver_view(driver_id)
+
+    async def poll(self, gateway_id: str, timeout_s: float = 5.0) -> list[tuple[str, wire.ServerFrame | Rehome]]:
         """Messages for drivers on ``gateway_id``; waits up to ``timeout_s`` for the first one."""
         await self._open(arrival=False)
         self.last_poll[gateway_id] = time.time()
@@ -569,7 +584,7 @@ class CellActor:
         return messages
 
     async def driver_message(self, gateway_id: str, driver_id: str, kind: str, fields: dict,
-                             fix: tuple | None = None) -> list[dict]:
+                             fix: tuple | None = None) -> list[wire.Error]:
         """A driver's accept, decline, at-restaurant, picked-up, delivered or offline; returns error frames.
 
         ``fix`` is the driver's latest GPS fix not yet pushed, applied first.
@@ -591,11 +606,11 @@ class CellActor:
                 core.driver_offline(driver_id, now)
                 commands = []
             else:
-                return [{"type": "error", "code": "unknown_message", "message": f"cells do not handle {kind!r}"}]
+                return [wire.error_frame("unknown_message", f"cells do not handle {kind!r}")]
         except CellError as exc:
-            return [{"type": "error", "code": exc.code, "message": exc.message}]
+            return [wire.error_frame(exc.code, exc.message)]
         except Exception as exc:  # an illegal driver transition: refuse, keep the cell alive
-            return [{"type": "error", "code": "illegal_transition", "message": str(exc)}]
+            return [wire.error_frame("illegal_transition", str(exc))]
         return await self._execute(commands)
 
     async def add_order(self, order: dict) -> None:
@@ -637,7 +652,7 @@ class CellActor:
         log.debug("cell %s: lent driver %s to %s", self.cell_id, driver.id, borrower)
         self.departed_until[driver.id] = time.time() + DEPARTED_FIX_GRACE_S
         self.stats["lent"] += 1
-        self._send(driver.id, {"type": "rehome", "cell": borrower})
+        self._send(driver.id, Rehome(borrower))
         return {"id": driver.id, "lat": driver.lat, "lng": driver.lng, "capacity": driver.capacity,
                 "gateway": self.driver_gateway.pop(driver.id, None)}
 

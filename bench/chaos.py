@@ -197,7 +197,7 @@ async def _fetch_events(dsn: str, order_ids: list[int]) -> dict[int, list[dict]]
     for row in rows:
         payload = json.loads(row["payload"])
         events.setdefault(row["order_id"], []).append(
-            {"seq": row["seq"], "type": row["type"], "status": row["status"], "at": row["at"],
+            {"seq": row["seq"], "event": row["type"], "status": row["status"], "at": row["at"],
              "driver_id": payload.get("driver_id"), "job_id": payload.get("job_id")})
     return events
 
@@ -258,7 +258,7 @@ def account(args, go_at: float, load_end: float, injections: list[Injection], ta
             "examples": {"lost_orders": lost[phase.name][:5], "lost_status_events": missed[phase.name][:5],
                          "double_assignments": doubled[phase.name][:5], "stranded_orders": stranded[phase.name][:5]},
             # What the audit trail says of those orders, to tell why (seconds since the load started).
-            "trails": {str(order_id): [(round(e["at"] - go_at, 2), e["type"], e["status"], e["driver_id"])
+            "trails": {str(order_id): [(round(e["at"] - go_at, 2), e["event"], e["status"], e["driver_id"])
                                   for e in events.get(order_id, [])]
                        for order_id in {*lost[phase.name][:5], *stranded[phase.name][:5]}},
         })

@@ -93,7 +93,7 @@ def lost_status_events(phases: list[Phase], events: dict[int, list[dict]], seen_
 def events_of_type(phases: list[Phase], events: dict[int, list[dict]], kind: str) -> dict[str, list[int]]:
     """Orders with an event of type ``kind`` (e.g. ``unassign``: a re-dispatch), per phase of the event."""
     return _by_phase(phases, [(e["at"], order_id) for order_id, trail in events.items() for e in trail
-                              if e["type"] == kind])
+                              if e["event"] == kind])
 
 
 def double_assignments(phases: list[Phase], events: dict[int, list[dict]]) -> dict[str, list]:
@@ -109,12 +109,12 @@ def double_assignments(phases: list[Phase], events: dict[int, list[dict]]) -> di
     for order_id, trail in events.items():
         holder = None
         for event in trail:
-            if event["type"] == "assign":
+            if event["event"] == "assign":
                 holder = (event.get("driver_id"), event.get("job_id"))
                 span = jobs.setdefault(holder, [event["at"], math.inf])
                 span[0] = min(span[0], event["at"])
                 open_legs.setdefault(holder, set()).add(order_id)
-            elif holder is not None and (event["type"] == "unassign" or event["status"] in TERMINAL_STATUSES):
+            elif holder is not None and (event["event"] == "unassign" or event["status"] in TERMINAL_STATUSES):
                 legs = open_legs[holder]
                 legs.discard(order_id)
                 if not legs:
@@ -155,7 +155,7 @@ def stranded_orders(checks: list[tuple[str, float]], placed_at: dict[int, float]
             if is_terminal(trail):
                 continue
             quiet_since = max([placed, *(e["at"] for e in trail)])
-            if not any(e["type"] == "mark_ready" for e in trail):
+            if not any(e["event"] == "mark_ready" for e in trail):
                 quiet_since = max(quiet_since, ready_estimate.get(order_id, placed))
             if quiet_since <= at - stall_s:
                 found[name].append(order_id)

@@ -1,7 +1,7 @@
 """``hexdispatch bench fuzz``: the input fuzz properties of ``tests/fuzz``, run for as long as asked.
 
 Requests and frames are generated from the JSON schemas of the very pydantic
-models the server validates with (``server.schemas``, ``server.protocol``),
+models the server validates with (``server.schemas``, ``wire``),
 then mutated: wrong types, huge, negative and non-ASCII numbers, U+0000,
 oversized strings, missing and extra fields, random bytes, random JSON and
 msgpack. The properties:
@@ -43,7 +43,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings, strategies as st
 from pydantic import TypeAdapter
 
-from server import protocol as p
+import wire as p
 from server import schemas as s
 from server.auth import mint_token
 
@@ -478,7 +478,7 @@ async def check_socket(base_url: str, secret: str, world: World, case: SocketCas
         except ConnectionClosed as exc:
             closed = exc.rcvd.code if exc.rcvd is not None else 1006  # no close frame: the connection was dropped
     if case.abuse:
-        assert closed == p.CLOSE_POLICY_VIOLATION and errors >= 1, (closed, errors, case)
+        assert closed == p.Close.POLICY_VIOLATION and errors >= 1, (closed, errors, case)
         return "closed 1008"
     assert closed is None, f"closed with {closed} after {len(case.frames)} frames ({refused} refused): {case}"
     assert errors >= refused, f"{errors} error frames for {refused} refused frames: {case}"

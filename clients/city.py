@@ -495,11 +495,11 @@ def assigned_while_held(events: list[dict]) -> list[dict]:
     """An order's ``assign`` events that found it already held by a driver: its double assignments."""
     doubled, holding = [], 0
     for event in events:
-        if event["type"] == "assign":
+        if event["event"] == "assign":
             holding += 1
             if holding > 1:
                 doubled.append(event)
-        elif event["type"] == "unassign":
+        elif event["event"] == "unassign":
             holding -= 1
     return doubled
 

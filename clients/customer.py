@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections import defaultdict
 
+import wire
 from clients.ws import Link, ws_url
 
 
@@ -40,11 +41,11 @@ class CustomerClient:
     async def follow(self, order_id: int) -> None:
         """Receive this order's status events from the beginning, and its driver's position."""
         self.last_seq.setdefault(order_id, 0)
-        await self.link.send({"type": "subscribe", "order_id": order_id, "after_seq": self.last_seq[order_id]})
+        await self.link.send(wire.Subscribe(order_id=order_id, after_seq=self.last_seq[order_id]))
 
     async def _resubscribe(self) -> None:
         for order_id, seq in list(self.last_seq.items()):
-            await self.link.send({"type": "subscribe", "order_id": order_id, "after_seq": seq})
+            await self.link.send(wire.Subscribe(order_id=order_id, after_seq=seq))
 
     async def _read(self) -> None:
         while True:

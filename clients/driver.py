@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import wire
 from clients.ws import Link, ws_url
 
 
@@ -15,6 +16,12 @@ class DriverClient:
         self.link = Link(ws_url(base_url, "/v1/ws/driver", token), **link_options)
         self.seq = 0
         self.errors: list[dict] = []
+        self.sent = 0
+
+    def message_id(self) -> str:
+        """A fresh id for the next command (a repeat of a command reuses its id)."""
+        self.sent += 1
+        return f"m{self.sent}"
 
     @property
     def inbox(self) -> asyncio.Queue:
@@ -33,29 +40,29 @@ class DriverClient:
 
     async def gps(self, lat: float, lng: float, heading: float | None = None, speed: float | None = None) -> None:
         self.seq += 1
-        await self.link.send({"type": "gps", "lat": lat, "lng": lng, "heading": heading, "speed": speed,
-                              "t": int(time.time() * 1000), "seq": self.seq})
+        await self.link.send(wire.Gps(lat=lat, lng=lng, heading=heading, speed=speed, t=int(time.time() * 1000),
+                                      seq=self.seq))
 
     async def online(self) -> None:
-        await self.link.send({"type": "online"})
+        await self.link.send(wire.GoOnline(id=self.message_id()))
 
     async def offline(self) -> None:
-        await self.link.send({"type": "offline"})
+        await self.link.send(wire.GoOffline(id=self.message_id()))
 
     async def accept(self, offer_id: str) -> None:
-        await self.link.send({"type": "accept", "offer_id": offer_id})
+        await self.link.send(wire.AcceptOffer(offer_id=offer_id, id=self.message_id()))
 
     async def decline(self, offer_id: str) -> None:
-        await self.link.send({"type": "decline", "offer_id": offer_id})
+        await self.link.send(wire.DeclineOffer(offer_id=offer_id, id=self.message_id()))
 
     async def at_restaurant(self, job_id: str) -> None:
-        await self.link.send({"type": "at_restaurant", "job_id": job_id})
+        await self.link.send(wire.AtRestaurant(job_id=job_id, id=self.message_id()))
 
     async def picked_up(self, job_id: str) -> None:
-        await self.link.send({"type": "picked_up", "job_id": job_id})
+        await self.link.send(wire.PickedUp(job_id=job_id, id=self.message_id()))
 
     async def delivered(self, order_id: int) -> None:
-        await self.link.send({"type": "delivered", "order_id": order_id})
+        await self.link.send(wire.Delivered(order_id=order_id, id=self.message_id()))
 
     async def next(self, *types: str, timeout_s: float = 10.0) -> dict:
         """The next message of one of ``types`` (others are skipped); TimeoutError if none comes."""

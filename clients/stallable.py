@@ -12,7 +12,7 @@ import asyncio
 import socket
 import struct
 
-import msgpack
+import wire
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
@@ -52,7 +52,7 @@ class StallableCustomer:
         await asyncio.get_running_loop().sock_sendall(self.sock, b"".join(self.protocol.data_to_send()))
 
     async def send(self, message: dict) -> None:
-        self.protocol.send_binary(msgpack.packb(message))
+        self.protocol.send_binary(wire.encode(message))
         await self._flush()
 
     async def read_some(self, timeout_s: float) -> bool:
@@ -67,7 +67,7 @@ class StallableCustomer:
         self.protocol.receive_data(data)
         for event in self.protocol.events_received():
             if isinstance(event, Frame) and event.opcode is Opcode.BINARY:
-                self.frames.append(msgpack.unpackb(event.data))
+                self.frames.append(wire.load(event.data))
         return True
 
     async def read_until(self, done, timeout_s: float = 30.0) -> None:

@@ -1,7 +1,7 @@
 """A websocket link to hexdispatch that reconnects with back-off and calls back on every (re)connect.
 
-Frames are msgpack. A close with 1008 (policy violation) or 4xxx is final: the
-server refused this client, and retrying would only repeat the refusal.
+Frames are msgpack (``wire``). A close with a code of ``wire.FINAL_CLOSE_CODES`` (1008 policy violation,
+1009 too big, 4000 replaced) is final: retrying would only repeat the refusal.
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ import random
 from typing import Awaitable, Callable
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-import msgpack
+import wire
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 log = logging.getLogger("hexdispatch.clients")
 
-FINAL_CLOSE_CODES = {1008, 4000}  # policy violation; replaced by a newer socket of the same driver
 
 
 def ws_url(base_url: str, path: str, token: str) -> str:
@@ -72,12 +71,12 @@ class Link:
             with contextlib.suppress(Exception):
                 self._socket.transport.abort()
 
-    async def send(self, message: dict) -> None:
+    async def send(self, message: wire.ClientFrame | dict) -> None:
         """Send now if connected; otherwise wait for the reconnect."""
         while True:
             await self.connected.wait()
             try:
-                await self._socket.send(msgpack.packb(message, use_bin_type=True))
+                await self._socket.send(wire.encode(message))
                 return
             except (ConnectionClosed, AttributeError):
                 await asyncio.sleep(0.05)
@@ -99,11 +98,11 @@ class Link:
                     if self.on_connect is not None:
                         await self.on_connect()
                     async for frame in socket:
-                        message = msgpack.unpackb(frame) if isinstance(frame, bytes) else {"type": "text", "text": frame}
+                        message = wire.load(frame)
                         await self.inbox.put(message)
             except ConnectionClosed as exc:
                 code = exc.rcvd.code if exc.rcvd else None
-                if code in FINAL_CLOSE_CODES:
+                if code in wire.FINAL_CLOSE_CODES:
                     self.closed_for_good = code
                     await self.inbox.put({"type": "closed", "code": code})
                     return

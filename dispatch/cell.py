@@ -36,6 +36,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+import wire
+
 from dispatch import kernels
 from dispatch.lifecycle import DISPATCHABLE, HOLDING_ORDERS, DriverEvent, DriverStatus, apply_driver
 from dispatch.matcher import Drivers, MatchParams, Orders, TravelModel, job_times, match
@@ -433,13 +435,17 @@ class DriverIndex:
         self._laid_for = len(self._slot_of)
 
 
+#: The reason of the ``job_withdrawn`` a driver gets when it went silent for the heartbeat TTL.
+DRIVER_LOST = "driver_lost"
+
+
 # Commands: what the actor must do. --------------------------------------------
 
 
 @dataclass(frozen=True)
 class SendToDriver:
     driver_id: str
-    message: dict
+    message: wire.ServerFrame
 
 
 @dataclass(frozen=True)
@@ -575,7 +581,7 @@ class CellCore:
             job = self.jobs.get(driver.job_id) if driver and driver.job_id else None
             if job is not None and order_id in job.order_ids:
                 job.order_ids.remove(order_id)
-                commands.append(SendToDriver(driver.id, {"type": "cancelled", "order_id": order_id, "reason": reason}))
+                commands.append(SendToDriver(driver.id, wire.Cancelled(order_id, reason)))
                 if not job.order_ids:
                     del self.jobs[job.id]
                     driver.job_id = None
@@ -692,7 +698,7 @@ class CellCore:
             for order_id in job.order_ids:
                 self.orders[order_id].phase = OrderPhase.ASSIGNED
             orders = [self._order_view(self.orders[i]) for i in job.order_ids]
-            return [SendToDriver(job.driver_id, {"type": "assigned", "job_id": job.id, "orders": orders})]
+            return [SendToDriver(job.driver_id, wire.Assigned(job.id, orders))]
         del self.jobs[job_id]
         for order_id in job.order_ids:
             order = self.orders.get(order_id)
@@ -702,7 +708,7 @@ class CellCore:
         if driver is not None and driver.job_id == job_id:
             driver.job_id = None
             driver.status = apply_driver(driver.status, DriverEvent.WITHDRAW)
-            commands.append(SendToDriver(driver.id, {"type": "job_withdrawn", "job_id": job_id, "reason": reason}))
+            commands.append(SendToDriver(driver.id, wire.JobWithdrawn(job_id, reason)))
         return commands
 
     def decline(self, driver_id: str, offer_id: str, now: float) -> list[Command]:
@@ -726,7 +732,7 @@ class CellCore:
             driver.status = apply_driver(driver.status, event)
         if notify is not None or event is DriverEvent.OFFER_EXPIRED:
             reason = notify or "expired"
-            return [SendToDriver(offer.driver_id, {"type": "offer_withdrawn", "offer_id": offer.id, "reason": reason})]
+            return [SendToDriver(offer.driver_id, wire.OfferWithdrawn(offer.id, reason))]
         return []
 
     # Jobs -------------------------------------------------------------------
@@ -793,7 +799,9 @@ class CellCore:
         return commands
 
     def _lose(self, driver: LiveDriver) -> list[Command]:
-        """A silent driver goes offline; orders it had not picked up are re-dispatched.
+        """A silent driver goes offline; orders it had not picked up are re-dispatched, and it is told
+        (``job_withdrawn``, reason ``driver_lost``). It is not barred from them: its next fix makes it
+        available, and the matcher may give them back to it.
 
         A driver with food in its bag keeps its job: it resumes on reconnect.
         """
@@ -807,8 +815,8 @@ class CellCore:
             for order_id in job.order_ids:
                 order = self.orders[order_id]
                 order.phase, order.driver_id = OrderPhase.PENDING, None
-                order.declined_by.add(driver.id)
                 commands.append(PersistOrderEvent(order_id, "unassign", driver.id, reason="driver lost"))
+            commands.append(SendToDriver(driver.id, wire.JobWithdrawn(job.id, DRIVER_LOST)))
             driver.job_id = None
         driver.status = apply_driver(driver.status, DriverEvent.LOST)
         return commands
@@ -884,13 +892,10 @@ class CellCore:
         for order in orders:
             order.phase = OrderPhase.OFFERED
             order.note_wait(now, "offered")
-        return SendToDriver(driver.id, {
-            "type": "offer",
-            "offer_id": offer.id,
-            "expires_at": offer.expires_at,
-            "orders": [{**self._order_view(o), "waited_s": {k: round(v, 3) for k, v in o.waited_s.items()}}
-                       for o in orders],
-        })
+        return SendToDriver(driver.id, wire.OfferFrame(
+            offer.id, offer.expires_at,
+            [{**self._order_view(o), "waited_s": {k: round(v, 3) for k, v in o.waited_s.items()}} for o in orders],
+        ))
 
     @staticmethod
     def _driver_arrays(idle: list[LiveDriver], busy: list[tuple[LiveDriver, tuple[float, float, float]]],
@@ -925,6 +930,27 @@ class CellCore:
             "restaurant": {"lat": order.restaurant_lat, "lng": order.restaurant_lng},
             "dropoff": {"lat": order.dropoff_lat, "lng": order.dropoff_lng},
             "ready_at": order.ready_at,
+        }
+
+    def driver_view(self, driver_id: str) -> dict | None:
+        """The driver's live state for its ``welcome``: ``{state, offer, job}`` (None: this cell does not hold it).
+
+        ``offer`` is ``{offer_id, expires_at, orders}``, ``job`` ``{job_id, orders, delivered}``, each None when
+        the driver holds none; orders are described as in ``offer`` and ``assigned`` frames.
+        """
+        driver = self.drivers.get(driver_id)
+        if driver is None:
+            return None
+        offer = self.offers.get(driver.offer_id) if driver.offer_id else None
+        job = self.jobs.get(driver.job_id) if driver.job_id else None
+        return {
+            "state": driver.status.value,
+            "offer": None if offer is None else {
+                "offer_id": offer.id, "expires_at": offer.expires_at,
+                "orders": [self._order_view(self.orders[i]) for i in offer.order_ids if i in self.orders]},
+            "job": None if job is None else {
+                "job_id": job.id, "orders": [self._order_view(self.orders[i]) for i in job.order_ids if i in self.orders],
+                "delivered": sorted(job.delivered)},
         }
 
     # Introspection (metrics, dashboard) --------------------------------------

@@ -42,8 +42,9 @@ import secrets
 import socket
 import time
 import weakref
-from collections import defaultdict, deque
-from dataclasses import dataclass, field
+from collections import OrderedDict, defaultdict, deque
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Callable
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
@@ -51,7 +52,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 import h3.api.basic_int as h3
 
 from actors.cell import (
-    DEFAULT_CELL_RES, LIVE_ORDER_SQL, NAMESPACE, NEW_ORDER_FIELDS, UNAVAILABLE, CellRetired, actor_name,
+    DEFAULT_CELL_RES, LIVE_ORDER_SQL, NAMESPACE, NEW_ORDER_FIELDS, UNAVAILABLE, CellRetired, Rehome, actor_name,
     cell_actor_class, cell_names, cell_of_point,
 )
 from dispatch.cell import CellParams, LiveOrder
@@ -60,13 +61,16 @@ from dispatch.movement import Fix, MovementParams, implausible_jump
 from dispatch.service_area import Region, ServiceArea, cell_refusal
 from server.broker import LocalBroker, RedisBroker
 from server.errors import ApiError
-from server.protocol import error_frame
+import wire
+from wire import error_frame
 from server.listener import ResilientListener
 
 log = logging.getLogger("hexdispatch.gateway")
 
 #: How long a starting front door waits for its status-event listener before serving anyway (seconds).
 LISTEN_START_WAIT_S = 10.0
+#: How many answered command ids are remembered per driver (a repeat of one gets the same answer).
+ANSWERS_KEPT = 64
 #: How long a gap in one order's status events is retried when filling it fails (seconds).
 GAP_FILL_DEADLINE_S = 60.0
 
@@ -273,6 +277,11 @@ def cell_gone_errors() -> tuple[type[BaseException], ...]:
     return CellRetired, ActorDiedError
 
 
+def unix_seconds(at: datetime | str) -> float:
+    """A time from Postgres (a ``timestamptz``, or its ISO text in a notification) as unix seconds."""
+    return (at if isinstance(at, datetime) else datetime.fromisoformat(at)).timestamp()
+
+
 class Gateway:
     def __init__(self, dsn: str, pool, params: GatewayParams | None = None,
                  broker: LocalBroker | RedisBroker | None = None, replica=None):
@@ -286,6 +295,8 @@ class Gateway:
         self.fixes: dict[str, dict[str, tuple]] = defaultdict(dict)
         self.gps_in_flight: set[str] = set()  # cells that have not yet taken their last batch
         self.drivers: dict[str, DriverLink] = {}
+        #: Per driver, the replies to its last ``ANSWERS_KEPT`` commands by id (kept across its reconnects here).
+        self.answered: dict[str, OrderedDict[str, list]] = {}
         self.customers: dict[int, set[CustomerLink]] = defaultdict(set)
         self.tasks: set[asyncio.Task] = set()
         # Every front door hears every status event; after a lost connection, followers are filled from the table.
@@ -510,29 +521,29 @@ class Gateway:
             for driver_id, message in messages:
                 self._to_driver(driver_id, message, cell_id)
 
-    def _to_driver(self, driver_id: str, message: dict, cell_id: str) -> None:
+    def _to_driver(self, driver_id: str, message: wire.ServerFrame | Rehome, cell_id: str) -> None:
         link = self.drivers.get(driver_id)
-        kind = message.get("type")
-        if kind == "rehome":
+        if isinstance(message, Rehome):
             # The cell holding the driver lent it to a neighbour: route it there from now on.
             if link is not None and link.home_cell == cell_id:
-                self._moved(link, message["cell"], "rehome")
+                self._moved(link, message.cell, "rehome")
             else:
-                self.cell(message["cell"])  # poll the borrower even if the driver's socket is gone
+                self.cell(message.cell)  # poll the borrower even if the driver's socket is gone
             return
+        kind = message.type
         if link is not None and kind == "offer" and link.orders and link.home_cell != cell_id:
             # A stale registration of a driver busy elsewhere: refuse for it rather than double-book.
             self._spawn(self.cell(cell_id).driver_message.remote(self.id, driver_id, "decline",
-                                                                   {"offer_id": message["offer_id"]}))
+                                                                   {"offer_id": message.offer_id}))
             return
         if link is not None and kind in ("offer", "assigned") and link.home_cell != cell_id:
             # Only the cell that holds a driver sends it work: it was borrowed by that cell.
             self._moved(link, cell_id, kind)
         if kind == "assigned":
             if link is not None:
-                link.orders |= {o["order_id"] for o in message["orders"]}
+                link.orders |= {o["order_id"] for o in message.orders}
         elif kind == "cancelled" and link is not None:
-            link.orders.discard(message["order_id"])
+            link.orders.discard(message.order_id)
         if link is not None:
             link.outbox.send(message)
 
@@ -578,10 +589,8 @@ class Gateway:
             if now - link.position_sent_at.get(order_id, 0.0) < self.params.position_interval_s:
                 continue
             link.position_sent_at[order_id] = now
-            self.broker.publish(f"order:{order_id}", {
-                "type": "driver_position", "order_id": order_id, "driver_id": link.driver_id,
-                "lat": lat, "lng": lng, "heading": heading, "t": now, "fix_t": fix_t,
-            })
+            self.broker.publish(f"order:{order_id}",
+                                wire.DriverPosition(order_id, link.driver_id, lat, lng, heading, now, fix_t).to_dict())
         return None
 
     async def _handover(self, link: DriverLink, new_cell: str) -> None:
@@ -680,10 +689,44 @@ class Gateway:
             del self.drivers[link.driver_id]
             link.outbox.close()
 
-    async def driver_says(self, link: DriverLink, kind: str, fields: dict) -> list[dict]:
+    async def welcome(self, link: DriverLink) -> wire.Welcome:
+        """The ``welcome`` of a driver's new socket: its live state in its cell (offer, job), its undelivered
+        orders and the server's time."""
+        view = None
+        if link.home_cell is not None:
+            try:
+                view = await self.call_cell(link.home_cell, "driver_view", link.driver_id)
+            except Exception:  # the cell is restarting: the driver learns its state from the next frames
+                log.warning("welcome of %s: cell %s did not answer", link.driver_id, link.home_cell, exc_info=True)
+        view = view or {"state": "offline", "offer": None, "job": None}
+        return wire.Welcome(link.driver_id, wire.PROTOCOL_VERSION, time.time(), view["state"], sorted(link.orders),
+                            view["offer"], view["job"])
+
+    async def answer_driver(self, link: DriverLink, message: wire.Command) -> list[wire.ServerFrame]:
+        """The replies to a driver's command, each naming it (``re``). A repeat of a command ``id`` this front
+        door already answered for the driver gets the same replies again, without acting twice."""
+        answered = self.answered.setdefault(link.driver_id, OrderedDict())
+        if message.id is not None and message.id in answered:
+            answered.move_to_end(message.id)
+            return answered[message.id]
+        if isinstance(message, wire.Ping):
+            replies = [wire.Pong(message.id, time.time())]
+        elif isinstance(message, wire.GoOnline):
+            replies = [wire.Ack("online", message.id)]
+        else:
+            fields = message.model_dump(exclude={"type", "id"})
+            replies = [replace(reply, re=message.id)
+                       for reply in await self.driver_says(link, message.type, fields)]
+        if message.id is not None and not any(isinstance(r, wire.Error) and r.retryable for r in replies):
+            answered[message.id] = replies  # a retryable refusal is tried again when repeated
+            if len(answered) > ANSWERS_KEPT:
+                answered.popitem(last=False)
+        return replies
+
+    async def driver_says(self, link: DriverLink, kind: str, fields: dict) -> list[wire.ServerFrame]:
         """Route a driver's reply to its cell; returns frames for the driver (errors, or an ack)."""
         if link.home_cell is None:
-            return [{"type": "error", "code": "no_position", "message": "send a GPS fix first"}]
+            return [error_frame("no_position", "send a GPS fix first")]
         # A fix still waiting for the next flush goes first, so the cell knows the driver.
         fix = self.fixes[link.home_cell].pop(link.driver_id, None)
         try:
@@ -696,7 +739,7 @@ class Gateway:
             log.info("driver %s %s %s refused by cell %s: %s", link.driver_id, kind, fields, link.home_cell, reply)
         if not replies and kind == "delivered":
             link.orders.discard(fields["order_id"])
-        return replies or [{"type": "ack", "of": kind, **fields}]
+        return replies or [wire.Ack(kind, **fields)]
 
     # Orders from the HTTP API ---------------------------------------------------------
 
@@ -713,9 +756,8 @@ class Gateway:
         cell = owner_cell(*position, self.params.cell_res)
         refusal = self.admit_cell(h3.int_to_str(cell), cell, order=True)
         if refusal is not None:
-            self.count_refusal(refusal["code"])
-            raise ApiError(422 if refusal["code"] == "outside_service_area" else 503, refusal["code"],
-                           refusal["message"])
+            self.count_refusal(refusal.code)
+            raise ApiError(422 if refusal.code == "outside_service_area" else 503, refusal.code, refusal.message)
 
     def order_placed(self, order: LiveOrder) -> None:
         """A new order (committed): to its cell at once, without reading it back from Postgres."""
@@ -750,8 +792,9 @@ class Gateway:
     # Customers and status events ------------------------------------------------------
 
     async def subscribe(self, customer: CustomerLink, order_id: int, after_seq: int) -> None:
-        """Follow an order: every status event after ``after_seq``, then live ones, then positions."""
-        customer.last_seq[order_id] = after_seq
+        """Follow an order: every status event after ``after_seq``, then live ones, then positions. Following
+        an order again sends only what this customer has not been sent yet (no duplicates)."""
+        customer.last_seq[order_id] = max(after_seq, customer.last_seq.get(order_id, after_seq))
         if not self.customers.get(order_id):
             self.broker.subscribe(f"order:{order_id}", self._on_position)
         self.customers[order_id].add(customer)
@@ -788,7 +831,7 @@ class Gateway:
         if not after:
             return
         rows = await self.pool.fetch(
-            """SELECT e.order_id, e.seq, e.type, e.status, e.payload, e.actor, e.at
+            """SELECT e.order_id, e.seq, e.type, e.status, e.kitchen_status, e.courier_status, e.payload, e.actor, e.at
                FROM order_events e JOIN unnest($1::bigint[], $2::bigint[]) AS f(order_id, after_seq)
                  ON e.order_id = f.order_id AND e.seq > f.after_seq
                ORDER BY e.order_id, e.seq""",
@@ -826,11 +869,9 @@ class Gateway:
         if seq != last + 1:
             return False
         customer.last_seq[order_id] = seq
-        at = event["at"]
-        customer.outbox.send({
-            "type": "status", "order_id": order_id, "seq": seq, "event": event["type"], "status": event["status"],
-            "payload": event.get("payload") or {}, "at": at if isinstance(at, str) else at.isoformat(),
-        })
+        customer.outbox.send(wire.Status(
+            order_id, seq, event["type"], event["status"], event.get("kitchen_status"), event.get("courier_status"),
+            event.get("payload") or {}, unix_seconds(event["at"])))
         self.stats["status_out"] += 1
         return True
 

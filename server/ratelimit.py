@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from server.protocol import TokenBucket
+from wire import TokenBucket
 
 log = logging.getLogger("hexdispatch.ratelimit")
 

@@ -24,6 +24,7 @@ from server.frame_sink import PROTOCOL as FRAME_SINK_PROTOCOL
 from server.http_limits import PROTOCOL as HTTP_LIMITS_PROTOCOL
 from server.local_ray import bind_local_ray_to
 from server.log_redaction import install_log_redaction
+import wire
 
 
 def main(argv: list[str]) -> int:
@@ -94,7 +95,7 @@ def _exit_normally(signum, frame) -> None:
 #: ``ws``: uvicorn's websocket protocol plus the GPS fast path (``server.frame_sink``).
 #: ``http``: uvicorn's httptools protocol refusing oversized request heads, websocket upgrades
 #: included (``server.http_limits``: 414/431).
-WEBSOCKET_OPTIONS = {"ws": FRAME_SINK_PROTOCOL, "ws_max_size": 64 * 1024, "ws_ping_interval": 60.0,
+WEBSOCKET_OPTIONS = {"ws": FRAME_SINK_PROTOCOL, "ws_max_size": wire.MAX_TRANSPORT_BYTES, "ws_ping_interval": 60.0,
                      "ws_ping_timeout": 30.0, "http": HTTP_LIMITS_PROTOCOL}
 
 

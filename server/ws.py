@@ -19,7 +19,7 @@ import time
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from server import protocol as p
+import wire
 from server.auth import Principal, Role, bearer_token, require_role
 from server.errors import ApiError, error_body
 from server.frame_sink import frame_sink
@@ -29,8 +29,9 @@ from server.store import orders as order_store
 
 log = logging.getLogger("hexdispatch.ws")
 
-CLOSE_SERVER_OVERLOADED = 1013  # "try again later": the client reconnects and resumes
 BEHIND = "too far behind; reconnect and resume"
+#: Least time between two ``rate_limited`` answers to a socket's excess GPS fixes (seconds).
+GPS_REFUSAL_INTERVAL_S = 1.0
 #: A socket hands the event loop to the others after this many frames in a row.
 FRAMES_PER_TURN = 8
 
@@ -41,27 +42,28 @@ def _principal(websocket: WebSocket, role: Role) -> Principal:
 
 
 class Connection:
-    """One accepted socket: its format (msgpack or JSON), outbox, limits and writer task."""
+    """One accepted socket: its encoding (msgpack or JSON, chosen at the handshake), outbox, limits and writer."""
 
-    def __init__(self, websocket: WebSocket, gateway, principal: Principal):
+    def __init__(self, websocket: WebSocket, gateway, principal: Principal, encoding: wire.Encoding):
         self.websocket = websocket
-        self.binary = True
+        self.encoding = encoding
         self.close_grace_s = gateway.params.close_grace_s
-        self.outbox = gateway.outbox(self.encode, lambda: self.close(CLOSE_SERVER_OVERLOADED, BEHIND))
+        self.outbox = gateway.outbox(self.encode, lambda: self.close(wire.Close.TRY_AGAIN_LATER, BEHIND))
         limits = websocket.app.state.settings.rate_limits
-        self.gps_bucket = p.TokenBucket(limits.gps.rate, limits.gps.burst)
+        self.gps_bucket = wire.TokenBucket(limits.gps.rate, limits.gps.burst)
         self.limiter = websocket.app.state.rate_limiter
         self.message_limit = limits.ws_message
         self.message_key = f"ws-message:{principal.role.value}:{principal.sub}"
-        self.abuse = p.AbuseMeter()
+        self.abuse = wire.AbuseMeter()
+        self.gps_refused_at = -GPS_REFUSAL_INTERVAL_S
         self.loop_guard = websocket.app.state.loop_guard
         self.frames_read = 0
         self.writer: asyncio.Task | None = None
         self.closing = False
 
-    def encode(self, message: dict) -> bytes | str:
-        """``message`` as a frame in the format this client speaks (msgpack, or JSON once it sent JSON)."""
-        return p.encode(message, self.binary)
+    def encode(self, frame: wire.ServerFrame | dict) -> bytes | str:
+        """``frame`` in the encoding this connection chose when it opened."""
+        return wire.encode(frame, self.encoding)
 
     async def write_loop(self) -> None:
         outbox, websocket = self.outbox, self.websocket
@@ -76,7 +78,7 @@ class Connection:
                 await websocket.send_text(frame)
             outbox.written()
         if not outbox.overflowed:  # an overflow closed the socket already
-            self.close(p.CLOSE_REPLACED, "replaced by a newer connection")
+            self.close(wire.Close.REPLACED, "replaced by a newer connection")
 
     def close(self, code: int, reason: str) -> None:
         """Close the socket with ``code`` now, without waiting for its writes (a reader that stopped reading
@@ -118,57 +120,61 @@ class Connection:
             if event["type"] == "websocket.disconnect":
                 return None
             frame = event.get("bytes")
-            if frame is not None:
-                self.binary = True
-            else:
+            if frame is None:
                 frame = event.get("text")
                 if frame is None:
                     continue
-                self.binary = False
             del event
             try:
-                message = p.decode(frame, adapter)
-            except p.ProtocolError as exc:
-                if self.error(exc.code, exc.message):
+                message = wire.decode(frame, adapter)
+            except wire.ProtocolError as exc:
+                if self.error(exc.code, exc.message, exc.re):
                     await self.close_for_abuse()
                     return None
                 continue
-            if isinstance(message, p.Gps):
-                allowed = self.gps_bucket.allow(time.monotonic())
-            else:
-                allowed = await self.limiter.allow(self.message_key, self.message_limit)
-            if allowed:
+            if isinstance(message, wire.Gps):
+                now = time.monotonic()
+                if self.gps_bucket.allow(now):
+                    return message
+                # A burst of fixes buffered while offline is no abuse: the excess is dropped, answered at most
+                # once a second, and never counts toward the 1008 close.
+                if now - self.gps_refused_at >= GPS_REFUSAL_INTERVAL_S:
+                    self.gps_refused_at = now
+                    self.outbox.send(wire.error_frame("rate_limited", "too many gps fixes; excess fixes dropped"))
+                continue
+            if await self.limiter.allow(self.message_key, self.message_limit):
                 return message
-            if self.error("rate_limited", f"too many {message.type} messages; slow down"):
+            if self.error("rate_limited", f"too many {message.type} messages; slow down", getattr(message, "id", None)):
                 await self.close_for_abuse()
                 return None
 
-    def error(self, code: str, message: str) -> bool:
-        """Queue an error frame and count a strike; True when the socket must be closed (1008)."""
-        self.outbox.send(p.error_frame(code, message))
+    def error(self, code: str, message: str, re: str | None = None) -> bool:
+        """Queue an error frame (answering message ``re``) and count a strike; True when the socket must be
+        closed (1008)."""
+        self.outbox.send(wire.error_frame(code, message, re))
         return self.abuse.strike(time.monotonic())
 
     async def close_for_abuse(self) -> None:
         await asyncio.sleep(0.05)  # let the last error frame go out first
-        self.close(p.CLOSE_POLICY_VIOLATION, "too many invalid or excess messages")
+        self.close(wire.Close.POLICY_VIOLATION, "too many invalid or excess messages")
 
 
 async def _serve(websocket: WebSocket, role: Role, handle) -> None:
     gateway = websocket.app.state.gateway
     try:
         principal = _principal(websocket, role)
+        encoding = _encoding(websocket)
+        if gateway is None:
+            raise ApiError(503, "dispatch_unavailable", "live dispatch is not running on this server")
+        limits = websocket.app.state.settings.rate_limits
+        key = f"ws-connect:{role.value}:{principal.sub}"
+        if not await websocket.app.state.rate_limiter.allow(key, limits.ws_connect):
+            raise ApiError(429, "reconnecting_too_fast", "reconnecting too fast; back off")
     except ApiError as exc:
         await _refuse(websocket, exc)
         return
-    if gateway is None:
-        await websocket.close(1011, "live dispatch is not running on this server")
-        return
-    limits = websocket.app.state.settings.rate_limits
-    if not await websocket.app.state.rate_limiter.allow(f"ws-connect:{role.value}:{principal.sub}", limits.ws_connect):
-        await websocket.close(p.CLOSE_POLICY_VIOLATION, "reconnecting too fast; back off")
-        return
     await websocket.accept()
-    conn = Connection(websocket, gateway, principal)
+    conn = Connection(websocket, gateway, principal, encoding)
     conn.writer = asyncio.get_running_loop().create_task(conn.write_loop())
     try:
         await handle(websocket, gateway, principal, conn)
@@ -179,14 +185,22 @@ async def _serve(websocket: WebSocket, role: Role, handle) -> None:
         conn.writer.cancel()
 
 
+def _encoding(websocket: WebSocket) -> wire.Encoding:
+    """The encoding the client chose with ``?encoding=`` (msgpack by default); 400 for an unknown one."""
+    try:
+        return wire.connection_encoding(websocket.query_params.get("encoding"))
+    except ValueError:
+        raise ApiError(400, "invalid_encoding", "encoding must be msgpack or json") from None
+
+
 async def _refuse(websocket: WebSocket, exc: ApiError) -> None:
-    """Refuse the handshake as the HTTP API would (401 without a valid token, 403 for a wrong role, with the
-    JSON error body) where the server offers ASGI's denial response; else close it with 1008."""
+    """Refuse the handshake as the HTTP API would, with the status and JSON error body of
+    :data:`wire.HANDSHAKE_REFUSALS`, where the server offers ASGI's denial response; else close it with 1008."""
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         await websocket.send_denial_response(
             JSONResponse(error_body(exc.code, exc.message), status_code=exc.status))
     else:
-        await websocket.close(p.CLOSE_POLICY_VIOLATION, exc.message[:120])
+        await websocket.close(wire.Close.POLICY_VIOLATION, exc.message[:120])
 
 
 async def driver_socket(websocket: WebSocket) -> None:
@@ -197,12 +211,12 @@ async def customer_socket(websocket: WebSocket) -> None:
     await _serve(websocket, Role.CUSTOMER, _customer_session)
 
 
-def gps_taker(gateway, link, bucket: p.TokenBucket):
+def gps_taker(gateway, link, bucket: wire.TokenBucket):
     """The GPS fast path (``server.frame_sink``): a plainly valid fix within the socket's rate limit goes
     straight to the gateway; anything else is left to :meth:`Connection.next_message` (False), and so is a fix
     the gateway refuses, which the full path then judges again and answers."""
     def take(frame: bytes) -> bool:
-        fix = p.plain_gps(frame)
+        fix = wire.plain_gps(frame)
         if fix is None or not bucket.allow(time.monotonic()):
             return False
         if gateway.gps(link, *fix[:4], time.time(), fix[4]) is not None:
@@ -215,27 +229,21 @@ def gps_taker(gateway, link, bucket: p.TokenBucket):
 
 async def _driver_session(websocket, gateway, principal: Principal, conn: Connection) -> None:
     link = await gateway.attach_driver(principal.sub, conn.outbox)
-    conn.outbox.send({"type": "welcome", "driver_id": principal.sub, "protocol": p.PROTOCOL_VERSION,
-                      "orders": sorted(link.orders)})
+    conn.outbox.send(await gateway.welcome(link))
     sink = frame_sink(websocket.scope)
     if sink is not None:
         sink.take = gps_taker(gateway, link, conn.gps_bucket)
     try:
-        while (message := await conn.next_message(p.DRIVER_MESSAGES)) is not None:
-            if isinstance(message, p.Gps):
+        while (message := await conn.next_message(wire.DRIVER_MESSAGES)) is not None:
+            if isinstance(message, wire.Gps):
                 refusal = gateway.gps(link, message.lat, message.lng, message.heading, message.speed, time.time(),
                                       message.t)
                 if refusal is not None:
-                    gateway.count_refusal(refusal["code"])
-                    if conn.error(refusal["code"], refusal["message"]):
+                    gateway.count_refusal(refusal.code)
+                    if conn.error(refusal.code, refusal.message):
                         return await conn.close_for_abuse()
-            elif isinstance(message, p.Ping):
-                conn.outbox.send({"type": "pong"})
-            elif isinstance(message, p.GoOnline):
-                conn.outbox.send({"type": "ack", "of": "online"})
             else:
-                fields = message.model_dump(exclude={"type"})
-                for reply in await gateway.driver_says(link, message.type, fields):
+                for reply in await gateway.answer_driver(link, message):
                     conn.outbox.send(reply)
             message = None  # not held while waiting for the next frame
     finally:
@@ -247,21 +255,26 @@ async def _driver_session(websocket, gateway, principal: Principal, conn: Connec
 async def _customer_session(websocket, gateway, principal: Principal, conn: Connection) -> None:
     customer = CustomerLink(principal.sub, conn.outbox)
     try:
-        while (message := await conn.next_message(p.CUSTOMER_MESSAGES)) is not None:
-            if isinstance(message, p.Ping):
-                conn.outbox.send({"type": "pong"})
-            elif isinstance(message, p.Subscribe):
+        while (message := await conn.next_message(wire.CUSTOMER_MESSAGES)) is not None:
+            if isinstance(message, wire.Ping):
+                conn.outbox.send(wire.Pong(message.id, time.time()))
+            elif isinstance(message, wire.Subscribe):
                 async with websocket.app.state.pool.acquire() as db:
                     order = await order_store.get_order(db, principal, message.order_id)
                 if order is None:
-                    if conn.error("not_found", "order not found"):
+                    if conn.error("not_found", "order not found", message.id):
                         return await conn.close_for_abuse()
                     continue
-                conn.outbox.send({"type": "subscribed", "order_id": message.order_id})
+                if message.after_seq > order["version"]:
+                    if conn.error("after_seq_ahead", f"after_seq {message.after_seq} is past the order's last event"
+                                  f" ({order['version']})", message.id):
+                        return await conn.close_for_abuse()
+                    continue
+                conn.outbox.send(wire.Subscribed(message.order_id, message.id, order["version"]))
                 await gateway.subscribe(customer, message.order_id, message.after_seq)
-            elif isinstance(message, p.Unsubscribe):
+            elif isinstance(message, wire.Unsubscribe):
                 gateway.unsubscribe(customer, message.order_id)
-                conn.outbox.send({"type": "unsubscribed", "order_id": message.order_id})
+                conn.outbox.send(wire.Unsubscribed(message.order_id, message.id))
     finally:
         gateway.unsubscribe(customer)
 

@@ -1,5 +1,6 @@
 """The sans-I/O cell: offers, acceptance, declines, expiry, lost drivers, cancellations."""
 
+import wire
 import math
 import random
 
@@ -23,7 +24,7 @@ def order(oid: int, now: float = T0, ready_in_s: float = 0.0, dlat: float = 0.0)
 
 
 def offers_of(commands, driver_id=None):
-    return [c.message for c in commands if isinstance(c, SendToDriver) and c.message["type"] == "offer"
+    return [c.message for c in commands if isinstance(c, SendToDriver) and c.message.type == "offer"
             and (driver_id is None or c.driver_id == driver_id)]
 
 
@@ -35,14 +36,14 @@ def test_offer_accept_deliver():
     commands = cell.tick(T0)
     [offer] = offers_of(commands)
     assert offers_of(commands, "near") == [offer]
-    assert [o["order_id"] for o in offer["orders"]] == [1]
+    assert [o["order_id"] for o in offer.orders] == [1]
     assert cell.drivers["near"].status is DriverStatus.OFFERED
-    [persist] = cell.accept("near", offer["offer_id"], T0 + 5)
+    [persist] = cell.accept("near", offer.offer_id, T0 + 5)
     assert isinstance(persist, PersistAssignment) and persist.order_ids == (1,)
     with pytest.raises(CellError):
         cell.job_event("near", persist.job_id, DriverEvent.ARRIVE)  # not confirmed yet
     [assigned] = cell.assignment_persisted(persist.job_id, ok=True)
-    assert assigned.message["type"] == "assigned"
+    assert assigned.message.type == "assigned"
     assert [c.event for c in cell.job_event("near", persist.job_id, DriverEvent.ARRIVE)] == ["arrive"]
     assert [c.event for c in cell.job_event("near", persist.job_id, DriverEvent.PICK_UP)] == ["pick_up"]
     [deliver] = cell.delivered("near", 1)
@@ -56,7 +57,7 @@ def test_decline_goes_to_the_next_driver_and_never_back():
     cell.driver_seen("b", LAT + 0.02, LNG, T0)
     cell.add_order(order(1))
     [offer] = offers_of(cell.tick(T0), "a")
-    cell.decline("a", offer["offer_id"], T0 + 1)
+    cell.decline("a", offer.offer_id, T0 + 1)
     assert cell.drivers["a"].status is DriverStatus.IDLE
     commands = cell.tick(T0 + 2)
     assert offers_of(commands, "a") == [] and len(offers_of(commands, "b")) == 1
@@ -72,11 +73,11 @@ def test_offer_expiry_moves_on():
         cell.driver_seen("a", LAT, LNG, t)
         cell.driver_seen("b", LAT + 0.02, LNG, t)
     commands = cell.tick(T0 + 11)
-    withdrawn = [c for c in commands if isinstance(c, SendToDriver) and c.message["type"] == "offer_withdrawn"]
+    withdrawn = [c for c in commands if isinstance(c, SendToDriver) and c.message.type == "offer_withdrawn"]
     assert [c.driver_id for c in withdrawn] == ["a"]
     assert len(offers_of(commands, "b")) == 1
     with pytest.raises(CellError):
-        cell.accept("a", offer["offer_id"], T0 + 12)
+        cell.accept("a", offer.offer_id, T0 + 12)
 
 
 def test_lost_driver_orders_are_redispatched():
@@ -84,7 +85,7 @@ def test_lost_driver_orders_are_redispatched():
     cell.driver_seen("a", LAT, LNG, T0)
     cell.add_order(order(1))
     [offer] = offers_of(cell.tick(T0))
-    [persist] = cell.accept("a", offer["offer_id"], T0 + 1)
+    [persist] = cell.accept("a", offer.offer_id, T0 + 1)
     cell.assignment_persisted(persist.job_id, ok=True)
     cell.driver_seen("b", LAT + 0.01, LNG, T0 + 40)
     commands = cell.tick(T0 + 40)
@@ -101,9 +102,9 @@ def test_refused_assignment_releases_driver_and_orders():
     cell.driver_seen("a", LAT, LNG, T0)
     cell.add_order(order(1))
     [offer] = offers_of(cell.tick(T0))
-    [persist] = cell.accept("a", offer["offer_id"], T0 + 1)
+    [persist] = cell.accept("a", offer.offer_id, T0 + 1)
     [withdrawn] = cell.assignment_persisted(persist.job_id, ok=False, reason="version conflict")
-    assert withdrawn.message["type"] == "job_withdrawn"
+    assert withdrawn.message.type == "job_withdrawn"
     assert cell.drivers["a"].status is DriverStatus.IDLE and cell.orders[1].phase is OrderPhase.PENDING
 
 
@@ -116,11 +117,11 @@ def test_cancellation_withdraws_offer_or_recalls_driver():
     commands = cell.tick(T0)
     offer_a, offer_b = offers_of(commands, "a")[0], offers_of(commands, "b")[0]
     [msg] = cell.withdraw_order(1, "cancelled by customer")
-    assert msg.message["type"] == "offer_withdrawn" and cell.drivers["a"].status is DriverStatus.IDLE
-    [persist] = cell.accept("b", offer_b["offer_id"], T0 + 1)
+    assert msg.message.type == "offer_withdrawn" and cell.drivers["a"].status is DriverStatus.IDLE
+    [persist] = cell.accept("b", offer_b.offer_id, T0 + 1)
     cell.assignment_persisted(persist.job_id, ok=True)
     [recall] = cell.withdraw_order(2, "cancelled by customer")
-    assert recall.message == {"type": "cancelled", "order_id": 2, "reason": "cancelled by customer"}
+    assert recall.message == wire.Cancelled(2, "cancelled by customer")
     assert cell.drivers["b"].status is DriverStatus.IDLE and not cell.jobs
 
 
@@ -153,15 +154,15 @@ def test_random_days_keep_the_invariants(seed):
             next_order += 1
         busy = {d.id for d in cell.drivers.values() if d.job_id is not None}
         commands = cell.tick(now)
-        assert not {c.driver_id for c in commands if isinstance(c, SendToDriver) and c.message["type"] == "offer"} \
+        assert not {c.driver_id for c in commands if isinstance(c, SendToDriver) and c.message.type == "offer"} \
             & busy, "an offer went to a busy driver"
         for c in list(commands):
-            if isinstance(c, SendToDriver) and c.message["type"] == "offer":
+            if isinstance(c, SendToDriver) and c.message.type == "offer":
                 roll = rng.random()
                 if roll < 0.6:
-                    commands += cell.accept(c.driver_id, c.message["offer_id"], now)
+                    commands += cell.accept(c.driver_id, c.message.offer_id, now)
                 elif roll < 0.8:
-                    commands += cell.decline(c.driver_id, c.message["offer_id"], now)
+                    commands += cell.decline(c.driver_id, c.message.offer_id, now)
             if isinstance(c, PersistAssignment):
                 cell.assignment_persisted(c.job_id, ok=rng.random() < 0.9)
         for job in list(cell.jobs.values()):
@@ -232,7 +233,7 @@ def test_order_waits_for_a_busy_driver_soon_free_nearby_as_the_offline_matcher_d
     cell.add_order(LiveOrder(1, restaurant_id=1, restaurant_lat=LAT + 0.004, restaurant_lng=LNG,
                              dropoff_lat=LAT + 0.002, dropoff_lng=LNG, placed_at=T0, ready_at=T0))
     [offer] = offers_of(cell.tick(T0), "busy")
-    [persist] = cell.accept("busy", offer["offer_id"], T0 + 1)
+    [persist] = cell.accept("busy", offer.offer_id, T0 + 1)
     cell.assignment_persisted(persist.job_id, ok=True)
     cell.job_event("busy", persist.job_id, DriverEvent.ARRIVE)
     cell.job_event("busy", persist.job_id, DriverEvent.PICK_UP)
@@ -267,7 +268,7 @@ def test_order_waits_for_a_busy_driver_soon_free_nearby_as_the_offline_matcher_d
     commands = cell.tick(now + 30)
     assert len(offers_of(commands, "busy")) == 1 and offers_of(commands, "far") == []
     assert not cell.orders[2].held
-    [offered] = offers_of(commands, "busy")[0]["orders"]
+    [offered] = offers_of(commands, "busy")[0].orders
     assert offered["waited_s"] == {"queued": 0.0, "held": 30.0}, "the offer says how long it was held on purpose"
 
 
@@ -345,8 +346,8 @@ def test_a_tick_decides_as_the_offline_matcher_and_offers_only_to_idle_drivers(s
 
     commands = cell.tick(now)
 
-    offered = {(c.driver_id, tuple(o["order_id"] for o in c.message["orders"])) for c in commands
-               if isinstance(c, SendToDriver) and c.message["type"] == "offer"}
+    offered = {(c.driver_id, tuple(o["order_id"] for o in c.message.orders)) for c in commands
+               if isinstance(c, SendToDriver) and c.message.type == "offer"}
     assert not {d for d, _ in offered} & was_busy, "an offer went to a busy driver"
     assert all(driver < len(idle) for driver, _ in offline.jobs)
     assert offered == {(idle[d].id, tuple(pending[i].id for i in job)) for d, job in offline.jobs}
@@ -376,7 +377,7 @@ def test_an_order_offered_at_once_waited_only_to_be_considered():
     cell.driver_seen("near", LAT + 0.001, LNG, T0)
     cell.add_order(order(1))
     [offer] = offers_of(cell.tick(T0 + 0.25))
-    assert offer["orders"][0]["waited_s"] == {"queued": 0.25}
+    assert offer.orders[0]["waited_s"] == {"queued": 0.25}
 
 
 def test_an_order_whose_food_is_far_from_ready_is_deferred_then_offered():
@@ -390,7 +391,7 @@ def test_an_order_whose_food_is_far_from_ready_is_deferred_then_offered():
     cell.driver_seen("near", LAT + 0.001, LNG, T0 + 480)
     # Ready in 2 minutes, a 16-second drive away: slack under the 2-minute commit window.
     [offer] = offers_of(cell.tick(T0 + 480))
-    assert offer["orders"][0]["waited_s"] == {"queued": 0.0, "deferred": 480.0}
+    assert offer.orders[0]["waited_s"] == {"queued": 0.0, "deferred": 480.0}
 
 
 def test_an_order_with_no_driver_in_the_cell_is_unmatched_until_one_comes():
@@ -400,4 +401,4 @@ def test_an_order_with_no_driver_in_the_cell_is_unmatched_until_one_comes():
     assert cell.orders[1].wait_reason == "unmatched"
     cell.driver_seen("late", LAT + 0.001, LNG, T0 + 5)
     [offer] = offers_of(cell.tick(T0 + 6))
-    assert offer["orders"][0]["waited_s"] == {"queued": 1.0, "unmatched": 5.0}
+    assert offer.orders[0]["waited_s"] == {"queued": 1.0, "unmatched": 5.0}

@@ -2,13 +2,14 @@
 
 import pytest
 
+import wire
 from dispatch.cell import CellCore, CellError, OrderPhase, PersistAssignment, PersistOrderEvent, SendToDriver, StoredOrder
 from dispatch.lifecycle import DriverEvent, DriverStatus, IllegalDriverTransition
 from tests.test_cell import LAT, LNG, T0, offers_of, order
 
 
 def messages(commands, kind):
-    return [(c.driver_id, c.message) for c in commands if isinstance(c, SendToDriver) and c.message["type"] == kind]
+    return [(c.driver_id, c.message) for c in commands if isinstance(c, SendToDriver) and c.message.type == kind]
 
 
 def unassigns(commands):
@@ -25,7 +26,7 @@ def accepted(cell: CellCore, driver="a", oid=1) -> PersistAssignment:
     cell.driver_seen(driver, LAT + 0.001, LNG, T0)
     cell.add_order(order(oid))
     [offer] = offers_of(cell.tick(T0), driver)
-    [persist] = cell.accept(driver, offer["offer_id"], T0 + 1)
+    [persist] = cell.accept(driver, offer.offer_id, T0 + 1)
     return persist
 
 
@@ -33,11 +34,11 @@ def test_a_failed_assignment_rolls_back_order_and_driver_and_tells_the_driver():
     cell = CellCore("c1")
     persist = accepted(cell)
     [withdrawn] = messages(cell.assignment_persisted(persist.job_id, False, "unavailable"), "job_withdrawn")
-    assert withdrawn == ("a", {"type": "job_withdrawn", "job_id": persist.job_id, "reason": "unavailable"})
+    assert withdrawn == ("a", wire.JobWithdrawn(persist.job_id, "unavailable"))
     assert cell.orders[1].phase is OrderPhase.PENDING and cell.orders[1].driver_id is None
     assert cell.drivers["a"].status is DriverStatus.IDLE and cell.drivers["a"].job_id is None and not cell.jobs
     # Not a decline: the same driver may be offered the order again.
-    assert [o["orders"][0]["order_id"] for o in offers_of(cell.tick(T0 + 2), "a")] == [1]
+    assert [o.orders[0]["order_id"] for o in offers_of(cell.tick(T0 + 2), "a")] == [1]
 
 
 def test_a_report_is_checked_without_changing_anything():
@@ -62,7 +63,7 @@ def test_reconcile_rolls_back_a_stuck_assignment_postgres_never_recorded():
     persist = accepted(cell)
     assert cell.reconcile([stored(1)], unsettled={1}, now=T0 + 2) == []  # still being written: left alone
     commands = cell.reconcile([stored(1)], unsettled=set(), now=T0 + 2)
-    assert [m["job_id"] for _, m in messages(commands, "job_withdrawn")] == [persist.job_id]
+    assert [m.job_id for _, m in messages(commands, "job_withdrawn")] == [persist.job_id]
     assert cell.orders[1].phase is OrderPhase.PENDING and cell.drivers["a"].status is DriverStatus.IDLE
 
 
@@ -70,7 +71,7 @@ def test_reconcile_confirms_a_stuck_assignment_postgres_did_record():
     cell = CellCore("c1")
     persist = accepted(cell)
     commands = cell.reconcile([stored(1, "assigned", "a", persist.job_id)], unsettled=set(), now=T0 + 2)
-    assert [m["job_id"] for _, m in messages(commands, "assigned")] == [persist.job_id]
+    assert [m.job_id for _, m in messages(commands, "assigned")] == [persist.job_id]
     assert cell.orders[1].phase is OrderPhase.ASSIGNED and cell.drivers["a"].status is DriverStatus.EN_ROUTE
 
 
@@ -101,7 +102,7 @@ def test_reconcile_dispatches_orders_it_missed_and_takes_back_ones_postgres_unas
     persist = accepted(cell)
     cell.assignment_persisted(persist.job_id, True)
     commands = cell.reconcile([stored(1), stored(7)], unsettled=set(), now=T0 + 2)
-    assert messages(commands, "cancelled") == [("a", {"type": "cancelled", "order_id": 1, "reason": "reassigned"})]
+    assert messages(commands, "cancelled") == [("a", wire.Cancelled(1, "reassigned"))]
     assert cell.orders[1].phase is OrderPhase.PENDING and cell.orders[7].phase is OrderPhase.PENDING
     assert cell.drivers["a"].status is DriverStatus.IDLE and not cell.jobs
 
@@ -113,7 +114,7 @@ def test_reconcile_drops_orders_finished_in_postgres():
     cell.add_order(order(2))
     commands = cell.reconcile([stored(1, "assigned", "a", persist.job_id, cancelled=True), stored(2, cancelled=True)],
                               unsettled=set(), now=T0 + 2)
-    assert messages(commands, "cancelled") == [("a", {"type": "cancelled", "order_id": 1, "reason": "cancelled"})]
+    assert messages(commands, "cancelled") == [("a", wire.Cancelled(1, "cancelled"))]
     assert not cell.orders and not cell.jobs and cell.drivers["a"].status is DriverStatus.IDLE
     # Delivered in Postgres while the cell still had it in the bag: delivered here too.
     persist = accepted(cell, oid=5)

@@ -4,7 +4,7 @@ import msgpack
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from server import protocol as p
+import wire as p
 
 
 def frame(**fields) -> bytes:

@@ -77,9 +77,11 @@ def event_view(row: asyncpg.Record) -> dict:
     return {
         "order_id": row["order_id"],
         "seq": row["seq"],
-        "type": row["type"],
+        "event": row["type"],
         "status": row["status"],
+        "kitchen_status": row["kitchen_status"],
+        "courier_status": row["courier_status"],
         "payload": row["payload"],
         "actor": row["actor"],
-        "at": row["at"],
+        "at": row["at"].timestamp(),
     }

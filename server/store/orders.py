@@ -23,9 +23,9 @@ ORDER_COLUMNS = """
     o.cancelled_at, o.updated_at, o.job_id
 """
 
-EVENT_COLUMNS = "id, order_id, seq, type, status, payload, actor, at"
+EVENT_COLUMNS = "id, order_id, seq, type, status, kitchen_status, courier_status, payload, actor, at"
 #: The audit trail's insert, before its VALUES or SELECT.
-INSERT_EVENT = "INSERT INTO order_events (order_id, seq, type, status, payload, actor)"
+INSERT_EVENT = "INSERT INTO order_events (order_id, seq, type, status, kitchen_status, courier_status, payload, actor)"
 
 # Which timestamps (and other columns) each event stamps, as SQL assignments.
 # $7, $8 are the event's arguments: (driver id, job id) for ASSIGN, (seconds until ready,) for REVISE_READY.
@@ -123,7 +123,8 @@ async def place_order(pool, principal: Principal, key: str, request_hash: str, o
                     RETURNING *
                 ), e AS (
                     {INSERT_EVENT}
-                    SELECT id, version, 'placed', status, jsonb_build_object('total_cents', total_cents), $15 FROM o
+                    SELECT id, version, 'placed', status, kitchen_status, courier_status,
+                        jsonb_build_object('total_cents', total_cents), $15 FROM o
                 )
                 SELECT {ORDER_COLUMNS}, $13::float8 AS restaurant_lat, $14::float8 AS restaurant_lng FROM o""",
             principal.sub, order.restaurant_id, key, request_hash, lines, subtotal, fee,
@@ -163,8 +164,9 @@ async def _priced_lines(conn, order) -> list[dict]:
 
 async def _append_event(conn, row, event_type: str, payload: dict, actor: str) -> None:
     await conn.execute(
-        f"{INSERT_EVENT} VALUES ($1, $2, $3, $4, $5, $6)",
-        row["id"], row["version"], event_type, row["status"], payload, actor,
+        f"{INSERT_EVENT} VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        row["id"], row["version"], event_type, row["status"], row["kitchen_status"], row["courier_status"], payload,
+        actor,
     )
 
 

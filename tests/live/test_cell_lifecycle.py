@@ -127,7 +127,7 @@ async def test_implausible_jump_is_refused_on_both_paths_and_changes_nothing(liv
         reply = await quiet_reply(driver)
         assert (reply["type"], reply.get("code")) == ("error", "implausible_jump"), reply
         await driver.link.send_raw(json.dumps({"type": "gps", "lat": far[0], "lng": far[1]}))  # JSON: the full path
-        reply = json.loads((await driver.next("text", timeout_s=15))["text"])  # answered in JSON
+        reply = await driver.next("error", timeout_s=15)  # answered in the connection's encoding (msgpack)
         assert reply["code"] == "implausible_jump" and "m from the last one" in reply["message"]
         await driver.gps(spot[0] + 0.001, spot[1])  # still judged from the last fix taken: plausible
         assert (await quiet_reply(driver))["type"] == "pong"

@@ -22,7 +22,7 @@ async def test_place_order_prices_from_database(as_role):
     again = (await customer.get(f"/v1/orders/{order['id']}")).json()
     assert again["total_cents"] == order["total_cents"]
     events = (await customer.get(f"/v1/orders/{order['id']}/events")).json()["items"]
-    assert [(e["seq"], e["type"], e["status"]) for e in events] == [(1, "placed", "placed")]
+    assert [(e["seq"], e["event"], e["status"]) for e in events] == [(1, "placed", "placed")]
     assert events[0]["actor"] == f"customer:{customer.sub}"
 
 
@@ -126,7 +126,7 @@ async def test_kitchen_flow_and_audit_trail(as_role, pool):
     assert r.status_code == 409 and r.json()["error"]["code"] == "illegal_transition"
     assert (await owner.post(f"/v1/orders/{oid}/ready")).status_code == 409
     events = (await owner.get(f"/v1/orders/{oid}/events")).json()["items"]
-    assert [e["type"] for e in events] == ["placed", "accept", "start_preparing", "revise_ready", "mark_ready"]
+    assert [e["event"] for e in events] == ["placed", "accept", "start_preparing", "revise_ready", "mark_ready"]
     assert [e["seq"] for e in events] == [1, 2, 3, 4, 5]
     resumed = (await customer.get(f"/v1/orders/{oid}/events?after=3")).json()["items"]
     assert [e["seq"] for e in resumed] == [4, 5]
@@ -134,7 +134,7 @@ async def test_kitchen_flow_and_audit_trail(as_role, pool):
     cancelled = (await owner.post(f"/v1/orders/{oid}/cancel", json={"reason": "out of dough"})).json()
     assert cancelled["status"] == "cancelled" and cancelled["cancelled_at"] is not None
     last = await pool.fetchrow("SELECT type, payload, actor FROM order_events WHERE order_id = $1 AND seq = 6", oid)
-    assert last["type"] == "cancel" and last["payload"] == {"reason": "out of dough"}
+    assert last["event"] == "cancel" and last["payload"] == {"reason": "out of dough"}
     assert (await owner.get(f"/v1/restaurants/{rest['id']}/orders")).json()["items"] == []
 
 
@@ -193,7 +193,7 @@ async def test_ready_estimate_in_seconds(as_role, pool):
     row = await pool.fetchrow("SELECT ready_estimate_at - updated_at AS wait FROM orders WHERE id = $1", oid)
     assert row["wait"].total_seconds() == 95  # both stamped by the same transaction's now()
     event = await pool.fetchrow("SELECT type, payload FROM order_events WHERE order_id = $1 AND seq = 2", oid)
-    assert (event["type"], event["payload"]) == ("revise_ready", {"ready_in_seconds": 95})
+    assert (event["event"], event["payload"]) == ("revise_ready", {"ready_in_seconds": 95})
     in_minutes = (await owner.post(f"/v1/orders/{oid}/ready-estimate", json={"ready_in_minutes": 2})).json()
     assert (estimate(in_minutes) - estimate(revised.json())).total_seconds() > 20
     row = await pool.fetchrow("SELECT ready_estimate_at - updated_at AS wait FROM orders WHERE id = $1", oid)
