@@ -22,7 +22,8 @@ from server.config import Settings
 from server.auth import TokenVerifier
 from server.broker import create_broker
 from server.errors import EXCEPTION_HANDLERS
-from server.gc_watch import GcWatch, freeze_survivors
+from runtime.gc_watch import GcWatch, freeze_survivors
+from store.pool import create_pool
 from server.log_redaction import install_log_redaction
 from server.loop_guard import LoopGuard
 from server.ratelimit import create_rate_limiter
@@ -57,7 +58,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             stack.callback(embedded.stop)
         if settings.migrate_on_start:
             await db.migrate(dsn)
-        app.state.pool = await db.create_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+        app.state.pool = await create_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
         stack.push_async_callback(app.state.pool.close)
         from server.catalog_cache import CatalogCache  # menu cache + nearby replica, fresh by NOTIFY
 

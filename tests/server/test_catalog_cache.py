@@ -16,7 +16,7 @@ from dispatch.jit import load_twin
 from server import nearby_kernel
 from server.catalog_cache import CachedMenu, MenuCache
 from server.catalog_replica import OpenClock, box_key_ranges, grid_key
-from server.store import catalog
+from store import catalog
 from tests.server.helpers import add_item, make_restaurant, place
 from tests.waiting import eventually
 
