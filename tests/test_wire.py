@@ -78,8 +78,8 @@ def test_the_protocol_version_is_the_documented_one():
     assert f"version {wire.PROTOCOL_VERSION})" in DOC.splitlines()[0]
 
 
-PRODUCERS = ["dispatch/cell.py", "actors/cell.py", "server/gateway.py", "server/ws.py", "server/store/orders.py",
-             "server/store/errors.py", "wire/codec.py"]
+PRODUCERS = ["dispatch/cell.py", "actors/cell.py", "server/gateway.py", "server/ws.py", "store/orders.py",
+             "store/errors.py", "wire/codec.py"]
 
 
 def test_every_error_code_the_server_produces_is_in_the_list():

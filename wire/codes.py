@@ -20,7 +20,9 @@ class Close(IntEnum):
     MESSAGE_TOO_BIG = 1009
     """A frame over the transport limit (1 MiB): do not resend it."""
     INTERNAL_ERROR = 1011
-    """Live dispatch is not running on this server: reconnect with long back-off."""
+    """The server failed: reconnect with back-off."""
+    SERVICE_RESTART = 1012
+    """The server is restarting: reconnect with the busy back-off."""
     TRY_AGAIN_LATER = 1013
     """The socket fell behind (a slow reader): reconnect and resume with ``after_seq``."""
     REPLACED = 4000
@@ -29,6 +31,8 @@ class Close(IntEnum):
 
 #: Close codes after which a client must not reconnect by itself.
 FINAL_CLOSE_CODES = frozenset({Close.POLICY_VIOLATION, Close.MESSAGE_TOO_BIG, Close.REPLACED})
+#: Close codes saying the server is busy: reconnect, backing off from at least a second.
+BUSY_CLOSE_CODES = frozenset({Close.SERVICE_RESTART, Close.TRY_AGAIN_LATER})
 
 
 @dataclass(frozen=True)
