@@ -1,6 +1,5 @@
 """The sans-I/O cell: offers, acceptance, declines, expiry, lost drivers, cancellations."""
 
-import wire
 import math
 import random
 
@@ -13,6 +12,7 @@ from dispatch.cell import (
 )
 from dispatch.lifecycle import DriverEvent, DriverStatus
 from dispatch.matcher import Drivers, MatchParams, Orders, TravelModel, match
+import wire
 
 LAT, LNG = 41.88, -87.63
 T0 = 1_800_000_000.0
@@ -137,50 +137,8 @@ def test_bad_driver_inputs_are_refused_without_changing_state():
     assert cell.drivers["a"].status is DriverStatus.IDLE
 
 
-@settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1))
-def test_random_days_keep_the_invariants(seed):
-    rng = random.Random(seed)
-    cell = CellCore("c1", CellParams(offer_ttl_s=15, heartbeat_ttl_s=25))
-    now, next_order = T0, 1
-    drivers = [f"d{i}" for i in range(rng.randint(1, 6))]
-    for step in range(120):
-        now += rng.uniform(0.5, 4)
-        for d in drivers:
-            if rng.random() < 0.8:
-                cell.driver_seen(d, LAT + rng.uniform(-0.02, 0.02), LNG + rng.uniform(-0.02, 0.02), now)
-        if rng.random() < 0.3:
-            cell.add_order(order(next_order, now, rng.uniform(0, 900), dlat=rng.uniform(-0.02, 0.02)))
-            next_order += 1
-        busy = {d.id for d in cell.drivers.values() if d.job_id is not None}
-        commands = cell.tick(now)
-        assert not {c.driver_id for c in commands if isinstance(c, SendToDriver) and c.message.type == "offer"} \
-            & busy, "an offer went to a busy driver"
-        for c in list(commands):
-            if isinstance(c, SendToDriver) and c.message.type == "offer":
-                roll = rng.random()
-                if roll < 0.6:
-                    commands += cell.accept(c.driver_id, c.message.offer_id, now)
-                elif roll < 0.8:
-                    commands += cell.decline(c.driver_id, c.message.offer_id, now)
-            if isinstance(c, PersistAssignment):
-                cell.assignment_persisted(c.job_id, ok=rng.random() < 0.9)
-        for job in list(cell.jobs.values()):
-            driver = cell.drivers[job.driver_id]
-            if any(cell.orders[i].phase is OrderPhase.ASSIGNING for i in job.order_ids):
-                continue
-            try:
-                if driver.status is DriverStatus.EN_ROUTE and rng.random() < 0.5:
-                    cell.job_event(driver.id, job.id, DriverEvent.ARRIVE)
-                elif driver.status is DriverStatus.AT_RESTAURANT and rng.random() < 0.5:
-                    cell.job_event(driver.id, job.id, DriverEvent.PICK_UP)
-                elif driver.status is DriverStatus.DELIVERING:
-                    cell.delivered(driver.id, next(i for i in job.order_ids if i not in job.delivered))
-            except CellError:
-                pytest.fail("a legal driver report was refused")
-        if cell.orders and rng.random() < 0.05:
-            cell.withdraw_order(rng.choice(sorted(cell.orders)), "cancelled")
-        check_invariants(cell)
+# The randomized day runs through the pair harness, with every write applied (accept's assignment too):
+# ``tests/test_pair.py::test_random_days_through_the_pair_keep_the_invariants_and_deliver``.
 
 
 def check_invariants(cell: CellCore) -> None:

@@ -134,7 +134,7 @@ async def test_kitchen_flow_and_audit_trail(as_role, pool):
     cancelled = (await owner.post(f"/v1/orders/{oid}/cancel", json={"reason": "out of dough"})).json()
     assert cancelled["status"] == "cancelled" and cancelled["cancelled_at"] is not None
     last = await pool.fetchrow("SELECT type, payload, actor FROM order_events WHERE order_id = $1 AND seq = 6", oid)
-    assert last["event"] == "cancel" and last["payload"] == {"reason": "out of dough"}
+    assert last["type"] == "cancel" and last["payload"] == {"reason": "out of dough"}
     assert (await owner.get(f"/v1/restaurants/{rest['id']}/orders")).json()["items"] == []
 
 
