@@ -28,7 +28,6 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import httpx
 import numpy as np
@@ -402,7 +401,7 @@ class LiveJob:
 
 
 def _at(event: dict) -> float:
-    return datetime.fromisoformat(event["at"]).timestamp()
+    return float(event["at"])  # the HTTP audit trail gives unix seconds
 
 
 def jobs_from_audit(instance: Instance, clock: Clock, events: dict[int, list[dict]]) -> tuple[list[LiveJob], dict]:
@@ -414,7 +413,7 @@ def jobs_from_audit(instance: Instance, clock: Clock, events: dict[int, list[dic
     for o, trail in events.items():
         assign = pickup = deliver = None
         for event in trail:
-            kind = event["type"]
+            kind = event["event"]
             if kind in counts:
                 counts[kind][o] += 1
             if kind == "assign":

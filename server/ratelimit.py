@@ -101,7 +101,7 @@ class RateLimits:
     """The limits a front door enforces per principal, across every front door sharing Redis."""
 
     ws_connect: Limit = Limit(1.0, 10.0)
-    """Websockets opened per principal (a reconnect loop is refused, then closed with 1008)."""
+    """Websockets opened per principal (past it, a reconnect loop's handshakes are answered 429)."""
     ws_message: Limit = Limit(5.0, 20.0)
     """Frames other than GPS per principal, over all its sockets."""
     order_placement: Limit = Limit(2.0, 20.0)

@@ -28,10 +28,10 @@ PHASES = [Phase("control", 0.0), Phase("1. cell", 100.0), Phase("2. redis", 200.
 
 
 def trail(*steps, driver="d1", job="j1"):
-    """An order's events from ``(at, type, status)`` steps; assigns carry ``driver`` and ``job``."""
+    """An order's events from ``(at, event, status)`` steps; assigns carry ``driver`` and ``job``."""
     events = []
     for seq, (at, kind, status) in enumerate(steps, start=1):
-        event = {"seq": seq, "type": kind, "status": status, "at": float(at), "driver_id": None, "job_id": None}
+        event = {"seq": seq, "event": kind, "status": status, "at": float(at), "driver_id": None, "job_id": None}
         if kind == "assign":
             event.update(driver_id=driver, job_id=job)
         events.append(event)

@@ -193,7 +193,7 @@ async def test_ready_estimate_in_seconds(as_role, pool):
     row = await pool.fetchrow("SELECT ready_estimate_at - updated_at AS wait FROM orders WHERE id = $1", oid)
     assert row["wait"].total_seconds() == 95  # both stamped by the same transaction's now()
     event = await pool.fetchrow("SELECT type, payload FROM order_events WHERE order_id = $1 AND seq = 2", oid)
-    assert (event["event"], event["payload"]) == ("revise_ready", {"ready_in_seconds": 95})
+    assert (event["type"], event["payload"]) == ("revise_ready", {"ready_in_seconds": 95})
     in_minutes = (await owner.post(f"/v1/orders/{oid}/ready-estimate", json={"ready_in_minutes": 2})).json()
     assert (estimate(in_minutes) - estimate(revised.json())).total_seconds() > 20
     row = await pool.fetchrow("SELECT ready_estimate_at - updated_at AS wait FROM orders WHERE id = $1", oid)
