@@ -935,22 +935,25 @@ class CellCore:
     def driver_view(self, driver_id: str) -> dict | None:
         """The driver's live state for its ``welcome``: ``{state, offer, job}`` (None: this cell does not hold it).
 
-        ``offer`` is ``{offer_id, expires_at, orders}``, ``job`` ``{job_id, orders, delivered}``, each None when
-        the driver holds none; orders are described as in ``offer`` and ``assigned`` frames.
+        ``offer`` is ``{offer_id, expires_at, orders}``, ``job`` ``{job_id, orders, delivered}`` (its undelivered
+        orders, and the ids of those delivered), each None when the driver holds none; orders are described as
+        in ``offer`` and ``assigned`` frames.
         """
         driver = self.drivers.get(driver_id)
         if driver is None:
             return None
         offer = self.offers.get(driver.offer_id) if driver.offer_id else None
         job = self.jobs.get(driver.job_id) if driver.job_id else None
+
+        def views(order_ids: list[int]) -> list[dict]:  # a delivered order has left the cell
+            return [self._order_view(self.orders[i]) for i in order_ids if i in self.orders]
+
         return {
             "state": driver.status.value,
             "offer": None if offer is None else {
-                "offer_id": offer.id, "expires_at": offer.expires_at,
-                "orders": [self._order_view(self.orders[i]) for i in offer.order_ids if i in self.orders]},
+                "offer_id": offer.id, "expires_at": offer.expires_at, "orders": views(offer.order_ids)},
             "job": None if job is None else {
-                "job_id": job.id, "orders": [self._order_view(self.orders[i]) for i in job.order_ids if i in self.orders],
-                "delivered": sorted(job.delivered)},
+                "job_id": job.id, "orders": views(job.order_ids), "delivered": sorted(job.delivered)},
         }
 
     # Introspection (metrics, dashboard) --------------------------------------

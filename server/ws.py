@@ -144,7 +144,7 @@ class Connection:
                 continue
             if await self.limiter.allow(self.message_key, self.message_limit):
                 return message
-            if self.error("rate_limited", f"too many {message.type} messages; slow down", getattr(message, "id", None)):
+            if self.error("rate_limited", f"too many {message.type} messages; slow down", message.id):
                 await self.close_for_abuse()
                 return None
 

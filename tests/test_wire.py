@@ -47,7 +47,8 @@ SERVER_TO_DRIVER = {"welcome", "offer", "offer_withdrawn", "assigned", "job_with
     ("Driver → server", wire.DRIVER_FRAMES),
     ("Customer → server", wire.CUSTOMER_FRAMES),
     ("Server → driver", [c for c in wire.SERVER_FRAMES if wire.frame_type(c) in SERVER_TO_DRIVER]),
-    ("Server → customer", [c for c in wire.SERVER_FRAMES if wire.frame_type(c) not in SERVER_TO_DRIVER - {"error", "pong"}]),
+    ("Server → customer",
+     [c for c in wire.SERVER_FRAMES if wire.frame_type(c) not in SERVER_TO_DRIVER - {"error", "pong"}]),
 ])
 def test_every_frame_and_field_in_the_doc_is_in_the_module_and_back(title, frames):
     assert documented_frames(title) == module_frames(frames)

@@ -9,6 +9,8 @@ from wire.codec import (
     GPS_KEYS, MAX_FRAME_BYTES, MAX_TRANSPORT_BYTES, Encoding, ProtocolError, connection_encoding, decode, encode,
     error_frame, load, plain_gps,
 )
-from wire.codes import BUSY_CLOSE_CODES, ERROR_CODES, FINAL_CLOSE_CODES, HANDSHAKE_REFUSALS, Close, ErrorCode, is_retryable
+from wire.codes import (
+    BUSY_CLOSE_CODES, ERROR_CODES, FINAL_CLOSE_CODES, HANDSHAKE_REFUSALS, Close, ErrorCode, is_retryable,
+)
 from wire.frames import *  # noqa: F403
 from wire.limits import AbuseMeter, TokenBucket

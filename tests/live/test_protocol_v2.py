@@ -106,7 +106,8 @@ async def test_commands_are_retry_safe_and_errors_name_their_message(live, spot)
                 await restarted.link.send(wire.AcceptOffer(offer_id=offer["offer_id"], id="acc-1"))
             first = await restarted.next("ack", "error", timeout_s=DEADLINE_S)
             second = await restarted.next("ack", "error", timeout_s=DEADLINE_S)
-            assert first == second and (first["type"], first["re"], first["offer_id"]) == ("ack", "acc-1", offer["offer_id"])
+            assert first == second
+            assert (first["type"], first["re"], first["offer_id"]) == ("ack", "acc-1", offer["offer_id"])
             assigned = await restarted.next("assigned", timeout_s=DEADLINE_S)
             for _ in range(2):
                 await restarted.link.send(wire.AtRestaurant(job_id=assigned["job_id"], id="arr-1"))
