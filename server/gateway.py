@@ -71,6 +71,8 @@ log = logging.getLogger("hexdispatch.gateway")
 LISTEN_START_WAIT_S = 10.0
 #: How many answered command ids are remembered per driver (a repeat of one gets the same answer).
 ANSWERS_KEPT = 64
+#: How many drivers a front door remembers answers and departed cells for.
+DRIVERS_REMEMBERED = 100_000
 #: How long a gap in one order's status events is retried when filling it fails (seconds).
 GAP_FILL_DEADLINE_S = 60.0
 
@@ -277,6 +279,15 @@ def cell_gone_errors() -> tuple[type[BaseException], ...]:
     return CellRetired, ActorDiedError
 
 
+def remember(memory: OrderedDict, key: str, value):
+    """Store ``value`` under ``key`` as the most recent of at most ``DRIVERS_REMEMBERED`` entries; returns it."""
+    memory.pop(key, None)
+    memory[key] = value
+    if len(memory) > DRIVERS_REMEMBERED:
+        memory.popitem(last=False)
+    return value
+
+
 def unix_seconds(at: datetime | str) -> float:
     """A time from Postgres (a ``timestamptz``, or its ISO text in a notification) as unix seconds."""
     return (at if isinstance(at, datetime) else datetime.fromisoformat(at)).timestamp()
@@ -295,8 +306,12 @@ class Gateway:
         self.fixes: dict[str, dict[str, tuple]] = defaultdict(dict)
         self.gps_in_flight: set[str] = set()  # cells that have not yet taken their last batch
         self.drivers: dict[str, DriverLink] = {}
-        #: Per driver, the replies to its last ``ANSWERS_KEPT`` commands by id (kept across its reconnects here).
-        self.answered: dict[str, OrderedDict[str, list]] = {}
+        #: Per driver, the replies to its last ``ANSWERS_KEPT`` commands by id (kept across its reconnects here),
+        #: for the ``DRIVERS_REMEMBERED`` drivers seen last.
+        self.answered: OrderedDict[str, OrderedDict[str, list]] = OrderedDict()
+        #: The cell of each driver whose socket closed here (the last ``DRIVERS_REMEMBERED``): where its state is
+        #: asked for when it reconnects (its ``welcome``), even if it held no order.
+        self.departed_cells: OrderedDict[str, str] = OrderedDict()
         self.customers: dict[int, set[CustomerLink]] = defaultdict(set)
         self.tasks: set[asyncio.Task] = set()
         # Every front door hears every status event; after a lost connection, followers are filled from the table.
@@ -654,6 +669,8 @@ class Gateway:
         if previous is not None:
             previous.outbox.close()  # the newest connection wins
             link.home_cell, link.orders, link.last_fix = previous.home_cell, previous.orders, previous.last_fix
+        else:
+            link.home_cell = self.departed_cells.pop(driver_id, None)
         self.drivers[driver_id] = link
         self.broker.publish("sessions", {"driver_id": driver_id, "gateway": self.id, "at": link.attached_at})
         async with self.pool.acquire() as conn:
@@ -677,6 +694,8 @@ class Gateway:
         link.outbox.close()
         if self.drivers.get(link.driver_id) is link:
             del self.drivers[link.driver_id]
+            if link.home_cell is not None:
+                remember(self.departed_cells, link.driver_id, link.home_cell)
 
     def _on_session(self, message: dict) -> None:
         """A driver opened a socket on another front door: close its older socket here."""
@@ -705,7 +724,7 @@ class Gateway:
     async def answer_driver(self, link: DriverLink, message: wire.Command) -> list[wire.ServerFrame]:
         """The replies to a driver's command, each naming it (``re``). A repeat of a command ``id`` this front
         door already answered for the driver gets the same replies again, without acting twice."""
-        answered = self.answered.setdefault(link.driver_id, OrderedDict())
+        answered = remember(self.answered, link.driver_id, self.answered.get(link.driver_id) or OrderedDict())
         if message.id is not None and message.id in answered:
             answered.move_to_end(message.id)
             return answered[message.id]

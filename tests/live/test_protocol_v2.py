@@ -97,6 +97,10 @@ async def test_commands_are_retry_safe_and_errors_name_their_message(live, spot)
         assert (refused["code"], refused["re"], refused["retryable"]) == ("unknown_offer", "wrong-1", False)
         order = await api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
         offer = await driver.next("offer", timeout_s=DEADLINE_S)
+        # The app crashed (its socket dropped) and comes back: the welcome shows the open offer.
+        await driver.link.drop()
+        back = await driver.next("welcome", timeout_s=DEADLINE_S)
+        assert back["state"] == "offered" and back["offer"]["offer_id"] == offer["offer_id"]
         # A second socket of the same driver (the app restarted): its welcome shows the open offer.
         async with DriverClient(live.url, driver_token) as restarted, streaming_gps(restarted, lambda: here):
             again = await restarted.next("welcome", timeout_s=DEADLINE_S)
