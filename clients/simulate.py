@@ -30,10 +30,10 @@ import uuid
 import httpx
 
 from clients.city import (
-    DEFAULT_CENTER, OrderDesk, RoundRobin, SimDriver, Tally, audit, local_minter, percentiles, place_orders,
+    DEFAULT_CENTER, Kitchen, OrderDesk, RoundRobin, SimDriver, Tally, audit, local_minter, percentiles, place_orders,
     random_point, seed_city, start_drivers,
 )
-from clients.http import ApiClient
+from clients.http import ApiClient, ApiError
 from server.cli import parser_for
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -111,6 +111,7 @@ async def run(args) -> dict:
     admin = ApiClient(urls.next(), mint("admin", "sim-auditor"))
     counts = await audit(admin, list(tally.placed_at), tally.seen_seqs, tally.followed_until)
     await admin.aclose()
+    cleanup = await remove_kitchens(kitchens) if args.cleanup else {}
     return {
         "urls": urls.urls,
         "drivers": args.drivers, "orders_per_minute": args.orders_per_minute, "duration_s": args.duration,
@@ -124,7 +125,26 @@ async def run(args) -> dict:
         "kitchen_ready_after_pickup": tally.ready_after_pickup,
         "placement_to_offer_ms": percentiles(tally.placement_to_offer_ms()),
         "gps_to_customer_ms": percentiles(ms for _, ms in tally.gps_to_customer),
+        **cleanup,
     }
+
+
+async def remove_kitchens(kitchens: list[Kitchen]) -> dict:
+    """``--cleanup``: delete the run's "Sim Kitchen" restaurants with their menus, orders and audit trails (each
+    by its own account); a kitchen with an order still in flight is kept. Returns the summary's counts."""
+    removed, kept = 0, 0
+    for kitchen in kitchens:
+        owner = ApiClient(kitchen.url, kitchen.owner_token)
+        try:
+            await owner.erase_restaurant(kitchen.id)
+            removed += 1
+        except ApiError as exc:
+            if exc.code != "active_orders":
+                raise
+            kept += 1
+        finally:
+            await owner.aclose()
+    return {"kitchens_removed": removed, "kitchens_kept_with_active_orders": kept}
 
 
 #: What the summary's less obvious lines mean, printed under it.
@@ -137,6 +157,7 @@ SUMMARY_NOTES = {
     "driver_errors": "error frames the drivers' sockets received, by code",
     "kitchen_ready_after_pickup": "kitchens' 'ready' clicks answered 409 because the driver had already picked "
                                   "the food up (a pickup marks it ready): expected, harmless",
+    "kitchens_kept_with_active_orders": "--cleanup left these restaurants: an order of theirs was still in flight",
     "placement_to_offer_ms": "an order placed to its first offer to a driver",
     "gps_to_customer_ms": "a driver's GPS fix to the customer following the order",
 }
@@ -172,6 +193,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--lng", type=float, default=DEFAULT_CENTER[1], help="longitude of the city's centre")
     parser.add_argument("--seed", type=int, default=1, help="random seed of the city")
     parser.add_argument("--json", help="also write the summary to this file")
+    parser.add_argument("--cleanup", action="store_true",
+                        help='afterwards delete the run\'s "Sim Kitchen" restaurants, their menus, orders and audit '
+                             "trails (kitchens with an order still in flight are kept)")
     args = parser.parse_args(argv)
     try:
         summary = asyncio.run(run(args))
