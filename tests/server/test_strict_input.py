@@ -184,6 +184,7 @@ ALLOWED: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("GET", "/v1/restaurants/nearby"): ANY,
     ("GET", "/v1/restaurants/{restaurant_id}"): ANY,
     ("PATCH", "/v1/restaurants/{restaurant_id}"): KITCHEN,
+    ("DELETE", "/v1/restaurants/{restaurant_id}"): KITCHEN,
     ("GET", "/v1/restaurants/{restaurant_id}/menu"): ANY,
     ("POST", "/v1/restaurants/{restaurant_id}/menu/items"): KITCHEN,
     ("PATCH", "/v1/restaurants/{restaurant_id}/menu/items/{item_id}"): KITCHEN,
