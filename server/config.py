@@ -52,6 +52,10 @@ class Settings:
     #: asyncpg pool bounds per process.
     db_pool_min: int = 2
     db_pool_max: int = 16
+    #: Redis connections per process, and how long a call waits for one when all are busy (a reconnect
+    #: storm's rate-limit checks queue for a connection rather than fail with "Too many connections").
+    redis_pool_max: int = 32
+    redis_pool_wait_s: float = 2.0
     #: Largest HTTP request body accepted, bytes.
     max_body_bytes: int = 64 * 1024
     #: Flat delivery fee for restaurants that do not set their own, cents.
