@@ -3,7 +3,7 @@
 ``order_events`` stays append-only (no UPDATE, no TRUNCATE, no DELETE of a
 live order's history) except inside a transaction that declared it erases
 whole orders (``SET LOCAL hexdispatch.erasing_orders = 'on'``), as
-``server.store.catalog.erase_restaurant`` does to remove a restaurant, its
+``store.catalog.erase_restaurant`` does to remove a restaurant, its
 menu, its finished orders and their events (``DELETE /v1/restaurants/{id}``;
 ``hexdispatch simulate --cleanup``).
 
