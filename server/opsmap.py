@@ -120,8 +120,8 @@ def _in_view(rows: list, viewport: Viewport | None, lat_at: int, limit: int) -> 
 
 def compose_frame(views: list[dict], viewport: Viewport | None, at: float, *,
                   max_drivers: int = MAX_DRIVERS_PER_FRAME, unanswered: list[str] = ()) -> dict:
-    """One viewer's frame from every cell's view: all cells (hexagon, metrics), and the drivers, pending orders
-    and jobs in ``viewport`` (None: everywhere). Drivers beyond ``max_drivers`` are left out by a stable sample
+    """One viewer's frame from every cell's view: all cells (hexagon, metrics), and the drivers, the orders
+    waiting for a driver (pending or offered: ``pending``) and jobs in ``viewport`` (None: everywhere). Drivers beyond ``max_drivers`` are left out by a stable sample
     (:func:`sample_rank`); ``drivers_in_view`` counts them all, ``drivers_sampled`` says whether any was left out.
     """
     views = sorted(views, key=lambda v: v["cell"])
@@ -134,8 +134,8 @@ def compose_frame(views: list[dict], viewport: Viewport | None, at: float, *,
         drivers = sorted(in_view, key=lambda row: sample_rank(row[0]))[:max_drivers]
     reported = sum(len(v.get("driver_sample", ())) for v in views)
     total = sum(v.get("drivers_total", len(v.get("driver_sample", ()))) for v in views)
-    pending, pending_in_view = _in_view([row for v in views for row in v.get("pending", ())], viewport, 1,
-                                        MAX_ORDERS_PER_FRAME)
+    waiting = [row for v in views for row in v.get("pending", ())]
+    pending, pending_in_view = _in_view(waiting, viewport, 1, MAX_ORDERS_PER_FRAME)
     jobs, jobs_in_view = _in_view([row for v in views for row in v.get("jobs", ())], viewport, 1,
                                   MAX_JOBS_PER_FRAME)
     return {
@@ -143,6 +143,7 @@ def compose_frame(views: list[dict], viewport: Viewport | None, at: float, *,
         "drivers": drivers, "pending": pending, "jobs": jobs,
         "totals": {"cells": len(cells), "drivers": total, "drivers_in_view": len(in_view),
                    "drivers_sampled": len(drivers) < len(in_view) or reported < total,
-                   "pending_orders": sum(c["pending_orders"] for c in cells), "pending_in_view": pending_in_view,
+                   "pending_orders": sum(c["pending_orders"] for c in cells), "orders_waiting": len(waiting),
+                   "pending_in_view": pending_in_view,
                    "jobs": sum(c["jobs"] for c in cells), "jobs_in_view": jobs_in_view},
     }

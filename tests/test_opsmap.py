@@ -90,7 +90,7 @@ def test_a_frame_draws_every_cell_as_its_hexagon_with_its_metrics():
     assert h3.latlng_to_cell(*(sum(p[i] for p in cell["boundary"]) / 6 for i in (0, 1)), 6) == west
     assert cell["idle_drivers"] == 2 and cell["pending_orders"] == 1 and cell["tick_ms_p99"] == 2.0
     assert cell["drivers"] == {"idle": 2, "delivering": 1}
-    assert frame["totals"]["pending_orders"] == 1 and frame["at"] == T0
+    assert frame["totals"]["pending_orders"] == frame["totals"]["orders_waiting"] == 1 and frame["at"] == T0
 
 
 def test_a_frame_holds_only_what_is_in_the_viewport():

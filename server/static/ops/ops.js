@@ -317,7 +317,8 @@
       const totals = frame.totals;
       const age = ((Date.now() / 1000) - frame.at).toFixed(1);
       setStatus(`${body.dataset.state} · ${totals.cells} cells · ${totals.drivers} drivers ` +
-        `(${counts.drivers} drawn${totals.drivers_sampled ? ", sampled" : ""}) · ${totals.pending_orders} pending · ` +
+        `(${counts.drivers} drawn${totals.drivers_sampled ? ", sampled" : ""}) · ${totals.orders_waiting} orders waiting ` +
+        `(${totals.pending_orders} not yet offered) · ` +
         `${totals.jobs} jobs · frame ${age} s old` + (frame.unanswered.length ? ` · ${frame.unanswered.length} cells silent` : ""));
     }
     requestAnimationFrame(draw);
@@ -358,7 +359,7 @@
   function renderLegend() {
     legend.innerHTML = Object.entries(STATUS_COLOURS).filter(([s]) => s !== "offline").map(([status, colour]) =>
       `<div><span class="dot" style="background:${colour}"></span>${status.replace("_", " ")}</div>`).join("") +
-      `<div><span class="square"></span>pending order (at its restaurant)</div>` +
+      `<div><span class="square"></span>order waiting for a driver (at its restaurant)</div>` +
       `<div><span class="line"></span>job: driver to next stop</div>`;
   }
 
