@@ -17,16 +17,22 @@ def order(oid: int, dlat: float = 0.0) -> LiveOrder:
                      dropoff_lat=LAT + dlat + 0.01, dropoff_lng=LNG + 0.01, placed_at=T0, ready_at=T0)
 
 
+def assigned(cell: CellCore, driver_id: str, where: tuple[float, float]) -> str:
+    """``driver_id`` appears at ``where`` and is assigned order 1 (offered, accepted, persisted): the job's id."""
+    cell.driver_seen(driver_id, *where, T0)
+    cell.add_order(order(1))
+    [offer] = [c.message for c in cell.tick(T0) if isinstance(c, SendToDriver)]
+    [persist] = cell.accept(driver_id, offer["offer_id"], T0 + 1)
+    cell.assignment_persisted(persist.job_id, ok=True)
+    return persist.job_id
+
+
 def busy_cell() -> CellCore:
     """A cell with a driver on a job (picked up), one offered, one idle, one offline, and one order pending."""
     cell = CellCore(CELL)
-    cell.driver_seen("on-job", LAT + 0.001, LNG, T0)
-    cell.add_order(order(1))
-    [offer] = [c.message for c in cell.tick(T0) if isinstance(c, SendToDriver)]
-    [persist] = cell.accept("on-job", offer["offer_id"], T0 + 1)
-    cell.assignment_persisted(persist.job_id, ok=True)
-    cell.job_event("on-job", persist.job_id, DriverEvent.ARRIVE)
-    cell.job_event("on-job", persist.job_id, DriverEvent.PICK_UP)
+    job_id = assigned(cell, "on-job", (LAT + 0.001, LNG))
+    cell.job_event("on-job", job_id, DriverEvent.ARRIVE)
+    cell.job_event("on-job", job_id, DriverEvent.PICK_UP)
     cell.driver_seen("offered", LAT + 0.002, LNG, T0 + 2)
     cell.add_order(order(2, dlat=0.001))
     cell.tick(T0 + 2)
@@ -51,11 +57,7 @@ def test_a_cells_view_holds_its_load_drivers_pending_orders_and_jobs():
 
 def test_before_pick_up_a_job_heads_to_the_restaurant():
     cell = CellCore(CELL)
-    cell.driver_seen("d", LAT + 0.003, LNG, T0)
-    cell.add_order(order(1))
-    [offer] = [c.message for c in cell.tick(T0) if isinstance(c, SendToDriver)]
-    [persist] = cell.accept("d", offer["offer_id"], T0 + 1)
-    cell.assignment_persisted(persist.job_id, ok=True)
+    assigned(cell, "d", (LAT + 0.003, LNG))
     [job] = cell_view(cell)["jobs"]
     assert job[1:5] == [pytest.approx(LAT + 0.003), pytest.approx(LNG), pytest.approx(LAT), pytest.approx(LNG)]
 

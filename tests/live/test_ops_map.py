@@ -167,3 +167,16 @@ async def test_the_ops_map_shows_the_simulated_city_in_chromium(live):
             print(f"ops map drawn {time.monotonic() - started:.1f} s after loading: {seen}; screenshot {shot}")
     finally:
         await asyncio.to_thread(browser.quit)
+
+
+async def test_the_page_and_its_assets_come_from_the_package(live):
+    import httpx
+
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        page = await http.get("/ops")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        for asset in ("/ops/static/ops.js", "/ops/static/ops.css"):
+            assert asset in page.text
+            assert (await http.get(asset)).status_code == 200
+        assert "http://" not in page.text and "https://" not in page.text  # nothing fetched from elsewhere
+        assert (await http.get("/ops/static/..%2Fopsmap.py")).status_code == 404
