@@ -666,8 +666,8 @@ class CellActor:
 
 
     async def ops_view(self, max_drivers: int) -> dict:
-        """:meth:`load` with what the ops map draws of this cell (``server.opsmap.cell_view``)."""
-        from server.opsmap import cell_view
+        """:meth:`load` with what the ops map draws of this cell (``dispatch.opsmap.cell_view``)."""
+        from dispatch.opsmap import cell_view
 
         return {**await self.load(), **cell_view(self.core, max_drivers)}
 

@@ -273,7 +273,7 @@ async def ops_socket(websocket: WebSocket) -> None:
 async def _ops_session(websocket, gateway, principal: Principal, conn: Connection) -> None:
     """The ops map's feed (``server.api.ops``): JSON frames of every cell and of the drivers, orders and jobs in
     the viewport the page names (``viewport`` frames), about once a second, latest-wins."""
-    from server.opsmap import Viewport
+    from dispatch.opsmap import Viewport
 
     feed = websocket.app.state.ops_feed
     conn.binary = False  # a browser page: JSON text frames

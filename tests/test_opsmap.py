@@ -1,11 +1,11 @@
-"""The ops map's frames (``server.opsmap``): what a cell reports and what one viewer is sent."""
+"""The ops map's frames (``dispatch.opsmap``): what a cell reports and what one viewer is sent."""
 
 import h3
 import pytest
 
 from dispatch.cell import CellCore, LiveOrder, SendToDriver
 from dispatch.lifecycle import DriverEvent
-from server.opsmap import Viewport, cell_view, compose_frame, hexagon, sample_rank
+from dispatch.opsmap import Viewport, cell_view, compose_frame, hexagon, sample_rank
 
 LAT, LNG = 41.88, -87.63
 T0 = 1_800_000_000.0

@@ -6,7 +6,7 @@ admin-only websocket ``/v1/ws/ops`` (``server.ws``). The :class:`OpsFeed` of a
 front door asks every cell actor for its view once per ``interval_s`` while
 at least one viewer is connected (one Ray call per cell, whatever the number
 of viewers or drivers), and sends each viewer the frame of its viewport
-(``server.opsmap``), latest-wins: a slow viewer skips frames.
+(``dispatch.opsmap``), latest-wins: a slow viewer skips frames.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from starlette.staticfiles import StaticFiles
 
 from server.api.admin import ask_cells
 from server.gateway import Outbox
-from server.opsmap import MAX_DRIVERS_PER_CELL, MAX_DRIVERS_PER_FRAME, Viewport, compose_frame
+from dispatch.opsmap import MAX_DRIVERS_PER_CELL, MAX_DRIVERS_PER_FRAME, Viewport, compose_frame
 
 log = logging.getLogger("hexdispatch.ops")
 
