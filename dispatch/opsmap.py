@@ -29,6 +29,13 @@ MAX_ORDERS_PER_FRAME = 1000
 MAX_JOBS_PER_FRAME = 1000
 #: Decimal places kept of coordinates (about 1 m).
 COORD_DIGITS = 5
+#: A frame at every cap above, with the longest ids, encodes (JSON) to less than this (tested): the ops
+#: socket's outbox holds one waiting frame of this size.
+MAX_FRAME_BYTES = 2 * 1024 * 1024
+
+
+#: Each driver status's name (``Enum.value`` is a slow property, read here for every driver every second).
+STATUS_NAMES = {status: status.value for status in DriverStatus}
 
 
 @dataclass(frozen=True)
@@ -58,13 +65,15 @@ def _point(lat: float, lng: float) -> list[float]:
 
 
 def cell_view(core: CellCore, max_drivers: int = MAX_DRIVERS_PER_CELL) -> dict:
-    """What one cell shows on the map: its load (``CellCore.load``), ``drivers_total``, at most
+    """What one cell shows on the map: ``cell`` (its id), its load (``CellCore.load``), ``drivers_total``, at most
     ``max_drivers`` drivers as ``[id, lat, lng, status]`` (a stable sample), pending orders as
     ``[order id, restaurant lat, lng, drop-off lat, lng]`` and active jobs as
     ``[driver id, driver lat, lng, target lat, lng, orders]``: the target is the restaurant until pick-up,
     then the next drop-off."""
-    drivers = [d for d in core.drivers.values() if d.status is not DriverStatus.OFFLINE]
-    if len(drivers) > max_drivers:
+    offline = DriverStatus.OFFLINE
+    drivers = [d for d in core.drivers.values() if d.status is not offline]
+    online = len(drivers)
+    if online > max_drivers:
         drivers = sorted(drivers, key=lambda d: sample_rank(d.id))[:max_drivers]
     pending = [[o.id, *_point(o.restaurant_lat, o.restaurant_lng), *_point(o.dropoff_lat, o.dropoff_lng)]
                for o in core.orders.values() if o.phase in (OrderPhase.PENDING, OrderPhase.OFFERED)]
@@ -79,9 +88,9 @@ def cell_view(core: CellCore, max_drivers: int = MAX_DRIVERS_PER_CELL) -> dict:
         else:
             target = _point(orders[0].restaurant_lat, orders[0].restaurant_lng)
         jobs.append([driver.id, *_point(driver.lat, driver.lng), *target, [o.id for o in orders]])
-    return {**core.load(), "drivers_total": sum(1 for d in core.drivers.values()
-                                                 if d.status is not DriverStatus.OFFLINE),
-            "driver_sample": [[d.id, *_point(d.lat, d.lng), d.status.value] for d in drivers],
+    return {"cell": core.cell_id, **core.load(), "drivers_total": online,
+            "driver_sample": [[d.id, round(d.lat, COORD_DIGITS), round(d.lng, COORD_DIGITS), STATUS_NAMES[d.status]]
+                              for d in drivers],
             "pending": pending, "jobs": jobs}
 
 

@@ -273,10 +273,11 @@ async def ops_socket(websocket: WebSocket) -> None:
 async def _ops_session(websocket, gateway, principal: Principal, conn: Connection) -> None:
     """The ops map's feed (``server.api.ops``): JSON frames of every cell and of the drivers, orders and jobs in
     the viewport the page names (``viewport`` frames), about once a second, latest-wins."""
-    from dispatch.opsmap import Viewport
+    from dispatch.opsmap import MAX_FRAME_BYTES, Viewport
 
     feed = websocket.app.state.ops_feed
     conn.binary = False  # a browser page: JSON text frames
+    conn.outbox.max_bytes = max(conn.outbox.max_bytes, 2 * MAX_FRAME_BYTES)  # one frame waits, latest-wins
     conn.outbox.send({"type": "welcome", "protocol": p.PROTOCOL_VERSION, "interval_s": feed.interval_s})
     feed.watch(conn.outbox)
     try:

@@ -1,11 +1,17 @@
 """The ops map's frames (``dispatch.opsmap``): what a cell reports and what one viewer is sent."""
 
 import h3
+import orjson
 import pytest
 
 from dispatch.cell import CellCore, LiveOrder, SendToDriver
 from dispatch.lifecycle import DriverEvent
-from dispatch.opsmap import Viewport, cell_view, compose_frame, hexagon, sample_rank
+from dispatch.opsmap import (
+    MAX_DRIVERS_PER_FRAME, MAX_FRAME_BYTES, MAX_JOBS_PER_FRAME, MAX_ORDERS_PER_FRAME, Viewport, cell_view,
+    compose_frame, hexagon, sample_rank,
+)
+from dispatch.lifecycle import DriverStatus
+from server.auth import MAX_SUBJECT_LEN
 
 LAT, LNG = 41.88, -87.63
 T0 = 1_800_000_000.0
@@ -125,3 +131,18 @@ def test_a_viewport_across_the_antimeridian():
 
 def test_hexagon_corners_are_the_cells_own():
     assert hexagon(CELL) == tuple((round(a, 6), round(b, 6)) for a, b in h3.cell_to_boundary(CELL))
+
+
+def test_a_frame_at_every_cap_with_the_longest_ids_fits_the_ops_sockets_bound():
+    cells = sorted(h3.grid_disk(CELL, 5))[:80]  # the default most cells
+    ids = [f"{i:0{MAX_SUBJECT_LEN}d}" for i in range(MAX_DRIVERS_PER_FRAME)]
+    big = 2**63 - 1
+    views = [view_of(cell, by_status={status.value: 10**6 for status in DriverStatus}, node_id="f" * 56,
+                     ticks=big, offers=big, gps_fixes=big) for cell in cells]
+    views[0].update(driver_sample=[[i, -89.123456, -179.123456, "at_restaurant"] for i in ids],
+                    drivers_total=len(ids),
+                    pending=[[big, -89.12345, -179.12345, -89.12345, -179.12345]] * MAX_ORDERS_PER_FRAME,
+                    jobs=[[ids[0], -89.12345, -179.12345, -89.12345, -179.12345, [big] * 4]] * MAX_JOBS_PER_FRAME)
+    frame = compose_frame(views, None, T0, unanswered=cells)
+    assert len(frame["drivers"]) == MAX_DRIVERS_PER_FRAME and len(frame["cells"]) == 80
+    assert len(orjson.dumps(frame)) < MAX_FRAME_BYTES
