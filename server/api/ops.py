@@ -70,6 +70,11 @@ class OpsFeed:
             self._task = None
             self._latest = None
 
+    @property
+    def running(self) -> bool:
+        """Whether rounds of cell calls are going on (only while someone watches)."""
+        return self._task is not None and not self._task.done()
+
     def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()

@@ -87,6 +87,24 @@ async def test_the_ops_feed_streams_cells_and_drivers_in_the_viewport(live, serv
         assert error["code"] == "invalid_message"
 
 
+async def test_viewers_share_one_round_of_cell_calls_which_stops_with_the_last_viewer(live, served):
+    feed = live.app.state.ops_feed
+    url = ws_url(live, f"token={token('admin', 'ops')}")
+    async with connect(url) as first, connect(url) as second:
+        await next_of(first, "frame")
+        await next_of(second, "frame")
+        rounds, frames = feed.rounds, feed.frames_sent
+        await eventually(lambda: feed.rounds - rounds >= 3, what="three more rounds")
+        assert feed.running
+        # One round of cell calls a frame to each viewer (not a round per viewer).
+        assert feed.frames_sent - frames == 2 * (feed.rounds - rounds)
+    await eventually(lambda: not feed.running, what="the rounds stopping with the last viewer")
+    stopped_at = feed.rounds
+    async with connect(url) as again:
+        await next_of(again, "frame")
+    assert feed.rounds > stopped_at
+
+
 def chromium():
     """A headless Chromium through Debian's chromium-driver."""
     if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
