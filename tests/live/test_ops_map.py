@@ -120,6 +120,7 @@ def chromium():
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                      "--window-size=1400,900", "--hide-scrollbars"):
         options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "SEVERE"})
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
@@ -182,6 +183,9 @@ async def test_the_ops_map_shows_the_simulated_city_in_chromium(live):
             shot = ARTIFACTS / "ops-map.png"
             await asyncio.to_thread(browser.save_screenshot, str(shot))
             assert shot.stat().st_size > 10_000
+            errors = [entry["message"] for entry in await asyncio.to_thread(browser.get_log, "browser")
+                      if "/v1/ws/ops" not in entry["message"]]  # the refused customer's handshake is logged
+            assert not errors, errors
             print(f"ops map drawn {time.monotonic() - started:.1f} s after loading: {seen}; screenshot {shot}")
     finally:
         await asyncio.to_thread(browser.quit)

@@ -143,8 +143,10 @@
   function fit() {
     const frame = state.frame;
     if (!frame) return;
+    // Every cell with drivers, orders or jobs (an empty cell far away would shrink the city to a dot), else all.
+    const busy = frame.cells.filter((c) => c.drivers_total || c.pending_orders || c.open_offers || c.jobs);
     const points = [];
-    for (const cell of frame.cells) points.push(...cell.boundary);
+    for (const cell of busy.length ? busy : frame.cells) points.push(...cell.boundary);
     for (const d of frame.drivers) points.push([d[1], d[2]]);
     if (!points.length) return;
     let south = 90, north = -90, west = 180, east = -180;
@@ -280,11 +282,17 @@
         ctx.stroke();
         if (corners.some(([x, y]) => visible(x, y))) counts.hexes += 1;
       }
+      const t = motionProgress();
+      const at = new Map();  // where each driver is drawn now: on its way from the previous frame's position
+      for (const d of frame.drivers) {
+        const from = state.previous.get(d[0]) || [d[1], d[2]];
+        at.set(d[0], project(from[0] + (d[1] - from[0]) * t, from[1] + (d[2] - from[1]) * t));
+      }
       ctx.setLineDash([5, 4]);
       ctx.lineWidth = 1.5;
       ctx.strokeStyle = "#3a506b";
       for (const job of frame.jobs) {
-        const [x1, y1] = project(job[1], job[2]), [x2, y2] = project(job[3], job[4]);
+        const [x1, y1] = at.get(job[0]) || project(job[1], job[2]), [x2, y2] = project(job[3], job[4]);
         ctx.beginPath(); ctx.moveTo(x1, y1); ctx.lineTo(x2, y2); ctx.stroke();
         if (visible(x1, y1) || visible(x2, y2)) counts.jobs += 1;
       }
@@ -295,10 +303,8 @@
         ctx.fillRect(x - 4, y - 4, 8, 8);
         if (visible(x, y)) counts.orders += 1;
       }
-      const t = motionProgress();
       for (const d of frame.drivers) {
-        const from = state.previous.get(d[0]) || [d[1], d[2]];
-        const [x, y] = project(from[0] + (d[1] - from[0]) * t, from[1] + (d[2] - from[1]) * t);
+        const [x, y] = at.get(d[0]);
         ctx.beginPath();
         ctx.arc(x, y, 4, 0, 2 * Math.PI);
         ctx.fillStyle = STATUS_COLOURS[d[3]] || "#000";
