@@ -202,6 +202,10 @@ def main(argv: list[str]) -> int:
     except CannotSimulate as exc:
         print(f"hexdispatch simulate: {exc}", file=sys.stderr)
         return 2
+    except httpx.HTTPError as exc:  # the server went away or stopped answering mid-run
+        print(f"hexdispatch simulate: the server stopped answering ({type(exc).__name__}: {exc or 'no answer'})",
+              file=sys.stderr)
+        return 2
     print_summary(summary)
     if args.json:
         with open(args.json, "w") as fh:

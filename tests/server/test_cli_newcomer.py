@@ -159,3 +159,16 @@ def test_simulate_outside_the_servers_home_names_the_missing_secret(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.startswith(f"hexdispatch simulate: no JWT secret at {tmp_path / '.hexdispatch' / 'jwt_secret'}")
     assert not (tmp_path / ".hexdispatch").exists()
+
+
+def test_simulate_against_a_silent_listener_is_one_line_and_fast(tmp_path):
+    """A port that accepts connections but never answers (a hung process) ends simulate within its health timeout."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        done = run(["simulate", "--url", url], tmp_path, HEXDISPATCH_JWT_SECRET="s" * 40)
+    assert time.monotonic() - started < FAST_S
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"hexdispatch simulate: no hexdispatch server answers at {url} (ReadTimeout)")
