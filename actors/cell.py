@@ -46,6 +46,7 @@ from dispatch.lifecycle import Actor, DriverEvent, Event
 from dispatch.retirement import IdleWatch
 from runtime.gc_watch import freeze_survivors
 from store.errors import StoreError
+from store.orders import ACTIVE_ORDER
 
 log = logging.getLogger("hexdispatch.cell")
 
@@ -89,8 +90,8 @@ LIVE_ORDER_SELECT = """
     FROM orders o JOIN restaurants r ON r.id = o.restaurant_id
 """
 #: Every order of a cell still to be delivered ($1, $2: the cell's range of restaurant cells).
-LIVE_ORDERS_SQL = LIVE_ORDER_SELECT + """
-    WHERE NOT o.cancelled AND o.courier_status <> 'delivered' AND r.h3_cell BETWEEN $1 AND $2
+LIVE_ORDERS_SQL = LIVE_ORDER_SELECT + f"""
+    WHERE {ACTIVE_ORDER} AND r.h3_cell BETWEEN $1 AND $2
 """
 #: One order, as a cell sees it.
 LIVE_ORDER_SQL = LIVE_ORDER_SELECT + " WHERE o.id = $1"

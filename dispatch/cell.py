@@ -13,8 +13,11 @@ The flow of one order::
                    ▲               │ decline / expiry        │ refused
                    └───────────────┴─────────────────────────┘
 
-Driver statuses move only through ``dispatch.lifecycle.apply_driver``; order
-lifecycles are persisted by the actor through ``dispatch.lifecycle.apply``.
+Driver statuses move only through ``dispatch.lifecycle.apply_driver`` and an
+order's dispatch phase (the diagram) only through ``dispatch.lifecycle.apply_phase``,
+whose table says which persisted courier states and driver statuses go with
+each phase; order lifecycles are persisted by the actor through
+``dispatch.lifecycle.apply``.
 Pending orders sit in a heap keyed by their urgency (best slack over the
 cell's drivers, in minutes, from the latest tick), so when more orders wait
 than one tick may consider, the most urgent go first.
@@ -31,13 +34,15 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import NamedTuple
 
 import numpy as np
 
 from dispatch import kernels
-from dispatch.lifecycle import DISPATCHABLE, HOLDING_ORDERS, DriverEvent, DriverStatus, apply_driver
+from dispatch.lifecycle import (
+    DISPATCHABLE, HOLDING_ORDERS, Courier, DriverEvent, DriverStatus, OrderPhase, PhaseEvent, apply_driver, apply_phase,
+    rebuilt_phase,
+)
 from dispatch.matcher import Drivers, MatchParams, Orders, TravelModel, job_times, match
 
 
@@ -73,14 +78,6 @@ class CellParams:
 #: ``offered``: out to a driver who then declined or let the offer expire (shows on re-offers).
 WAIT_REASONS = ("queued", "held", "deferred", "unmatched", "offered")
 DELIBERATE_WAITS = frozenset({"held", "deferred"})
-
-
-class OrderPhase(str, Enum):
-    PENDING = "pending"
-    OFFERED = "offered"
-    ASSIGNING = "assigning"
-    ASSIGNED = "assigned"
-    PICKED_UP = "picked_up"
 
 
 @dataclass
@@ -586,7 +583,7 @@ class CellCore:
                     at_restaurant: bool, now: float) -> None:
         """Rebuild a job persisted before a restart; the driver re-appears with its next GPS fix."""
         for order in orders:
-            order.phase = OrderPhase.PICKED_UP if picked_up else OrderPhase.ASSIGNED
+            order.phase = rebuilt_phase(Courier.PICKED_UP if picked_up else Courier.ASSIGNED)
             order.driver_id = driver_id
             self.orders[order.id] = order
         self.jobs[job_id] = Job(job_id, driver_id, [o.id for o in orders])
@@ -679,7 +676,7 @@ class CellCore:
         driver.job_id = job.id
         for order_id in job.order_ids:
             order = self.orders[order_id]
-            order.phase, order.driver_id = OrderPhase.ASSIGNING, driver_id
+            order.phase, order.driver_id = apply_phase(order.phase, PhaseEvent.ACCEPT), driver_id
         return [PersistAssignment(job.id, driver_id, tuple(job.order_ids))]
 
     def assignment_persisted(self, job_id: str, ok: bool, reason: str = "") -> list[Command]:
@@ -690,14 +687,15 @@ class CellCore:
         driver = self.drivers.get(job.driver_id)
         if ok:
             for order_id in job.order_ids:
-                self.orders[order_id].phase = OrderPhase.ASSIGNED
+                order = self.orders[order_id]
+                order.phase = apply_phase(order.phase, PhaseEvent.CONFIRM)
             orders = [self._order_view(self.orders[i]) for i in job.order_ids]
             return [SendToDriver(job.driver_id, {"type": "assigned", "job_id": job.id, "orders": orders})]
         del self.jobs[job_id]
         for order_id in job.order_ids:
             order = self.orders.get(order_id)
             if order is not None:
-                order.phase, order.driver_id = OrderPhase.PENDING, None
+                order.phase, order.driver_id = apply_phase(order.phase, PhaseEvent.RELEASE), None
         commands: list[Command] = []
         if driver is not None and driver.job_id == job_id:
             driver.job_id = None
@@ -718,7 +716,7 @@ class CellCore:
         for order_id in offer.order_ids:
             order = self.orders.get(order_id)
             if order is not None:
-                order.phase = OrderPhase.PENDING
+                order.phase = apply_phase(order.phase, PhaseEvent.OFFER_CLOSED)
                 order.declined_by.add(offer.driver_id)
         driver = self.drivers.get(offer.driver_id)
         if driver is not None and driver.offer_id == offer.id:
@@ -754,7 +752,8 @@ class CellCore:
         driver.status = apply_driver(driver.status, event)
         if event is DriverEvent.PICK_UP:
             for order_id in self.jobs[job_id].order_ids:
-                self.orders[order_id].phase = OrderPhase.PICKED_UP
+                order = self.orders[order_id]
+                order.phase = apply_phase(order.phase, PhaseEvent.PICK_UP)
         return commands
 
     def check_delivered(self, driver_id: str, order_id: int) -> list[PersistOrderEvent]:
@@ -806,7 +805,7 @@ class CellCore:
         if job is not None:
             for order_id in job.order_ids:
                 order = self.orders[order_id]
-                order.phase, order.driver_id = OrderPhase.PENDING, None
+                order.phase, order.driver_id = apply_phase(order.phase, PhaseEvent.RELEASE), None
                 order.declined_by.add(driver.id)
                 commands.append(PersistOrderEvent(order_id, "unassign", driver.id, reason="driver lost"))
             driver.job_id = None
@@ -882,7 +881,7 @@ class CellCore:
         driver.offer_id = offer.id
         driver.status = apply_driver(driver.status, DriverEvent.OFFER)
         for order in orders:
-            order.phase = OrderPhase.OFFERED
+            order.phase = apply_phase(order.phase, PhaseEvent.OFFER)
             order.note_wait(now, "offered")
         return SendToDriver(driver.id, {
             "type": "offer",

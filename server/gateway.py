@@ -62,6 +62,7 @@ from server.broker import LocalBroker, RedisBroker
 from server.errors import ApiError
 from server.protocol import error_frame
 from server.listener import ResilientListener
+from store.orders import ACTIVE_ORDER
 
 log = logging.getLogger("hexdispatch.gateway")
 
@@ -653,8 +654,8 @@ class Gateway:
             )
             capacity = await conn.fetchval("SELECT capacity FROM drivers WHERE id = $1", driver_id)
             rows = await conn.fetch(
-                """SELECT o.id, r.latitude, r.longitude FROM orders o JOIN restaurants r ON r.id = o.restaurant_id
-                   WHERE o.driver_id = $1 AND NOT o.cancelled AND o.courier_status <> 'delivered'""",
+                f"""SELECT o.id, r.latitude, r.longitude FROM orders o JOIN restaurants r ON r.id = o.restaurant_id
+                   WHERE o.driver_id = $1 AND {ACTIVE_ORDER}""",
                 driver_id,
             )
         link.capacity = capacity or 1
