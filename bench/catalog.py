@@ -56,6 +56,7 @@ from store.pool import create_pool
 from server.auth import Role, mint_token
 from server.config import Settings
 from store import catalog as store_catalog
+from server.cli import parser_for
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS_MS = {"nearby": 20.0, "menu": 20.0, "orders": 50.0}
@@ -849,7 +850,7 @@ def plot_latencies(phases: dict[str, PhaseResult], out: Path) -> list[str]:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command-line options; defaults are the issue's figures."""
-    parser = argparse.ArgumentParser(prog="python -m bench.catalog", description=__doc__.split("\n\n")[0])
+    parser = parser_for("python -m bench.catalog", __doc__)
     parser.add_argument("--restaurants", type=int, default=150_000)
     parser.add_argument("--items", type=int, default=50, help="menu items per restaurant")
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per phase")

@@ -23,6 +23,7 @@ import numpy as np
 from dispatch import kernels
 from dispatch.jit import load_twin
 from dispatch.matcher import Drivers, MatchParams, MatchResult, Orders, TravelModel, match
+from server.cli import parser_for
 
 REPO = Path(__file__).resolve().parents[1]
 FULL_REPLAY = REPO.parent / "shared" / "mdrp" / "instances" / "5o100t100s1p100"
@@ -80,7 +81,7 @@ def compile_seconds(cache_dir: str) -> float:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.matcher_speed", description=__doc__.splitlines()[0])
+    parser = parser_for("python -m bench.matcher_speed", __doc__)
     parser.add_argument("--orders", type=int, default=1000)
     parser.add_argument("--drivers", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=50)

@@ -65,9 +65,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.catalog = await stack.enter_async_context(CatalogCache(dsn, app.state.pool))
         app.state.tokens = TokenVerifier(settings.resolved_jwt_secret())
         if settings.redis_url:
-            import redis.asyncio as aioredis
-
-            app.state.redis = aioredis.from_url(settings.redis_url)
+            app.state.redis = open_redis(settings.redis_url, settings.redis_pool_max, settings.redis_pool_wait_s)
             await app.state.redis.ping()
             stack.push_async_callback(app.state.redis.aclose)
         else:
@@ -99,6 +97,21 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                                          lambda: {**gateway.stats, **process_counters()}).start().stop)
         log.info("hexdispatch ready (database %s)", db.redact(dsn))
         yield
+
+
+def open_redis(url: str, max_connections: int, wait_s: float):
+    """A Redis client whose calls share at most ``max_connections`` connections; a call finding all of them
+    busy waits up to ``wait_s`` for one (then raises ``redis.ConnectionError``, which every caller survives:
+    the rate limiter falls back to this process's limits, the broker drops latest-wins messages).
+
+    redis-py's default pool raises "Too many connections" at once instead: a reconnect storm after a front
+    door died (hundreds of sockets' rate-limit checks at once) turned into failures.
+    """
+    import redis.asyncio as aioredis
+
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=wait_s,
+                                                   socket_connect_timeout=5.0)
+    return aioredis.Redis.from_pool(pool)
 
 
 def _connect_ray(settings: Settings):
