@@ -40,8 +40,8 @@ import numpy as np
 
 from dispatch import kernels
 from dispatch.lifecycle import (
-    DISPATCHABLE, HOLDING_ORDERS, Courier, DriverEvent, DriverStatus, OrderPhase, PhaseEvent, apply_driver, apply_phase,
-    rebuilt_phase,
+    DISPATCHABLE, HOLDING_ORDERS, Courier, DriverEvent, DriverStatus, Event, OrderPhase, PhaseEvent, apply_driver,
+    apply_phase, rebuilt_phase,
 )
 from dispatch.matcher import Drivers, MatchParams, Orders, TravelModel, job_times, match
 
@@ -64,6 +64,11 @@ class CellParams:
     """An order no local driver took for this long may borrow an idle driver of a neighbouring cell."""
     borrow_radius_m: float = 3000.0
     """How far from the restaurant a borrowed driver may be."""
+    max_borrows_per_tick: int = 5
+    """Most orders one tick asks the neighbouring cells a driver for (each ask is a round trip per neighbour)."""
+    departed_fix_grace_s: float = 5.0
+    """After a driver leaves (lent to a neighbour, or handed over), fixes still routed here (sent before its front
+    door learnt of the move) are ignored this long, so the driver is never registered in two cells."""
     idle_retire_s: float = 300.0
     """A cell empty (no online driver, order, offer or job) and quiet this long retires: its actor exits and
     gives its process back; the next fix or order in the cell creates it anew (``dispatch.retirement``)."""
@@ -77,6 +82,12 @@ class CellParams:
 #: ``unmatched``: no driver of the cell could take it;
 #: ``offered``: out to a driver who then declined or let the offer expire (shows on re-offers).
 WAIT_REASONS = ("queued", "held", "deferred", "unmatched", "offered")
+
+#: Order events applied outside the cell (through the HTTP API) that the order's cell must hear of, and as
+#: which change: ``cancelled`` withdraws the order (:meth:`CellCore.withdraw_order`), ``ready`` moves its ready
+#: time (:meth:`CellCore.revise_ready`). The other events either change nothing the cell reads or are the
+#: cell's own (assignment, a driver's reports).
+CELL_NOTICES: dict[Event, str] = {Event.CANCEL: "cancelled", Event.REVISE_READY: "ready", Event.MARK_READY: "ready"}
 DELIBERATE_WAITS = frozenset({"held", "deferred"})
 
 
@@ -483,6 +494,10 @@ class CellCore:
         self.jobs: dict[str, Job] = {}
         self._serial = 0
         self._index = DriverIndex()
+        #: Driver id -> until when its fixes are ignored (it left this cell; see :meth:`depart`).
+        self.departed_until: dict[str, float] = {}
+        #: Order id -> when a neighbouring cell was last asked for a driver for it (see :meth:`orders_to_borrow_for`).
+        self.borrow_asked: dict[int, float] = {}
 
     # Identity ---------------------------------------------------------------
 
@@ -519,6 +534,40 @@ class CellCore:
             return None
         self._index.discard(driver_id)
         return self.drivers.pop(driver_id)
+
+    def depart(self, driver_id: str, now: float) -> LiveDriver | None:
+        """The driver leaves for another cell (handed over, or lent): forgotten if idle or offline
+        (:meth:`remove_driver`), and its fixes still routed here are ignored for ``departed_fix_grace_s``."""
+        driver = self.remove_driver(driver_id)
+        if driver is not None:
+            for gone in [d for d, until in self.departed_until.items() if until < now]:
+                del self.departed_until[gone]
+            self.departed_until[driver_id] = now + self.params.departed_fix_grace_s
+        return driver
+
+    def lend_nearest_idle(self, lat: float, lng: float, radius_m: float, now: float) -> LiveDriver | None:
+        """The idle driver nearest to a point within ``radius_m``, departed to a neighbouring cell that borrows it."""
+        driver = self.nearest_idle(lat, lng, radius_m)
+        return None if driver is None else self.depart(driver.id, now)
+
+    def accepts_fix(self, driver_id: str, now: float) -> bool:
+        """False for a fix of a driver that departed within the grace (sent before its front door learnt of it)."""
+        return self.departed_until.get(driver_id, -math.inf) <= now
+
+    def orders_to_borrow_for(self, now: float) -> list[LiveOrder]:
+        """Orders to ask the neighbouring cells an idle driver for, now; each is marked asked at ``now``.
+
+        Those no local driver took for ``borrow_after_s`` (:meth:`unoffered_orders`, oldest first), not
+        asked within the last ``borrow_after_s``, at most ``max_borrows_per_tick`` of them.
+        """
+        for order_id in [i for i in self.borrow_asked if i not in self.orders]:
+            del self.borrow_asked[order_id]
+        after_s = self.params.borrow_after_s
+        chosen = [order for order in self.unoffered_orders(now, after_s)[: self.params.max_borrows_per_tick]
+                  if now - self.borrow_asked.get(order.id, -math.inf) >= after_s]
+        for order in chosen:
+            self.borrow_asked[order.id] = now
+        return chosen
 
     def nearest_available(self, lat: float, lng: float, radius_m: float, k: int) -> list[NearbyDriver]:
         """The ``k`` nearest available (idle) drivers within ``radius_m`` of a point, nearest first.
