@@ -407,15 +407,12 @@ def rebuilt_phase(courier: Courier) -> OrderPhase:
 
 
 class IllegalPhaseTransition(Exception):
-    def __init__(self, event: PhaseEvent, phase: OrderPhase):
-        super().__init__(f"an order that is {phase.value} cannot {event.value}")
-        self.event = event
-        self.phase = phase
+    """A phase event that the table forbids in the order's current phase (a bug in the cell core)."""
 
 
 def apply_phase(phase: OrderPhase, event: PhaseEvent) -> OrderPhase:
     """The order's dispatch phase after ``event``; raises ``IllegalPhaseTransition`` otherwise."""
     sources, target, _ = PHASE_TRANSITIONS[event]
-    if phase not in sources:
-        raise IllegalPhaseTransition(event, phase)
-    return target
+    if phase in sources:
+        return target
+    raise IllegalPhaseTransition(f"an order that is {phase.value} cannot {event.value}")
