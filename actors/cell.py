@@ -42,7 +42,7 @@ from dispatch.cell import (
 )
 from dispatch.cells import descendant_range, owner_cell
 from dispatch.geo import haversine_m
-from dispatch.lifecycle import Actor, DriverEvent, Event
+from dispatch.lifecycle import TRANSITIONS, Actor, DriverEvent, Event
 from dispatch.retirement import IdleWatch
 from runtime.gc_watch import freeze_survivors
 from store.errors import StoreError
@@ -72,9 +72,9 @@ UNAVAILABLE = {"type": "error", "code": "unavailable",
 #: A retiring cell answers for this long (every call refused with CellRetired) before its process exits.
 RETIRE_GRACE_S = 0.5
 
-_ORDER_EVENTS = {"arrive": Event.ARRIVE, "pick_up": Event.PICK_UP, "deliver": Event.DELIVER, "unassign": Event.UNASSIGN}
+_ORDER_EVENTS = {e.value: e for e in (Event.ARRIVE, Event.PICK_UP, Event.DELIVER, Event.UNASSIGN)}
 #: The courier status each order event leaves (how a retried write sees that an earlier attempt committed).
-_EVENT_COURIER = {"arrive": "at_restaurant", "pick_up": "picked_up", "deliver": "delivered", "unassign": "unassigned"}
+_EVENT_COURIER = {name: TRANSITIONS[event].courier_to.value for name, event in _ORDER_EVENTS.items()}
 #: A driver's reports of its job, and the driver event of each (``None``: a delivery, by order).
 _REPORTS = {"at_restaurant": DriverEvent.ARRIVE, "picked_up": DriverEvent.PICK_UP, "delivered": None}
 

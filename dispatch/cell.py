@@ -40,7 +40,7 @@ import numpy as np
 
 from dispatch import kernels
 from dispatch.lifecycle import (
-    DISPATCHABLE, HOLDING_ORDERS, Courier, DriverEvent, DriverStatus, Event, OrderPhase, PhaseEvent, apply_driver,
+    DISPATCHABLE, FINISHING_COURIER, HOLDING_ORDERS, Courier, DriverEvent, DriverStatus, Event, OrderPhase, PhaseEvent, apply_driver,
     apply_phase, rebuilt_phase,
 )
 from dispatch.matcher import Drivers, MatchParams, Orders, TravelModel, job_times, match
@@ -672,7 +672,7 @@ class CellCore:
         order_id = row.order.id
         held = self.orders.get(order_id)
         job = next((j for j in self.jobs.values() if order_id in j.order_ids), None) if held else None
-        if row.cancelled or row.courier_status == "delivered":
+        if row.cancelled or row.courier_status == FINISHING_COURIER:
             if held is None:
                 return []
             if held.phase is OrderPhase.PICKED_UP:
@@ -694,7 +694,7 @@ class CellCore:
             return []
         if job is not None and job.id == row.job_id:
             return self.assignment_persisted(job.id, True) if held.phase is OrderPhase.ASSIGNING else []
-        if row.courier_status == "picked_up":
+        if row.courier_status == Courier.PICKED_UP:
             if held is None and row.job_id not in self.jobs and row.driver_id not in self.drivers:
                 self.restore_job(row.job_id, row.driver_id, [row.order], picked_up=True, at_restaurant=False, now=now)
             return []

@@ -263,7 +263,6 @@ def _reachable_states() -> tuple[OrderState, ...]:
 
 
 #: The customer-facing statuses of a finished order (:attr:`OrderState.terminal`), as stored and sent.
-#: Plain strings: a ``str`` enum member hashes by its name, so ``"delivered" in {Status.DELIVERED}`` is false.
 TERMINAL_STATUSES: frozenset[str] = frozenset(s.status.value for s in _reachable_states() if s.terminal)
 
 
