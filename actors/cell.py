@@ -40,8 +40,7 @@ from dispatch.cell import (
     SendToDriver,
     StoredOrder,
 )
-from dispatch.cells import descendant_range, owner_cell
-from dispatch.geo import haversine_m
+from dispatch.cells import descendant_range, neighbours_nearest_first, owner_cell
 from dispatch.lifecycle import TRANSITIONS, Actor, DriverEvent, Event
 from dispatch.retirement import IdleWatch
 from runtime.gc_watch import freeze_survivors
@@ -331,10 +330,8 @@ class CellActor:
         """(cell id, handle) of the live neighbouring cell actors, nearest (to the point) first."""
         import ray
 
-        ring = sorted(h3.grid_ring(h3.str_to_int(self.cell_id), 1),
-                      key=lambda c: haversine_m(lat, lng, *h3.cell_to_latlng(c)))
         handles = []
-        for cell in ring:
+        for cell in neighbours_nearest_first(h3.str_to_int(self.cell_id), lat, lng):
             cell_id = h3.int_to_str(cell)
             handle = self.neighbours.get(cell_id)
             if handle is None:
