@@ -648,6 +648,13 @@ class CellActor:
                 **self.core.load(), **self.metrics.summary(), **self.stats}
 
 
+    async def ops_view(self, max_drivers: int) -> dict:
+        """:meth:`load` with what the ops map draws of this cell (``dispatch.opsmap.cell_view``)."""
+        from dispatch.opsmap import cell_view
+
+        return {**await self.load(), **cell_view(self.core, max_drivers)}
+
+
 def cell_actor_class():
     """The Ray actor class: restarted on failure, its calls retried across restarts."""
     import ray

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -987,8 +988,6 @@ class CellCore:
 
     def load(self) -> dict:
         """Counts an operator watches: drivers by status, pending orders, open offers."""
-        by_status: dict[str, int] = {}
-        for driver in self.drivers.values():
-            by_status[driver.status.value] = by_status.get(driver.status.value, 0) + 1
+        by_status = Counter(driver.status for driver in self.drivers.values())  # the ops map asks every second
         pending = sum(o.phase is OrderPhase.PENDING for o in self.orders.values())
-        return {"drivers": by_status, "pending_orders": pending, "open_offers": len(self.offers)}
+        return {"drivers": {status.value: count for status, count in by_status.items()}, "pending_orders": pending, "open_offers": len(self.offers)}
