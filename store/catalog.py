@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from dispatch.cells import cell_of, cover_ranges
+from store.orders import ACTIVE_ORDER
 
 #: Every stored field of a restaurant (what the in-memory replica keeps).
 RESTAURANT_FIELDS = """
