@@ -18,9 +18,6 @@ RESTAURANT_COLUMNS = f"""{RESTAURANT_FIELDS},
     restaurant_open_at(r.is_open, r.opening_hours, r.timezone, now()) AS open_now
 """
 
-#: An order (``o``) still being cooked or delivered: neither delivered nor cancelled.
-ACTIVE_ORDER = "NOT o.cancelled AND o.courier_status <> 'delivered'"
-
 ITEM_COLUMNS = "id, restaurant_id, name, description, price_cents, available, created_at, updated_at"
 
 # Columns a PATCH may set; the request schema has already validated the values.
