@@ -17,7 +17,7 @@ from starlette.routing import Route
 from server import db
 from server import local_ray
 from server import ws
-from server.api import admin, drivers, orders, restaurants
+from server.api import admin, drivers, ops, orders, restaurants
 from server.config import Settings
 from server.auth import TokenVerifier
 from server.broker import create_broker
@@ -43,7 +43,7 @@ async def health(request: Request) -> JSONResponse:
 def routes() -> list:
     return [
         Route("/v1/health", health, methods=["GET"]),
-        *restaurants.ROUTES, *orders.ROUTES, *drivers.ROUTES, *admin.ROUTES, *ws.ROUTES,
+        *restaurants.ROUTES, *orders.ROUTES, *drivers.ROUTES, *admin.ROUTES, *ws.ROUTES, *ops.ROUTES,
     ]
 
 
@@ -91,6 +91,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                                         replica=app.state.catalog.replica)
             await app.state.gateway.start()
             stack.push_async_callback(app.state.gateway.stop)
+            app.state.ops_feed = stack.enter_context(ops.ops_feed())
             if settings.stats_file:
                 gateway, process_counters = app.state.gateway, app.state.process_counters
                 stack.callback(StatsFile(settings.stats_file,

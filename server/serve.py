@@ -133,7 +133,7 @@ def banner(host: str, port: int, settings: Settings, ray_dashboard: str | None, 
     are, how to log in to each, and how to reach the command line."""
     base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     if ray_dashboard:
-        login = ("log in with the token `.venv/bin/ray get-auth-token` prints (Ray's token auth)" if token_auth
+        login = ("Ray's token auth: paste what `.venv/bin/ray get-auth-token` prints when the page asks" if token_auth
                  else "no login needed")
         ray_line = f"{ray_dashboard}   ({login})"
     elif settings.ray_address:

@@ -279,7 +279,33 @@ async def _customer_session(websocket, gateway, principal: Principal, conn: Conn
         gateway.unsubscribe(customer)
 
 
+async def ops_socket(websocket: WebSocket) -> None:
+    await _serve(websocket, Role.ADMIN, _ops_session)
+
+
+async def _ops_session(websocket, gateway, principal: Principal, conn: Connection) -> None:
+    """The ops map's feed (``server.api.ops``): JSON frames of every cell and of the drivers, orders and jobs in
+    the viewport the page names (``viewport`` frames), about once a second, latest-wins."""
+    from dispatch.opsmap import MAX_FRAME_BYTES, Viewport
+
+    feed = websocket.app.state.ops_feed
+    conn.encoding = wire.Encoding.JSON  # a browser page: JSON text frames
+    conn.outbox.max_bytes = max(conn.outbox.max_bytes, 2 * MAX_FRAME_BYTES)  # one frame waits, latest-wins
+    conn.outbox.send(wire.OpsWelcome(wire.PROTOCOL_VERSION, feed.interval_s))
+    feed.watch(conn.outbox)
+    try:
+        while (message := await conn.next_message(wire.OPS_MESSAGES)) is not None:
+            if isinstance(message, wire.Ping):
+                conn.outbox.send(wire.Pong(message.id, time.time()))
+            elif isinstance(message, wire.Viewport):
+                feed.look_at(conn.outbox, Viewport(message.south, message.west, message.north, message.east))
+            message = None
+    finally:
+        feed.leave(conn.outbox)
+
+
 ROUTES = [
     WebSocketRoute("/v1/ws/driver", driver_socket),
     WebSocketRoute("/v1/ws/customer", customer_socket),
+    WebSocketRoute("/v1/ws/ops", ops_socket),
 ]

@@ -23,6 +23,11 @@ ORDER_COLUMNS = """
     o.cancelled_at, o.updated_at, o.job_id
 """
 
+#: The one SQL predicate of an order still in play (not :attr:`dispatch.lifecycle.OrderState.terminal`: neither
+#: cancelled nor delivered), over ``orders`` aliased ``o``. Spelled as the partial index ``orders_active`` of
+#: migration 0001 spells it, so the planner can use that index.
+ACTIVE_ORDER = f"NOT o.cancelled AND o.courier_status <> '{lifecycle.FINISHING_COURIER.value}'"
+
 EVENT_COLUMNS = "id, order_id, seq, type, status, kitchen_status, courier_status, payload, actor, at"
 #: The audit trail's insert, before its VALUES or SELECT.
 INSERT_EVENT = "INSERT INTO order_events (order_id, seq, type, status, kitchen_status, courier_status, payload, actor)"
@@ -184,7 +189,7 @@ async def list_orders(
     clause, params = visibility(principal, 4)
     filters = [clause, "($3::bigint IS NULL OR o.restaurant_id = $3)"]
     if active_only:
-        filters.append("NOT o.cancelled AND o.courier_status <> 'delivered'")
+        filters.append(ACTIVE_ORDER)
     return await conn.fetch(
         f"""SELECT {ORDER_COLUMNS} FROM orders o
             WHERE ($1::bigint IS NULL OR o.id < $1) AND {" AND ".join(filters)}

@@ -34,7 +34,7 @@ def packages() -> list[str]:
 
 @pytest.fixture(scope="module")
 def graph(packages) -> grimp.ImportGraph:
-    return grimp.build_graph(*packages)
+    return grimp.build_graph(*packages, cache_dir=None)  # no cache written into the tree
 
 
 def chain(graph: grimp.ImportGraph, importer: str, imported: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 PROTOCOL_VERSION = 2
 MAX_LATITUDE = 90
@@ -117,10 +117,31 @@ class Unsubscribe(Command):
     order_id: OrderId
 
 
+# Ops map viewer -> server (``/v1/ws/ops``, admin) ------------------------------
+
+
+class Viewport(ClientFrame):
+    """The part of the map the viewer shows; drivers, orders and jobs outside it are not sent."""
+
+    type: Literal["viewport"] = "viewport"
+    south: Number(-MAX_LATITUDE, MAX_LATITUDE)
+    west: Number(-MAX_LONGITUDE, MAX_LONGITUDE)
+    north: Number(-MAX_LATITUDE, MAX_LATITUDE)
+    east: Number(-MAX_LONGITUDE, MAX_LONGITUDE)
+
+    @model_validator(mode="after")
+    def _south_of_north(self) -> "Viewport":
+        if self.south > self.north:
+            raise ValueError("south must not be north of north")
+        return self
+
+
 DRIVER_FRAMES = (Gps, GoOnline, GoOffline, AcceptOffer, DeclineOffer, AtRestaurant, PickedUp, Delivered, Ping)
 CUSTOMER_FRAMES = (Subscribe, Unsubscribe, Ping)
+OPS_FRAMES = (Viewport, Ping)
 DRIVER_MESSAGES: TypeAdapter = TypeAdapter(Annotated[Union[DRIVER_FRAMES], Field(discriminator="type")])
 CUSTOMER_MESSAGES: TypeAdapter = TypeAdapter(Annotated[Union[CUSTOMER_FRAMES], Field(discriminator="type")])
+OPS_MESSAGES: TypeAdapter = TypeAdapter(Annotated[Union[OPS_FRAMES], Field(discriminator="type")])
 
 # Server -> client ---------------------------------------------------------------
 
@@ -257,6 +278,15 @@ class DriverPosition(ServerFrame):
     fix_t: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class OpsWelcome(ServerFrame):
+    """The ops map's first frame (``/v1/ws/ops``); map frames follow about every ``interval_s``."""
+
+    type: ClassVar[str] = "welcome"
+    protocol: int
+    interval_s: float
+
+
 SERVER_FRAMES = (Welcome, OfferFrame, OfferWithdrawn, Assigned, JobWithdrawn, Cancelled, Ack, Error, Pong,
                  Subscribed, Unsubscribed, Status, DriverPosition)
 CLIENT_FRAMES = tuple(dict.fromkeys(DRIVER_FRAMES + CUSTOMER_FRAMES))
@@ -272,8 +302,8 @@ def frame_fields(frame_class) -> list[str]:
 __all__ = [
     "PROTOCOL_VERSION", "MAX_LATITUDE", "MAX_LONGITUDE", "MAX_HEADING_DEG", "MAX_SPEED_MPS", "MAX_COUNT", "MAX_ID",
     "MAX_SEQ", "ClientFrame", "Command", "Gps", "GoOnline", "GoOffline", "AcceptOffer", "DeclineOffer",
-    "AtRestaurant", "PickedUp", "Delivered", "Ping", "Subscribe", "Unsubscribe", "DRIVER_FRAMES", "CUSTOMER_FRAMES",
-    "DRIVER_MESSAGES", "CUSTOMER_MESSAGES", "ServerFrame", "Welcome", "OfferFrame", "OfferWithdrawn", "Assigned",
+    "AtRestaurant", "PickedUp", "Delivered", "Ping", "Subscribe", "Unsubscribe", "Viewport", "DRIVER_FRAMES",
+    "CUSTOMER_FRAMES", "OPS_FRAMES", "DRIVER_MESSAGES", "CUSTOMER_MESSAGES", "OPS_MESSAGES", "OpsWelcome", "ServerFrame", "Welcome", "OfferFrame", "OfferWithdrawn", "Assigned",
     "JobWithdrawn", "Cancelled", "Ack", "Error", "Pong", "Subscribed", "Unsubscribed", "Status", "DriverPosition",
     "SERVER_FRAMES", "CLIENT_FRAMES", "frame_fields", "frame_type",
 ]
