@@ -28,7 +28,7 @@ def assigned(cell: CellCore, driver_id: str, where: tuple[float, float]) -> str:
     cell.driver_seen(driver_id, *where, T0)
     cell.add_order(order(1))
     [offer] = [c.message for c in cell.tick(T0) if isinstance(c, SendToDriver)]
-    [persist] = cell.accept(driver_id, offer["offer_id"], T0 + 1)
+    [persist] = cell.accept(driver_id, offer.offer_id, T0 + 1)
     cell.assignment_persisted(persist.job_id, ok=True)
     return persist.job_id
 

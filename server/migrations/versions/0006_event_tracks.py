@@ -4,15 +4,15 @@ The customer-facing ``status`` alone stays ``driver_assigned`` while the kitchen
 prepares; protocol v2's ``status`` frames carry both tracks (issue 16, item 7).
 Events recorded before this migration have NULL tracks.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-03
 """
 
 from server.db import run_sql
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
