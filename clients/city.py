@@ -37,9 +37,9 @@ from clients.customer import CustomerClient
 from clients.driver import DriverClient
 from clients.http import ApiClient, ApiError
 from dispatch.geo import EARTH_RADIUS_M, haversine_m
+from dispatch.lifecycle import TERMINAL_STATUSES
 
 DEFAULT_CENTER = (41.8781, -87.6298)  # Chicago Loop
-TERMINAL_STATUSES = ("delivered", "cancelled")
 
 Mint = Callable[[str, str], str]
 """``mint(role, sub)`` -> a bearer token for that principal."""
@@ -533,7 +533,7 @@ async def audit(admin: ApiClient, placed: list[int], seen_seqs: dict[int, list[i
                 counts["missing"] += 1
                 return
         final = events[-1]["status"] if events else None
-        counts[{"delivered": "delivered", "cancelled": "cancelled"}.get(final, "in_flight")] += 1
+        counts[final if final in TERMINAL_STATUSES else "in_flight"] += 1
         counts["double_assigned"] += len(assigned_while_held(events))
         until = followed_until.get(order_id, float("inf")) - DELIVERY_GRACE_S
         counts["lost_status_events"] += len(missed_events(events, seen_seqs.get(order_id, ()), until))

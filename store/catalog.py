@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from dispatch.cells import cell_of, cover_ranges
+from store.orders import ACTIVE_ORDER
 
 #: Every stored field of a restaurant (what the in-memory replica keeps).
 RESTAURANT_FIELDS = """
@@ -153,7 +154,7 @@ async def menu(conn, restaurant_id: int) -> tuple[asyncpg.Record | None, list[as
     row = await conn.fetchrow(
         f"""SELECT {RESTAURANT_FIELDS},
                 (SELECT count(*) FROM orders o
-                 WHERE o.restaurant_id = r.id AND NOT o.cancelled AND o.courier_status <> 'delivered') AS active_orders,
+                 WHERE o.restaurant_id = r.id AND {ACTIVE_ORDER}) AS active_orders,
                 (SELECT array_agg(m ORDER BY m.id) FROM menu_items m WHERE m.restaurant_id = r.id) AS items
             FROM restaurants r WHERE r.id = $1""",
         restaurant_id,
