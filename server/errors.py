@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import asyncpg
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -75,6 +76,21 @@ async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
     )
 
 
+#: Postgres out of reach: refused or lost connections, connect timeouts (``OSError``), sessions cut by a
+#: restart or a shutdown (class 08 and 57 errors), no connection slot left (53300). Retrying later may work.
+DATABASE_UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
+                        asyncpg.TooManyConnectionsError)
+#: Seconds a client is asked to wait before retrying a request Postgres could not serve.
+RETRY_AFTER_S = 2
+
+
+async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """503 ``unavailable`` with ``Retry-After`` when Postgres could not be reached: nothing was done; retry."""
+    log.warning("database unavailable on %s %s: %r", request.method, request.url.path, exc)
+    return JSONResponse(error_body("unavailable", "the database is unavailable; retry later"), status_code=503,
+                        headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSONResponse(error_body("internal", "internal server error"), status_code=500)
@@ -85,5 +101,6 @@ EXCEPTION_HANDLERS = {
     StoreError: store_error,
     ValidationError: invalid_request,
     HTTPException: http_error,
+    **{kind: database_unavailable for kind in DATABASE_UNAVAILABLE},
     Exception: internal_error,
 }
