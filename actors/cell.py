@@ -558,15 +558,18 @@ class CellActor:
         await self._open()
         now = time.time()
         lags = []
+        announced: list[Command] = []
         for driver_id, lat, lng, heading, speed, capacity, *received in fixes:
             if self.departed_until.get(driver_id, 0.0) > now:
                 log.debug("cell %s: fix of departed driver %s ignored", self.cell_id, driver_id)
                 continue
             self.driver_gateway[driver_id] = gateway_id
             self.core.driver_seen(driver_id, lat, lng, now, capacity=capacity, heading=heading, speed=speed)
+            announced += self.core.announce_restored(driver_id)
             if received and received[0] is not None:
                 lags.append(max(0.0, now - received[0]))
         self.metrics.fixes(len(fixes), lags)
+        await self._execute(announced)
         return len(fixes)
 
     async def poll(self, gateway_id: str, timeout_s: float = 5.0) -> list[tuple[str, dict]]:

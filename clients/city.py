@@ -243,6 +243,7 @@ class SimDriver:
         self.gps_interval_s = gps_interval_s
         self.accept_rate = accept_rate
         self.busy = False
+        self.jobs_taken: set[str] = set()
         self.tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -301,6 +302,9 @@ class SimDriver:
                     self.tally.declines += 1
                     await self.client.decline(message["offer_id"])
             elif message["type"] == "assigned":
+                if message["job_id"] in self.jobs_taken:
+                    continue  # told again after its cell was rebuilt: a job this driver already has
+                self.jobs_taken.add(message["job_id"])
                 if self.busy:
                     self.tally.double_bookings += 1
                 self.busy = True
