@@ -22,7 +22,7 @@ from clients.http import ApiClient, ApiError
 from clients.ws import Link, ws_url
 from server.db import migrate
 from tests.conftest import token
-from tests.live.conftest import LIVE_PARAMS, LiveServer
+from tests.live.conftest import LIVE_PARAMS, LiveServer, streaming_gps
 from tests.live.test_end_to_end import setup_restaurant
 from tests.private_postgres import eventually, private_postgres  # noqa: F401 - the fixture
 from tests.waiting import eventually as awaited_eventually
@@ -215,14 +215,7 @@ async def test_a_driver_step_sent_while_postgres_is_down_is_resent_until_recorde
         api = ApiClient(server.url, token("customer", f"c-{uuid.uuid4().hex[:8]}"))
         async with DriverClient(server.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) as driver:
             await driver.next("welcome", timeout_s=30)
-
-            async def heartbeat() -> None:
-                while True:
-                    await driver.gps(spot[0] + 0.001, spot[1])
-                    await asyncio.sleep(1.0)
-
-            beating = asyncio.get_running_loop().create_task(heartbeat())
-            try:
+            async with streaming_gps(driver, lambda: (spot[0] + 0.001, spot[1])):
                 order = await api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
                 while True:  # an offer may expire before a loaded machine's accept reaches the cell
                     offer = await driver.next("offer", timeout_s=60)
@@ -243,7 +236,5 @@ async def test_a_driver_step_sent_while_postgres_is_down_is_resent_until_recorde
                 await asyncio.to_thread(private_postgres.start)
                 ack = await asyncio.wait_for(step, 240)
                 assert ack == {"type": "ack", "of": "at_restaurant", "job_id": assigned["job_id"]}
-            finally:
-                beating.cancel()
         events = await fetch(dsn, "SELECT type FROM order_events WHERE order_id = $1 ORDER BY seq", order["id"])
         assert [e["type"] for e in events] == ["placed", "assign", "arrive"]  # recorded once
