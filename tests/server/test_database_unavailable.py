@@ -45,3 +45,14 @@ async def test_requests_while_postgres_is_down_answer_503_with_retry_after(priva
             async def created_again():
                 return (await owner.post("/v1/restaurants", json=restaurant_body())).status_code == 201
             await eventually(created_again, what="a write once Postgres is back")
+
+
+def test_a_client_that_went_away_is_not_a_database_outage():
+    """uvicorn reports a websocket client gone mid-send as an ``OSError``: that must reach neither the 503 nor a
+    handler that treats it as Postgres being down (the chaos bench's front-door storm logged thousands)."""
+    from uvicorn.protocols.utils import ClientDisconnected
+
+    from server.errors import DATABASE_UNAVAILABLE
+
+    assert not issubclass(ClientDisconnected, DATABASE_UNAVAILABLE)
+    assert issubclass(ConnectionRefusedError, DATABASE_UNAVAILABLE)  # what asyncpg raises for a stopped Postgres
