@@ -40,12 +40,12 @@ from dispatch.cell import (
     SendToDriver,
     StoredOrder,
 )
-from dispatch.cells import descendant_range, owner_cell
-from dispatch.geo import haversine_m
-from dispatch.lifecycle import Actor, DriverEvent, Event
+from dispatch.cells import descendant_range, neighbours_nearest_first, owner_cell
+from dispatch.lifecycle import TRANSITIONS, Actor, DriverEvent, Event
 from dispatch.retirement import IdleWatch
-from server.gc_watch import freeze_survivors
-from server.store.errors import StoreError
+from runtime.gc_watch import freeze_survivors
+from store.errors import StoreError
+from store.orders import ACTIVE_ORDER
 
 log = logging.getLogger("hexdispatch.cell")
 
@@ -54,10 +54,6 @@ log = logging.getLogger("hexdispatch.cell")
 #: cell, while a metro area needs tens of actors rather than thousands.
 DEFAULT_CELL_RES = 6
 NAMESPACE = "hexdispatch"
-#: After a driver leaves (lent to a neighbour, or handed over), fixes still
-#: routed here (sent before the front door learnt of the move) are ignored for
-#: this long, so the driver is never registered in two cells.
-DEPARTED_FIX_GRACE_S = 5.0
 #: How often a cell sets its Ray gauges (see ``actors.metrics``).
 METRICS_EXPORT_S = 2.0
 #: A front door that has not polled for this long is gone: its undelivered messages are dropped.
@@ -75,9 +71,9 @@ UNAVAILABLE = {"type": "error", "code": "unavailable",
 #: A retiring cell answers for this long (every call refused with CellRetired) before its process exits.
 RETIRE_GRACE_S = 0.5
 
-_ORDER_EVENTS = {"arrive": Event.ARRIVE, "pick_up": Event.PICK_UP, "deliver": Event.DELIVER, "unassign": Event.UNASSIGN}
+_ORDER_EVENTS = {e.value: e for e in (Event.ARRIVE, Event.PICK_UP, Event.DELIVER, Event.UNASSIGN)}
 #: The courier status each order event leaves (how a retried write sees that an earlier attempt committed).
-_EVENT_COURIER = {"arrive": "at_restaurant", "pick_up": "picked_up", "deliver": "delivered", "unassign": "unassigned"}
+_EVENT_COURIER = {name: TRANSITIONS[event].courier_to.value for name, event in _ORDER_EVENTS.items()}
 #: A driver's reports of its job, and the driver event of each (``None``: a delivery, by order).
 _REPORTS = {"at_restaurant": DriverEvent.ARRIVE, "picked_up": DriverEvent.PICK_UP, "delivered": None}
 
@@ -89,8 +85,8 @@ LIVE_ORDER_SELECT = """
     FROM orders o JOIN restaurants r ON r.id = o.restaurant_id
 """
 #: Every order of a cell still to be delivered ($1, $2: the cell's range of restaurant cells).
-LIVE_ORDERS_SQL = LIVE_ORDER_SELECT + """
-    WHERE NOT o.cancelled AND o.courier_status <> 'delivered' AND r.h3_cell BETWEEN $1 AND $2
+LIVE_ORDERS_SQL = LIVE_ORDER_SELECT + f"""
+    WHERE {ACTIVE_ORDER} AND r.h3_cell BETWEEN $1 AND $2
 """
 #: One order, as a cell sees it.
 LIVE_ORDER_SQL = LIVE_ORDER_SELECT + " WHERE o.id = $1"
@@ -139,7 +135,7 @@ def stored_order(row) -> StoredOrder:
 
 
 def placed_order(row) -> LiveOrder:
-    """The live order of an order row just placed (``server.store.orders.place_order``): not ready yet,
+    """The live order of an order row just placed (``store.orders.place_order``): not ready yet,
     so its ready time is the kitchen's estimate, as :data:`LIVE_ORDER_SELECT` would read it."""
     return _live_order(row, row["placed_at"].timestamp(), row["ready_estimate_at"].timestamp())
 
@@ -189,8 +185,6 @@ class CellActor:
         self.last_poll: dict[str, float] = {}
         self._lock = None
         # Drivers that left this cell: fixes still routed here are ignored until the front door follows.
-        self.departed_until: dict[str, float] = {}
-        self.borrow_tried: dict[int, float] = {}
         self.neighbours: dict[str, object] = {}
         self.writing: set[int] = set()  # orders with a write to Postgres in flight
         self._touched: set[int] | None = None  # orders written or changed while a sweep reads Postgres
@@ -222,7 +216,7 @@ class CellActor:
             self._lock = asyncio.Lock()
         async with self._lock:
             if self.started is None:
-                from server.db import create_pool
+                from store.pool import create_pool
 
                 # A metro runs tens of cells against one Postgres: a quiet cell gives its connections back.
                 if self.pool is None:  # kept when the rebuild below fails (Postgres down): the next call retries
@@ -332,10 +326,7 @@ class CellActor:
         """Borrow idle drivers of neighbouring cells for orders no local driver took; True if any came."""
         params = self.core.params
         borrowed = False
-        for order in self.core.unoffered_orders(now, params.borrow_after_s)[:5]:
-            if now - self.borrow_tried.get(order.id, 0.0) < params.borrow_after_s:
-                continue
-            self.borrow_tried[order.id] = now
+        for order in self.core.orders_to_borrow_for(now):
             for cell_id, neighbour in self._neighbours_nearest_first(order.restaurant_lat, order.restaurant_lng):
                 try:
                     lent = await neighbour.lend_driver.remote(order.restaurant_lat, order.restaurant_lng,
@@ -351,18 +342,14 @@ class CellActor:
                     self.stats["borrowed"] += 1
                     borrowed = True
                     break
-        for order_id in [i for i in self.borrow_tried if i not in self.core.orders]:
-            del self.borrow_tried[order_id]
         return borrowed
 
     def _neighbours_nearest_first(self, lat: float, lng: float) -> list[tuple[str, object]]:
         """(cell id, handle) of the live neighbouring cell actors, nearest (to the point) first."""
         import ray
 
-        ring = sorted(h3.grid_ring(h3.str_to_int(self.cell_id), 1),
-                      key=lambda c: haversine_m(lat, lng, *h3.cell_to_latlng(c)))
         handles = []
-        for cell in ring:
+        for cell in neighbours_nearest_first(h3.str_to_int(self.cell_id), lat, lng):
             cell_id = h3.int_to_str(cell)
             handle = self.neighbours.get(cell_id)
             if handle is None:
@@ -375,14 +362,12 @@ class CellActor:
         return handles
 
     async def _sweep(self) -> None:
-        """Forget departed drivers and silent front doors; make memory agree with Postgres (``CellCore.reconcile``).
+        """Forget silent front doors; make memory agree with Postgres (``CellCore.reconcile``).
 
         Orders written, or changed by a call, while Postgres is being read are
         left for the next sweep: the rows read may predate that change.
         """
         now = time.time()
-        for driver_id in [d for d, until in self.departed_until.items() if until < now]:
-            del self.departed_until[driver_id]
         for gateway in [g for g, at in self.last_poll.items() if now - at > GATEWAY_SILENT_S]:
             log.info("cell %s: front door %s stopped polling; dropping its %d messages",
                      self.cell_id, gateway, len(self.outbox.get(gateway, ())))
@@ -488,7 +473,7 @@ class CellActor:
             await work(conn, retried)
 
     async def _record_assignment(self, conn, command: PersistAssignment, retried: bool) -> None:
-        from server.store.orders import apply_event_on
+        from store.orders import apply_event_on
 
         recorded: set[int] = set()
         if retried:
@@ -505,7 +490,7 @@ class CellActor:
                 )
 
     async def _record_events(self, conn, commands: list[PersistOrderEvent], retried: bool) -> None:
-        from server.store.orders import apply_event_on
+        from store.orders import apply_event_on
 
         recorded: set[int] = set()
         if retried:
@@ -560,7 +545,7 @@ class CellActor:
         lags = []
         announced: list[Command] = []
         for driver_id, lat, lng, heading, speed, capacity, *received in fixes:
-            if self.departed_until.get(driver_id, 0.0) > now:
+            if not self.core.accepts_fix(driver_id, now):
                 log.debug("cell %s: fix of departed driver %s ignored", self.cell_id, driver_id)
                 continue
             self.driver_gateway[driver_id] = gateway_id
@@ -638,11 +623,10 @@ class CellActor:
     async def remove_driver(self, driver_id: str) -> bool:
         """Hand a driver over to another cell; refused (False) while it has an offer or a job."""
         await self._open()
-        removed = self.core.remove_driver(driver_id) is not None
+        removed = self.core.depart(driver_id, time.time()) is not None
         log.debug("cell %s: hand-over of %s %s", self.cell_id, driver_id, "done" if removed else "refused")
         if removed:
             self.driver_gateway.pop(driver_id, None)
-            self.departed_until[driver_id] = time.time() + DEPARTED_FIX_GRACE_S
         return removed
 
     async def lend_driver(self, lat: float, lng: float, radius_m: float, borrower: str) -> dict | None:
@@ -652,11 +636,10 @@ class CellActor:
         already polls ("rehome"), and starts polling the borrower.
         """
         await self._open(arrival=False)
-        driver = self.core.nearest_idle(lat, lng, radius_m)
-        if driver is None or self.core.remove_driver(driver.id) is None:
+        driver = self.core.lend_nearest_idle(lat, lng, radius_m, time.time())
+        if driver is None:
             return None
         log.debug("cell %s: lent driver %s to %s", self.cell_id, driver.id, borrower)
-        self.departed_until[driver.id] = time.time() + DEPARTED_FIX_GRACE_S
         self.stats["lent"] += 1
         self._send(driver.id, {"type": "rehome", "cell": borrower})
         return {"id": driver.id, "lat": driver.lat, "lng": driver.lng, "capacity": driver.capacity,
@@ -684,6 +667,13 @@ class CellActor:
 
         return {"cell": self.cell_id, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
                 **self.core.load(), **self.metrics.summary(), **self.stats}
+
+
+    async def ops_view(self, max_drivers: int) -> dict:
+        """:meth:`load` with what the ops map draws of this cell (``dispatch.opsmap.cell_view``)."""
+        from dispatch.opsmap import cell_view
+
+        return {**await self.load(), **cell_view(self.core, max_drivers)}
 
 
 def cell_actor_class():

@@ -31,7 +31,8 @@ import bisect
 import math
 from dataclasses import dataclass
 
-from clients.city import DELIVERY_GRACE_S, TERMINAL_STATUSES, assigned_while_held, missed_events
+from clients.city import DELIVERY_GRACE_S, assigned_while_held, missed_events
+from dispatch.lifecycle import TERMINAL_STATUSES
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,11 @@ The flow of one order::
                    ▲               │ decline / expiry        │ refused
                    └───────────────┴─────────────────────────┘
 
-Driver statuses move only through ``dispatch.lifecycle.apply_driver``; order
-lifecycles are persisted by the actor through ``dispatch.lifecycle.apply``.
+Driver statuses move only through ``dispatch.lifecycle.apply_driver`` and an
+order's dispatch phase (the diagram) only through ``dispatch.lifecycle.apply_phase``,
+whose table says which persisted courier states and driver statuses go with
+each phase; order lifecycles are persisted by the actor through
+``dispatch.lifecycle.apply``.
 Pending orders sit in a heap keyed by their urgency (best slack over the
 cell's drivers, in minutes, from the latest tick), so when more orders wait
 than one tick may consider, the most urgent go first.
@@ -30,14 +33,17 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import Counter
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import NamedTuple
 
 import numpy as np
 
 from dispatch import kernels
-from dispatch.lifecycle import DISPATCHABLE, HOLDING_ORDERS, DriverEvent, DriverStatus, apply_driver
+from dispatch.lifecycle import (
+    DISPATCHABLE, FINISHING_COURIER, HOLDING_ORDERS, Courier, DriverEvent, DriverStatus, Event, OrderPhase, PhaseEvent, apply_driver,
+    apply_phase, rebuilt_phase,
+)
 from dispatch.matcher import Drivers, MatchParams, Orders, TravelModel, job_times, match
 
 
@@ -59,6 +65,11 @@ class CellParams:
     """An order no local driver took for this long may borrow an idle driver of a neighbouring cell."""
     borrow_radius_m: float = 3000.0
     """How far from the restaurant a borrowed driver may be."""
+    max_borrows_per_tick: int = 5
+    """Most orders one tick asks the neighbouring cells a driver for (each ask is a round trip per neighbour)."""
+    departed_fix_grace_s: float = 5.0
+    """After a driver leaves (lent to a neighbour, or handed over), fixes still routed here (sent before its front
+    door learnt of the move) are ignored this long, so the driver is never registered in two cells."""
     idle_retire_s: float = 300.0
     """A cell empty (no online driver, order, offer or job) and quiet this long retires: its actor exits and
     gives its process back; the next fix or order in the cell creates it anew (``dispatch.retirement``)."""
@@ -72,15 +83,13 @@ class CellParams:
 #: ``unmatched``: no driver of the cell could take it;
 #: ``offered``: out to a driver who then declined or let the offer expire (shows on re-offers).
 WAIT_REASONS = ("queued", "held", "deferred", "unmatched", "offered")
+
+#: Order events applied outside the cell (through the HTTP API) that the order's cell must hear of, and as
+#: which change: ``cancelled`` withdraws the order (:meth:`CellCore.withdraw_order`), ``ready`` moves its ready
+#: time (:meth:`CellCore.revise_ready`). The other events either change nothing the cell reads or are the
+#: cell's own (assignment, a driver's reports).
+CELL_NOTICES: dict[Event, str] = {Event.CANCEL: "cancelled", Event.REVISE_READY: "ready", Event.MARK_READY: "ready"}
 DELIBERATE_WAITS = frozenset({"held", "deferred"})
-
-
-class OrderPhase(str, Enum):
-    PENDING = "pending"
-    OFFERED = "offered"
-    ASSIGNING = "assigning"
-    ASSIGNED = "assigned"
-    PICKED_UP = "picked_up"
 
 
 @dataclass
@@ -488,6 +497,10 @@ class CellCore:
         self.unannounced: set[str] = set()
         self._serial = 0
         self._index = DriverIndex()
+        #: Driver id -> until when its fixes are ignored (it left this cell; see :meth:`depart`).
+        self.departed_until: dict[str, float] = {}
+        #: Order id -> when a neighbouring cell was last asked for a driver for it (see :meth:`orders_to_borrow_for`).
+        self.borrow_asked: dict[int, float] = {}
 
     # Identity ---------------------------------------------------------------
 
@@ -524,6 +537,40 @@ class CellCore:
             return None
         self._index.discard(driver_id)
         return self.drivers.pop(driver_id)
+
+    def depart(self, driver_id: str, now: float) -> LiveDriver | None:
+        """The driver leaves for another cell (handed over, or lent): forgotten if idle or offline
+        (:meth:`remove_driver`), and its fixes still routed here are ignored for ``departed_fix_grace_s``."""
+        driver = self.remove_driver(driver_id)
+        if driver is not None:
+            for gone in [d for d, until in self.departed_until.items() if until < now]:
+                del self.departed_until[gone]
+            self.departed_until[driver_id] = now + self.params.departed_fix_grace_s
+        return driver
+
+    def lend_nearest_idle(self, lat: float, lng: float, radius_m: float, now: float) -> LiveDriver | None:
+        """The idle driver nearest to a point within ``radius_m``, departed to a neighbouring cell that borrows it."""
+        driver = self.nearest_idle(lat, lng, radius_m)
+        return None if driver is None else self.depart(driver.id, now)
+
+    def accepts_fix(self, driver_id: str, now: float) -> bool:
+        """False for a fix of a driver that departed within the grace (sent before its front door learnt of it)."""
+        return self.departed_until.get(driver_id, -math.inf) <= now
+
+    def orders_to_borrow_for(self, now: float) -> list[LiveOrder]:
+        """Orders to ask the neighbouring cells an idle driver for, now; each is marked asked at ``now``.
+
+        Those no local driver took for ``borrow_after_s`` (:meth:`unoffered_orders`, oldest first), not
+        asked within the last ``borrow_after_s``, at most ``max_borrows_per_tick`` of them.
+        """
+        for order_id in [i for i in self.borrow_asked if i not in self.orders]:
+            del self.borrow_asked[order_id]
+        after_s = self.params.borrow_after_s
+        chosen = [order for order in self.unoffered_orders(now, after_s)[: self.params.max_borrows_per_tick]
+                  if now - self.borrow_asked.get(order.id, -math.inf) >= after_s]
+        for order in chosen:
+            self.borrow_asked[order.id] = now
+        return chosen
 
     def nearest_available(self, lat: float, lng: float, radius_m: float, k: int) -> list[NearbyDriver]:
         """The ``k`` nearest available (idle) drivers within ``radius_m`` of a point, nearest first.
@@ -588,7 +635,7 @@ class CellCore:
                     at_restaurant: bool, now: float) -> None:
         """Rebuild a job persisted before a restart; the driver re-appears with its next GPS fix."""
         for order in orders:
-            order.phase = OrderPhase.PICKED_UP if picked_up else OrderPhase.ASSIGNED
+            order.phase = rebuilt_phase(Courier.PICKED_UP if picked_up else Courier.ASSIGNED)
             order.driver_id = driver_id
             self.orders[order.id] = order
         self.jobs[job_id] = Job(job_id, driver_id, [o.id for o in orders])
@@ -644,7 +691,7 @@ class CellCore:
         order_id = row.order.id
         held = self.orders.get(order_id)
         job = next((j for j in self.jobs.values() if order_id in j.order_ids), None) if held else None
-        if row.cancelled or row.courier_status == "delivered":
+        if row.cancelled or row.courier_status == FINISHING_COURIER:
             if held is None:
                 return []
             if held.phase is OrderPhase.PICKED_UP:
@@ -666,7 +713,7 @@ class CellCore:
             return []
         if job is not None and job.id == row.job_id:
             return self.assignment_persisted(job.id, True) if held.phase is OrderPhase.ASSIGNING else []
-        if row.courier_status == "picked_up":
+        if row.courier_status == Courier.PICKED_UP:
             if held is None and row.job_id not in self.jobs and row.driver_id not in self.drivers:
                 self.restore_job(row.job_id, row.driver_id, [row.order], picked_up=True, at_restaurant=False, now=now)
             return []
@@ -697,7 +744,7 @@ class CellCore:
         driver.job_id = job.id
         for order_id in job.order_ids:
             order = self.orders[order_id]
-            order.phase, order.driver_id = OrderPhase.ASSIGNING, driver_id
+            order.phase, order.driver_id = apply_phase(order.phase, PhaseEvent.ACCEPT), driver_id
         return [PersistAssignment(job.id, driver_id, tuple(job.order_ids))]
 
     def assignment_persisted(self, job_id: str, ok: bool, reason: str = "") -> list[Command]:
@@ -708,14 +755,15 @@ class CellCore:
         driver = self.drivers.get(job.driver_id)
         if ok:
             for order_id in job.order_ids:
-                self.orders[order_id].phase = OrderPhase.ASSIGNED
+                order = self.orders[order_id]
+                order.phase = apply_phase(order.phase, PhaseEvent.CONFIRM)
             orders = [self._order_view(self.orders[i]) for i in job.order_ids]
             return [SendToDriver(job.driver_id, {"type": "assigned", "job_id": job.id, "orders": orders})]
         del self.jobs[job_id]
         for order_id in job.order_ids:
             order = self.orders.get(order_id)
             if order is not None:
-                order.phase, order.driver_id = OrderPhase.PENDING, None
+                order.phase, order.driver_id = apply_phase(order.phase, PhaseEvent.RELEASE), None
         commands: list[Command] = []
         if driver is not None and driver.job_id == job_id:
             driver.job_id = None
@@ -736,7 +784,7 @@ class CellCore:
         for order_id in offer.order_ids:
             order = self.orders.get(order_id)
             if order is not None:
-                order.phase = OrderPhase.PENDING
+                order.phase = apply_phase(order.phase, PhaseEvent.OFFER_CLOSED)
                 order.declined_by.add(offer.driver_id)
         driver = self.drivers.get(offer.driver_id)
         if driver is not None and driver.offer_id == offer.id:
@@ -772,7 +820,8 @@ class CellCore:
         driver.status = apply_driver(driver.status, event)
         if event is DriverEvent.PICK_UP:
             for order_id in self.jobs[job_id].order_ids:
-                self.orders[order_id].phase = OrderPhase.PICKED_UP
+                order = self.orders[order_id]
+                order.phase = apply_phase(order.phase, PhaseEvent.PICK_UP)
         return commands
 
     def check_delivered(self, driver_id: str, order_id: int) -> list[PersistOrderEvent]:
@@ -824,7 +873,7 @@ class CellCore:
         if job is not None:
             for order_id in job.order_ids:
                 order = self.orders[order_id]
-                order.phase, order.driver_id = OrderPhase.PENDING, None
+                order.phase, order.driver_id = apply_phase(order.phase, PhaseEvent.RELEASE), None
                 order.declined_by.add(driver.id)
                 commands.append(PersistOrderEvent(order_id, "unassign", driver.id, reason="driver lost"))
             driver.job_id = None
@@ -900,7 +949,7 @@ class CellCore:
         driver.offer_id = offer.id
         driver.status = apply_driver(driver.status, DriverEvent.OFFER)
         for order in orders:
-            order.phase = OrderPhase.OFFERED
+            order.phase = apply_phase(order.phase, PhaseEvent.OFFER)
             order.note_wait(now, "offered")
         return SendToDriver(driver.id, {
             "type": "offer",
@@ -957,8 +1006,6 @@ class CellCore:
 
     def load(self) -> dict:
         """Counts an operator watches: drivers by status, pending orders, open offers."""
-        by_status: dict[str, int] = {}
-        for driver in self.drivers.values():
-            by_status[driver.status.value] = by_status.get(driver.status.value, 0) + 1
+        by_status = Counter(driver.status for driver in self.drivers.values())  # the ops map asks every second
         pending = sum(o.phase is OrderPhase.PENDING for o in self.orders.values())
-        return {"drivers": by_status, "pending_orders": pending, "open_offers": len(self.offers)}
+        return {"drivers": {status.value: count for status, count in by_status.items()}, "pending_orders": pending, "open_offers": len(self.offers)}

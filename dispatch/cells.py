@@ -13,6 +13,8 @@ import math
 
 import h3.api.basic_int as h3
 
+from dispatch.geo import haversine_m
+
 #: Resolution 10 cells are about 0.015 km^2 (76 m edges): a 250 m search then
 #: reads about 5x the circle's area, where resolution 9 read about 20x.
 FINE_RES = 10
@@ -89,3 +91,9 @@ def cover_ranges(lat: float, lng: float, radius_m: float) -> tuple[list[int], li
     cells = h3.compact_cells(h3.grid_disk(h3.latlng_to_cell(lat, lng, res), k))
     ranges = sorted(descendant_range(c) for c in cells)
     return [lo for lo, _ in ranges], [hi for _, hi in ranges]
+
+
+def neighbours_nearest_first(cell: int, lat: float, lng: float) -> list[int]:
+    """The cells around ``cell`` (its first ring), nearest centre to the point first: the order in which a
+    cell asks its neighbours to lend a driver for an order picked up at (lat, lng)."""
+    return sorted(h3.grid_ring(cell, 1), key=lambda c: haversine_m(lat, lng, *h3.cell_to_latlng(c)))

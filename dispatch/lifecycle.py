@@ -40,6 +40,10 @@ class Courier(str, Enum):
     DELIVERED = "delivered"
 
 
+#: The courier state that finishes an order (as ``cancelled`` does): what the "active order" SQL predicate excludes.
+FINISHING_COURIER = Courier.DELIVERED
+
+
 class Status(str, Enum):
     """The single status shown to customers and stored for queries."""
 
@@ -89,7 +93,7 @@ class OrderState:
 
     @property
     def terminal(self) -> bool:
-        return self.cancelled or self.courier is Courier.DELIVERED
+        return self.cancelled or self.courier is FINISHING_COURIER
 
 
 @dataclass(frozen=True)
@@ -243,6 +247,25 @@ def state_from_row(kitchen: str, courier: str, cancelled: bool) -> OrderState:
 INITIAL = OrderState()
 
 
+def _reachable_states() -> tuple[OrderState, ...]:
+    """Every order state some sequence of legal events can reach (the invariants hold)."""
+    states = []
+    for kitchen in Kitchen:
+        for courier in Courier:
+            for cancelled in (False, True):
+                state = OrderState(kitchen, courier, cancelled)
+                try:
+                    check_invariants(state)
+                except ValueError:
+                    continue
+                states.append(state)
+    return tuple(states)
+
+
+#: The customer-facing statuses of a finished order (:attr:`OrderState.terminal`), as stored and sent.
+TERMINAL_STATUSES: frozenset[str] = frozenset(s.status.value for s in _reachable_states() if s.terminal)
+
+
 # --------------------------------------------------------------------------
 # The driver lifecycle: where a driver is in its work, as the cell actor sees it.
 
@@ -312,3 +335,83 @@ def apply_driver(status: DriverStatus, event: DriverEvent) -> DriverStatus:
     if status not in sources:
         raise IllegalDriverTransition(event, status)
     return target
+
+
+
+# --------------------------------------------------------------------------
+# The dispatch phase of an order inside its cell (``dispatch.cell``): between the
+# persisted courier track (above) and the driver lifecycle, with what links them.
+
+
+class OrderPhase(str, Enum):
+    PENDING = "pending"
+    OFFERED = "offered"
+    ASSIGNING = "assigning"
+    """Accepted by a driver; the assignment is being written to Postgres."""
+    ASSIGNED = "assigned"
+    PICKED_UP = "picked_up"
+
+
+class PhaseEvent(str, Enum):
+    OFFER = "offer"
+    OFFER_CLOSED = "offer_closed"
+    """Declined, expired, withdrawn, or its driver lost."""
+    ACCEPT = "accept"
+    CONFIRM = "confirm"
+    """Postgres recorded the assignment."""
+    RELEASE = "release"
+    """Taken from its driver before pick-up: the write was refused, the driver was lost, or repair."""
+    PICK_UP = "pick_up"
+
+
+P = OrderPhase
+#: (from phases, to phase, the order event that moves the courier track along, once the earlier writes
+#: landed, or ``None``) per phase event. A refused assignment is released with nothing to undo.
+PHASE_TRANSITIONS: dict[PhaseEvent, tuple[frozenset[OrderPhase], OrderPhase, Event | None]] = {
+    PhaseEvent.OFFER: (frozenset({P.PENDING}), P.OFFERED, None),
+    PhaseEvent.OFFER_CLOSED: (frozenset({P.OFFERED}), P.PENDING, None),
+    PhaseEvent.ACCEPT: (frozenset({P.OFFERED}), P.ASSIGNING, Event.ASSIGN),
+    PhaseEvent.CONFIRM: (frozenset({P.ASSIGNING}), P.ASSIGNED, None),
+    PhaseEvent.RELEASE: (frozenset({P.ASSIGNING, P.ASSIGNED}), P.PENDING, Event.UNASSIGN),
+    PhaseEvent.PICK_UP: (frozenset({P.ASSIGNED}), P.PICKED_UP, Event.PICK_UP),
+}
+
+#: The persisted courier states that agree with each phase once its writes have landed.
+PHASE_COURIER: dict[OrderPhase, frozenset[Courier]] = {
+    P.PENDING: frozenset({C.UNASSIGNED}),
+    P.OFFERED: frozenset({C.UNASSIGNED}),
+    P.ASSIGNING: frozenset({C.ASSIGNED}),
+    P.ASSIGNED: frozenset({C.ASSIGNED, C.AT_RESTAURANT}),
+    P.PICKED_UP: frozenset({C.PICKED_UP}),
+}
+
+#: The statuses its driver may have while an order is in each phase (``None``: no driver holds it).
+PHASE_DRIVER: dict[OrderPhase, frozenset[DriverStatus] | None] = {
+    P.PENDING: None,
+    P.OFFERED: frozenset({D.OFFERED}),
+    P.ASSIGNING: frozenset({D.EN_ROUTE}),
+    P.ASSIGNED: frozenset({D.EN_ROUTE, D.AT_RESTAURANT}),
+    P.PICKED_UP: frozenset({D.DELIVERING}),
+}
+
+#: Phases in which the order belongs to a driver's job.
+IN_A_JOB = frozenset({P.ASSIGNING, P.ASSIGNED, P.PICKED_UP})
+#: Phases with no offer out and no write in flight: what a cell rebuilds from Postgres.
+SETTLED = frozenset({P.PENDING, P.ASSIGNED, P.PICKED_UP})
+
+
+def rebuilt_phase(courier: Courier) -> OrderPhase:
+    """The phase a cell gives an order rebuilt from its stored (not finishing) courier state."""
+    return next(phase for phase in OrderPhase if phase in SETTLED and courier in PHASE_COURIER[phase])
+
+
+class IllegalPhaseTransition(Exception):
+    """A phase event that the table forbids in the order's current phase (a bug in the cell core)."""
+
+
+def apply_phase(phase: OrderPhase, event: PhaseEvent) -> OrderPhase:
+    """The order's dispatch phase after ``event``; raises ``IllegalPhaseTransition`` otherwise."""
+    sources, target, _ = PHASE_TRANSITIONS[event]
+    if phase in sources:
+        return target
+    raise IllegalPhaseTransition(f"an order that is {phase.value} cannot {event.value}")

@@ -17,12 +17,13 @@ from starlette.routing import Route
 from server import db
 from server import local_ray
 from server import ws
-from server.api import admin, drivers, orders, restaurants
+from server.api import admin, drivers, ops, orders, restaurants
 from server.config import Settings
 from server.auth import TokenVerifier
 from server.broker import create_broker
 from server.errors import EXCEPTION_HANDLERS
-from server.gc_watch import GcWatch, freeze_survivors
+from runtime.gc_watch import GcWatch, freeze_survivors
+from store.pool import create_pool
 from server.log_redaction import install_log_redaction
 from server.loop_guard import LoopGuard
 from server.ratelimit import create_rate_limiter
@@ -42,7 +43,7 @@ async def health(request: Request) -> JSONResponse:
 def routes() -> list:
     return [
         Route("/v1/health", health, methods=["GET"]),
-        *restaurants.ROUTES, *orders.ROUTES, *drivers.ROUTES, *admin.ROUTES, *ws.ROUTES,
+        *restaurants.ROUTES, *orders.ROUTES, *drivers.ROUTES, *admin.ROUTES, *ws.ROUTES, *ops.ROUTES,
     ]
 
 
@@ -57,7 +58,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             stack.callback(embedded.stop)
         if settings.migrate_on_start:
             await db.migrate(dsn)
-        app.state.pool = await db.create_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+        app.state.pool = await create_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
         stack.push_async_callback(app.state.pool.close)
         from server.catalog_cache import CatalogCache  # menu cache + nearby replica, fresh by NOTIFY
 
@@ -90,6 +91,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                                         replica=app.state.catalog.replica)
             await app.state.gateway.start()
             stack.push_async_callback(app.state.gateway.stop)
+            app.state.ops_feed = stack.enter_context(ops.ops_feed())
             if settings.stats_file:
                 gateway, process_counters = app.state.gateway, app.state.process_counters
                 stack.callback(StatsFile(settings.stats_file,

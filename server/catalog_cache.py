@@ -36,7 +36,7 @@ import asyncpg
 
 from server.catalog_replica import CatalogReplica
 from server.listener import ResilientListener
-from server.store import catalog
+from store import catalog
 
 log = logging.getLogger("hexdispatch.catalog")
 
@@ -225,6 +225,14 @@ class CatalogCache:
             self.replica.apply([row["id"]], [row])
         if self._written_while_fetching is not None:
             self._written_while_fetching.add(row["id"])
+
+    def restaurant_erased(self, restaurant_id: int) -> None:
+        """This process deleted a restaurant: stop showing it at once."""
+        self.menus.invalidate(restaurant_id)
+        if self.replica.ready:
+            self.replica.apply([restaurant_id], [])
+        if self._written_while_fetching is not None:
+            self._written_while_fetching.add(restaurant_id)
 
     def menu_written(self, restaurant_id: int) -> None:
         """This process changed a restaurant's menu."""

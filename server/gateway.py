@@ -57,11 +57,13 @@ from actors.cell import (
 from dispatch.cell import CellParams, LiveOrder
 from dispatch.cells import owner_cell
 from dispatch.movement import Fix, MovementParams, implausible_jump
+from dispatch.routing import Routing, handover_due, hold_after_borrow, route_cell_message
 from dispatch.service_area import Region, ServiceArea, cell_refusal
 from server.broker import LocalBroker, RedisBroker
 from server.errors import ApiError
 from server.protocol import error_frame
 from server.listener import ResilientListener
+from store.orders import ACTIVE_ORDER
 
 log = logging.getLogger("hexdispatch.gateway")
 
@@ -513,20 +515,19 @@ class Gateway:
     def _to_driver(self, driver_id: str, message: dict, cell_id: str) -> None:
         link = self.drivers.get(driver_id)
         kind = message.get("type")
-        if kind == "rehome":
-            # The cell holding the driver lent it to a neighbour: route it there from now on.
-            if link is not None and link.home_cell == cell_id:
-                self._moved(link, message["cell"], "rehome")
-            else:
-                self.cell(message["cell"])  # poll the borrower even if the driver's socket is gone
+        routing = route_cell_message(kind, cell_id, link.home_cell if link is not None else None,
+                                     connected=link is not None, holds_orders=bool(link is not None and link.orders))
+        if routing is Routing.FOLLOW_REHOME:
+            self._moved(link, message["cell"], "rehome")
             return
-        if link is not None and kind == "offer" and link.orders and link.home_cell != cell_id:
-            # A stale registration of a driver busy elsewhere: refuse for it rather than double-book.
+        if routing is Routing.POLL_BORROWER:
+            self.cell(message["cell"])  # poll the borrower even if the driver's socket is gone
+            return
+        if routing is Routing.DECLINE_OFFER:
             self._spawn(self.cell(cell_id).driver_message.remote(self.id, driver_id, "decline",
                                                                    {"offer_id": message["offer_id"]}))
             return
-        if link is not None and kind in ("offer", "assigned") and link.home_cell != cell_id:
-            # Only the cell that holds a driver sends it work: it was borrowed by that cell.
+        if routing is Routing.ADOPT_THEN_DELIVER:
             self._moved(link, cell_id, kind)
         if kind == "assigned":
             if link is not None:
@@ -544,7 +545,8 @@ class Gateway:
             self.fixes[cell_id][link.driver_id] = fix
         self.cell(cell_id)
         # It was moved here for an order: do not hand it straight back by position.
-        link.last_handover_try = time.time() + self.params.borrowed_hold_s - self.params.handover_retry_s
+        link.last_handover_try = hold_after_borrow(time.time(), self.params.handover_retry_s,
+                                                   self.params.borrowed_hold_s)
 
     # GPS in, positions out ---------------------------------------------------------
 
@@ -569,7 +571,7 @@ class Gateway:
         link.last_fix = fix
         if link.home_cell is None:
             link.home_cell = here
-        elif here != link.home_cell and now - link.last_handover_try >= self.params.handover_retry_s:
+        elif handover_due(link.home_cell, here, now, link.last_handover_try, self.params.handover_retry_s):
             link.last_handover_try = now
             self._spawn(self._handover(link, here))
         self.fixes[link.home_cell][link.driver_id] = (link.driver_id, lat, lng, heading, speed, link.capacity, now)
@@ -653,8 +655,8 @@ class Gateway:
             )
             capacity = await conn.fetchval("SELECT capacity FROM drivers WHERE id = $1", driver_id)
             rows = await conn.fetch(
-                """SELECT o.id, r.latitude, r.longitude FROM orders o JOIN restaurants r ON r.id = o.restaurant_id
-                   WHERE o.driver_id = $1 AND NOT o.cancelled AND o.courier_status <> 'delivered'""",
+                f"""SELECT o.id, r.latitude, r.longitude FROM orders o JOIN restaurants r ON r.id = o.restaurant_id
+                   WHERE o.driver_id = $1 AND {ACTIVE_ORDER}""",
                 driver_id,
             )
         link.capacity = capacity or 1

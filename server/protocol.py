@@ -13,7 +13,7 @@ from typing import Annotated, Literal, Union
 
 import msgpack
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from server.errors import validation_details
 from server.schemas import MAX_LATITUDE, MAX_LONGITUDE, EventSeq, Id, Integer, Latitude, Longitude, Number
@@ -110,8 +110,30 @@ class Unsubscribe(Message):
 
 CustomerMessage = Annotated[Union[Subscribe, Unsubscribe, Ping], Field(discriminator="type")]
 
+# Ops map viewer -> server (``/v1/ws/ops``, admin) ------------------------------
+
+
+class Viewport(Message):
+    """The part of the map the viewer shows; drivers, orders and jobs outside it are not sent."""
+
+    type: Literal["viewport"]
+    south: Latitude
+    west: Longitude
+    north: Latitude
+    east: Longitude
+
+    @model_validator(mode="after")
+    def _south_of_north(self) -> "Viewport":
+        if self.south > self.north:
+            raise ValueError("south must not be north of north")
+        return self
+
+
+OpsMessage = Annotated[Union[Viewport, Ping], Field(discriminator="type")]
+
 DRIVER_MESSAGES: TypeAdapter = TypeAdapter(DriverMessage)
 CUSTOMER_MESSAGES: TypeAdapter = TypeAdapter(CustomerMessage)
+OPS_MESSAGES: TypeAdapter = TypeAdapter(OpsMessage)
 
 
 class ProtocolError(Exception):

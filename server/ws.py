@@ -25,7 +25,7 @@ from server.errors import ApiError, error_body
 from server.frame_sink import frame_sink
 from server.gateway import CustomerLink
 from server.responses import JSONResponse
-from server.store import orders as order_store
+from store import orders as order_store
 
 log = logging.getLogger("hexdispatch.ws")
 
@@ -104,7 +104,7 @@ class Connection:
 
         One plain coroutine, not a chain of async generators: a socket waiting for its next frame
         should hold as few fresh objects as possible (the collector walks them all, see
-        ``server.gc_watch``), and it drops its last message before it waits.
+        ``runtime.gc_watch``), and it drops its last message before it waits.
         """
         while True:
             self.frames_read += 1
@@ -266,7 +266,33 @@ async def _customer_session(websocket, gateway, principal: Principal, conn: Conn
         gateway.unsubscribe(customer)
 
 
+async def ops_socket(websocket: WebSocket) -> None:
+    await _serve(websocket, Role.ADMIN, _ops_session)
+
+
+async def _ops_session(websocket, gateway, principal: Principal, conn: Connection) -> None:
+    """The ops map's feed (``server.api.ops``): JSON frames of every cell and of the drivers, orders and jobs in
+    the viewport the page names (``viewport`` frames), about once a second, latest-wins."""
+    from dispatch.opsmap import MAX_FRAME_BYTES, Viewport
+
+    feed = websocket.app.state.ops_feed
+    conn.binary = False  # a browser page: JSON text frames
+    conn.outbox.max_bytes = max(conn.outbox.max_bytes, 2 * MAX_FRAME_BYTES)  # one frame waits, latest-wins
+    conn.outbox.send({"type": "welcome", "protocol": p.PROTOCOL_VERSION, "interval_s": feed.interval_s})
+    feed.watch(conn.outbox)
+    try:
+        while (message := await conn.next_message(p.OPS_MESSAGES)) is not None:
+            if isinstance(message, p.Ping):
+                conn.outbox.send({"type": "pong"})
+            elif isinstance(message, p.Viewport):
+                feed.look_at(conn.outbox, Viewport(message.south, message.west, message.north, message.east))
+            message = None
+    finally:
+        feed.leave(conn.outbox)
+
+
 ROUTES = [
     WebSocketRoute("/v1/ws/driver", driver_socket),
     WebSocketRoute("/v1/ws/customer", customer_socket),
+    WebSocketRoute("/v1/ws/ops", ops_socket),
 ]

@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from dispatch.cell import (
     CellCore, CellError, CellParams, LiveOrder, OrderPhase, PersistAssignment, PersistOrderEvent, SendToDriver,
 )
-from dispatch.lifecycle import DriverEvent, DriverStatus
+from dispatch.lifecycle import PHASE_DRIVER, DriverEvent, DriverStatus
 from dispatch.matcher import Drivers, MatchParams, Orders, TravelModel, match
 
 LAT, LNG = 41.88, -87.63
@@ -208,6 +208,8 @@ def check_invariants(cell: CellCore) -> None:
             assert order.id not in holders
         else:
             assert order.id in holders
+            holder = cell.offers[holders[order.id]].driver_id if order.phase is OrderPhase.OFFERED else order.driver_id
+            assert cell.drivers[holder].status in PHASE_DRIVER[order.phase], "phase and driver status disagree"
 
 
 def test_nearest_idle_and_unoffered():

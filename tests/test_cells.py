@@ -3,7 +3,7 @@
 import h3.api.basic_int as h3
 from hypothesis import given, settings, strategies as st
 
-from dispatch.cells import FINE_RES, cell_of, cover_ranges, descendant_range
+from dispatch.cells import FINE_RES, cell_of, cover_ranges, descendant_range, neighbours_nearest_first
 from dispatch.geo import EARTH_RADIUS_M, haversine_m
 
 import math
@@ -46,3 +46,13 @@ def test_every_point_within_the_radius_is_covered(lat, lng, radius, bearing, fra
     assert haversine_m(lat, lng, plat, plng) <= radius * 1.0001
     fine = cell_of(plat, plng)
     assert any(lo <= fine <= hi for lo, hi in zip(lows, highs))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.floats(-60, 60), st.floats(-179, 179))
+def test_neighbours_are_the_first_ring_nearest_to_the_point_first(lat, lng):
+    cell = h3.latlng_to_cell(lat, lng, 6)
+    order = neighbours_nearest_first(cell, lat, lng)
+    assert sorted(order) == sorted(h3.grid_ring(cell, 1))
+    distances = [haversine_m(lat, lng, *h3.cell_to_latlng(c)) for c in order]
+    assert distances == sorted(distances)

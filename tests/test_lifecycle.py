@@ -155,3 +155,67 @@ def test_every_driver_status_is_reachable_and_can_get_back_offline():
     for status in DriverStatus:
         if status is not DriverStatus.OFFLINE:
             assert apply_driver(status, DriverEvent.LOST) is DriverStatus.OFFLINE
+
+
+# The dispatch phase of an order in its cell, against the courier track and the driver lifecycle.
+
+PHASE_EVENTS = list(lc.PhaseEvent)
+
+
+def test_terminal_statuses_are_those_of_finished_states():
+    assert lc.TERMINAL_STATUSES == {s.status.value for s in REACHABLE if s.terminal} == {"delivered", "cancelled"}
+
+
+def test_phase_table_exhaustively():
+    for phase, event in itertools.product(lc.OrderPhase, PHASE_EVENTS):
+        sources, target, _ = lc.PHASE_TRANSITIONS[event]
+        if phase in sources:
+            assert lc.apply_phase(phase, event) is target
+        else:
+            with pytest.raises(lc.IllegalPhaseTransition):
+                lc.apply_phase(phase, event)
+
+
+def test_every_phase_is_reachable_from_pending_and_can_get_back_to_it():
+    def successors(phase):
+        return {lc.PHASE_TRANSITIONS[e][1] for e in PHASE_EVENTS if phase in lc.PHASE_TRANSITIONS[e][0]}
+
+    seen, frontier = {lc.OrderPhase.PENDING}, [lc.OrderPhase.PENDING]
+    while frontier:
+        for nxt in successors(frontier.pop()) - seen:
+            seen.add(nxt)
+            frontier.append(nxt)
+    assert seen == set(lc.OrderPhase)
+    # only food in a bag never goes back to waiting for a driver
+    stuck = {phase for phase in lc.OrderPhase if not successors(phase)}
+    assert stuck == {lc.OrderPhase.PICKED_UP}
+
+
+def test_each_phase_step_moves_the_courier_track_in_step():
+    """A phase event's persisted order event takes every agreeing courier state to one agreeing with the new
+    phase; a phase event persisting nothing needs no courier change."""
+    for event in PHASE_EVENTS:
+        sources, target, order_event = lc.PHASE_TRANSITIONS[event]
+        for source in sources:
+            if order_event is None:
+                assert lc.PHASE_COURIER[source] <= lc.PHASE_COURIER[target], (event, source)
+                continue
+            moved = [lc.apply(state, order_event, Actor.SYSTEM) for state in REACHABLE
+                     if state.courier in lc.PHASE_COURIER[source] and lc.allowed(state, order_event, Actor.SYSTEM) is None]
+            assert moved, (event, source)
+            assert all(state.courier in lc.PHASE_COURIER[target] for state in moved), (event, source)
+
+
+def test_phase_and_driver_status_agree_with_the_driver_table():
+    """Where a phase needs a driver, those statuses exist and hold orders or an offer; a rebuilt order
+    gets the one settled phase agreeing with its stored courier state."""
+    for phase, statuses in lc.PHASE_DRIVER.items():
+        if statuses is None:
+            assert phase is lc.OrderPhase.PENDING
+        elif phase is lc.OrderPhase.OFFERED:
+            assert statuses == {lc.DriverStatus.OFFERED}
+        else:
+            assert phase in lc.IN_A_JOB and statuses <= lc.HOLDING_ORDERS
+    for courier in set(Courier) - {lc.FINISHING_COURIER}:
+        settled = [p for p in lc.SETTLED if courier in lc.PHASE_COURIER[p]]
+        assert settled == [lc.rebuilt_phase(courier)]

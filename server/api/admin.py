@@ -40,17 +40,25 @@ async def cells(request: Request) -> JSONResponse:
 
     handles = await asyncio.to_thread(cell_handles, NAMESPACE)
     nodes = await asyncio.to_thread(ray_nodes, request.app.state.gateway.params.cell_resource)
-    loads = await asyncio.gather(*(asyncio.wait_for(h.load.remote(), CELL_LOAD_TIMEOUT_S) for h in handles.values()),
-                                 return_exceptions=True)
+    answered, unanswered = await ask_cells(handles, "load")
+    return JSONResponse({"cells": answered, "unanswered": unanswered, "nodes": nodes})
+
+
+async def ask_cells(handles: dict[str, object], method: str, *args) -> tuple[list[dict], list[str]]:
+    """``method(*args)`` of every cell actor in ``handles`` at once, each within ``CELL_LOAD_TIMEOUT_S``: the
+    answers (sorted by cell) and the cells that did not answer (sorted)."""
+    answers = await asyncio.gather(
+        *(asyncio.wait_for(getattr(h, method).remote(*args), CELL_LOAD_TIMEOUT_S) for h in handles.values()),
+        return_exceptions=True)
     answered, unanswered = [], []
-    for cell_id, load in zip(handles, loads):
-        if isinstance(load, BaseException):
-            log.warning("cell %s did not report its load: %r", cell_id, load)
+    for cell_id, answer in zip(handles, answers):
+        if isinstance(answer, BaseException):
+            log.warning("cell %s did not answer %s: %r", cell_id, method, answer)
             unanswered.append(cell_id)
         else:
-            answered.append(load)
-    answered.sort(key=lambda load: load["cell"])
-    return JSONResponse({"cells": answered, "unanswered": sorted(unanswered), "nodes": nodes})
+            answered.append(answer)
+    answered.sort(key=lambda answer: answer["cell"])
+    return answered, sorted(unanswered)
 
 
 def ray_nodes(resource: str) -> list[dict]:

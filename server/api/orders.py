@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from actors.cell import placed_order
+from dispatch.cell import CELL_NOTICES
 from dispatch.lifecycle import Event
 from server.api.common import body, caller, decode_cursor, encode_cursor, page, path_id, query
 from server.api.views import event_view, order_view
@@ -16,7 +17,7 @@ from server.auth import Role
 from server.errors import ApiError, not_found
 from server.responses import JSONResponse
 from server.schemas import ID_CURSOR, CancelIn, EventsQuery, OrderIn, PageQuery, ReadyRevision
-from server.store import orders
+from store import orders
 
 MAX_IDEMPOTENCY_KEY = 200
 
@@ -87,9 +88,6 @@ def notify(request: Request, order_id: int, change: str) -> None:
         gateway.notify_order(order_id, change)
 
 
-CHANGES = {Event.CANCEL: "cancelled", Event.REVISE_READY: "ready", Event.MARK_READY: "ready"}
-
-
 async def _apply(request: Request, event: Event, roles: tuple[Role, ...], read_change=None):
     """Apply ``event`` to the path's order: the caller (401, 403) and the id (404) before the body
     (``read_change(request)`` -> (arguments, payload)) is read and validated (400, 422)."""
@@ -106,8 +104,8 @@ async def _apply(request: Request, event: Event, roles: tuple[Role, ...], read_c
         arguments=arguments,
         payload=payload,
     )
-    if event in CHANGES:
-        notify(request, order_id, CHANGES[event])
+    if event in CELL_NOTICES:
+        notify(request, order_id, CELL_NOTICES[event])
     return JSONResponse(order_view(row))
 
 

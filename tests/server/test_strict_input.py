@@ -8,7 +8,8 @@ import base64
 import json
 
 import pytest
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
 from tests.conftest import token
 from tests.server.helpers import make_restaurant, place, restaurant_body
@@ -184,6 +185,7 @@ ALLOWED: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("GET", "/v1/restaurants/nearby"): ANY,
     ("GET", "/v1/restaurants/{restaurant_id}"): ANY,
     ("PATCH", "/v1/restaurants/{restaurant_id}"): KITCHEN,
+    ("DELETE", "/v1/restaurants/{restaurant_id}"): KITCHEN,
     ("GET", "/v1/restaurants/{restaurant_id}/menu"): ANY,
     ("POST", "/v1/restaurants/{restaurant_id}/menu/items"): KITCHEN,
     ("PATCH", "/v1/restaurants/{restaurant_id}/menu/items/{item_id}"): KITCHEN,
@@ -204,6 +206,10 @@ ALLOWED: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("GET", "/v1/admin/stats"): ("admin",),
     ("WS", "/v1/ws/driver"): ("driver",),
     ("WS", "/v1/ws/customer"): ("customer",),
+    ("WS", "/v1/ws/ops"): ("admin",),
+    # The ops map's page and assets hold no data (the page asks for an admin token for /v1/ws/ops).
+    ("GET", "/ops"): PUBLIC,
+    ("GET", "/ops/static/{path}"): PUBLIC,
 }
 
 
@@ -215,6 +221,8 @@ def app_routes(app) -> list[tuple[str, str]]:
             found.append(("WS", route.path))
         elif isinstance(route, Route):
             found += [(method, route.path) for method in sorted(route.methods - {"HEAD"})]
+        elif isinstance(route, Mount) and isinstance(route.app, StaticFiles):
+            found.append(("GET", route.path + "/{path}"))
         else:
             raise AssertionError(f"a route of an unknown kind: {route!r}")
     return found

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from dispatch.cells import cell_of, cover_ranges
+from store.orders import ACTIVE_ORDER
 
 #: Every stored field of a restaurant (what the in-memory replica keeps).
 RESTAURANT_FIELDS = """
@@ -153,7 +154,7 @@ async def menu(conn, restaurant_id: int) -> tuple[asyncpg.Record | None, list[as
     row = await conn.fetchrow(
         f"""SELECT {RESTAURANT_FIELDS},
                 (SELECT count(*) FROM orders o
-                 WHERE o.restaurant_id = r.id AND NOT o.cancelled AND o.courier_status <> 'delivered') AS active_orders,
+                 WHERE o.restaurant_id = r.id AND {ACTIVE_ORDER}) AS active_orders,
                 (SELECT array_agg(m ORDER BY m.id) FROM menu_items m WHERE m.restaurant_id = r.id) AS items
             FROM restaurants r WHERE r.id = $1""",
         restaurant_id,
@@ -185,3 +186,25 @@ async def delete_item(conn, restaurant_id: int, item_id: int) -> bool:
     """Remove an item from the menu (past orders keep their snapshot)."""
     status = await conn.execute("DELETE FROM menu_items WHERE restaurant_id = $1 AND id = $2", restaurant_id, item_id)
     return status.endswith(" 1")
+
+
+async def erase_restaurant(conn, restaurant_id: int) -> tuple[bool, int]:
+    """Delete a restaurant, its menu, and its orders with their audit trails, in one transaction, unless one of
+    its orders is still active. Returns ``(erased, active orders)``: ``(False, 0)`` when there is no such
+    restaurant, ``(False, n)`` when ``n`` orders are still being cooked or delivered (nothing is deleted)."""
+    async with conn.transaction():
+        found = await conn.fetchrow(
+            f"""SELECT count(o.id) FILTER (WHERE {ACTIVE_ORDER}) AS active
+                FROM restaurants r LEFT JOIN orders o ON o.restaurant_id = r.id
+                WHERE r.id = $1 GROUP BY r.id""",
+            restaurant_id)
+        if found is None:
+            return False, 0
+        if found["active"]:
+            return False, found["active"]
+        await conn.execute("SET LOCAL hexdispatch.erasing_orders = 'on'")  # migration 0005
+        await conn.execute(
+            "DELETE FROM order_events WHERE order_id IN (SELECT id FROM orders WHERE restaurant_id = $1)", restaurant_id)
+        await conn.execute("DELETE FROM orders WHERE restaurant_id = $1", restaurant_id)
+        await conn.execute("DELETE FROM restaurants WHERE id = $1", restaurant_id)  # menu items cascade
+    return True, 0

@@ -12,8 +12,8 @@ import asyncpg
 from dispatch import lifecycle
 from dispatch.geo import haversine_m
 from dispatch.lifecycle import Actor, Event, IllegalTransition
-from server.auth import Principal, Role
-from server.store.errors import Conflict, Invalid, NotFound
+from store.errors import Conflict, Invalid, NotFound
+from store.principal import Principal, Role
 
 ORDER_COLUMNS = """
     o.id, o.customer_id, o.restaurant_id, o.items, o.subtotal_cents, o.delivery_fee_cents,
@@ -22,6 +22,11 @@ ORDER_COLUMNS = """
     o.ready_estimate_at, o.ready_at, o.assigned_at, o.picked_up_at, o.delivered_at,
     o.cancelled_at, o.updated_at, o.job_id
 """
+
+#: The one SQL predicate of an order still in play (not :attr:`dispatch.lifecycle.OrderState.terminal`: neither
+#: cancelled nor delivered), over ``orders`` aliased ``o``. Spelled as the partial index ``orders_active`` of
+#: migration 0001 spells it, so the planner can use that index.
+ACTIVE_ORDER = f"NOT o.cancelled AND o.courier_status <> '{lifecycle.FINISHING_COURIER.value}'"
 
 EVENT_COLUMNS = "id, order_id, seq, type, status, payload, actor, at"
 #: The audit trail's insert, before its VALUES or SELECT.
@@ -182,7 +187,7 @@ async def list_orders(
     clause, params = visibility(principal, 4)
     filters = [clause, "($3::bigint IS NULL OR o.restaurant_id = $3)"]
     if active_only:
-        filters.append("NOT o.cancelled AND o.courier_status <> 'delivered'")
+        filters.append(ACTIVE_ORDER)
     return await conn.fetch(
         f"""SELECT {ORDER_COLUMNS} FROM orders o
             WHERE ($1::bigint IS NULL OR o.id < $1) AND {" AND ".join(filters)}
