@@ -296,7 +296,9 @@ class Gateway:
                       "gps_to_cell_ms": 0.0,  # the oldest fix of the last batch, received until the cell took it
                       "refused_implausible_jump": 0, "refused_outside_service_area": 0, "refused_cell_capacity": 0,
                       "cells_opened": 0, "cells_retired": 0,
-                      "closed_behind": 0}  # sockets closed with 1013 for falling behind
+                      "closed_behind": 0,  # sockets closed with 1013 for falling behind
+                      "frames_in_driver": 0, "frames_in_customer": 0, "frames_out_driver": 0,
+                      "frames_out_customer": 0}
         #: The catalog replica (``server.catalog_replica``) the service area follows; None: no restaurants known.
         self.replica = replica
         self.area = ServiceArea(self.params.cell_res, self.params.service_margin_m, self.params.service_area)

@@ -36,10 +36,17 @@ def _gateway(request: Request):
 async def cells(request: Request) -> JSONResponse:
     caller(request, Role.ADMIN)
     _gateway(request)
+    nodes = await asyncio.to_thread(ray_nodes, request.app.state.gateway.params.cell_resource)
+    answered, unanswered = await cell_loads()
+    return JSONResponse({"cells": answered, "unanswered": unanswered, "nodes": nodes})
+
+
+async def cell_loads() -> tuple[list[dict], list[str]]:
+    """Every live cell actor's load report (``CellActor.load``), by cell id, and the cells that did not answer
+    within ``CELL_LOAD_TIMEOUT_S``."""
     from actors.cell import NAMESPACE, cell_handles
 
     handles = await asyncio.to_thread(cell_handles, NAMESPACE)
-    nodes = await asyncio.to_thread(ray_nodes, request.app.state.gateway.params.cell_resource)
     loads = await asyncio.gather(*(asyncio.wait_for(h.load.remote(), CELL_LOAD_TIMEOUT_S) for h in handles.values()),
                                  return_exceptions=True)
     answered, unanswered = [], []
@@ -50,7 +57,7 @@ async def cells(request: Request) -> JSONResponse:
         else:
             answered.append(load)
     answered.sort(key=lambda load: load["cell"])
-    return JSONResponse({"cells": answered, "unanswered": sorted(unanswered), "nodes": nodes})
+    return answered, sorted(unanswered)
 
 
 def ray_nodes(resource: str) -> list[dict]:
