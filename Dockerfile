@@ -17,12 +17,15 @@ RUN useradd --create-home --uid 10001 hexdispatch \
 WORKDIR /opt/hexdispatch
 # Dependencies first, so a code change does not reinstall them.
 COPY pyproject.toml README.md ./
-RUN mkdir actors server dispatch clients bench \
+RUN mkdir actors server dispatch clients bench store runtime \
     && touch actors/__init__.py server/__init__.py dispatch/__init__.py clients/__init__.py bench/__init__.py \
+       store/__init__.py runtime/__init__.py \
     && pip install . && pip uninstall -y hexdispatch
 COPY actors ./actors
 COPY server ./server
 COPY dispatch ./dispatch
+COPY store ./store
+COPY runtime ./runtime
 COPY clients ./clients
 COPY bench ./bench
 COPY docs ./docs

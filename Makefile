@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# `make run PORT=8080 HOST=0.0.0.0`: where `hexdispatch serve` listens.
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
 .PHONY: run test test-fast install clean
 
@@ -15,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/hexdispatch serve
+	$(BIN)/hexdispatch serve --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -44,8 +44,8 @@ from dispatch.cells import descendant_range, owner_cell
 from dispatch.geo import haversine_m
 from dispatch.lifecycle import Actor, DriverEvent, Event
 from dispatch.retirement import IdleWatch
-from server.gc_watch import freeze_survivors
-from server.store.errors import StoreError
+from runtime.gc_watch import freeze_survivors
+from store.errors import StoreError
 
 log = logging.getLogger("hexdispatch.cell")
 
@@ -139,7 +139,7 @@ def stored_order(row) -> StoredOrder:
 
 
 def placed_order(row) -> LiveOrder:
-    """The live order of an order row just placed (``server.store.orders.place_order``): not ready yet,
+    """The live order of an order row just placed (``store.orders.place_order``): not ready yet,
     so its ready time is the kitchen's estimate, as :data:`LIVE_ORDER_SELECT` would read it."""
     return _live_order(row, row["placed_at"].timestamp(), row["ready_estimate_at"].timestamp())
 
@@ -222,7 +222,7 @@ class CellActor:
             self._lock = asyncio.Lock()
         async with self._lock:
             if self.started is None:
-                from server.db import create_pool
+                from store.pool import create_pool
 
                 # A metro runs tens of cells against one Postgres: a quiet cell gives its connections back.
                 if self.pool is None:  # kept when the rebuild below fails (Postgres down): the next call retries
@@ -470,7 +470,7 @@ class CellActor:
             await work(conn, retried)
 
     async def _record_assignment(self, conn, command: PersistAssignment, retried: bool) -> None:
-        from server.store.orders import apply_event_on
+        from store.orders import apply_event_on
 
         recorded: set[int] = set()
         if retried:
@@ -487,7 +487,7 @@ class CellActor:
                 )
 
     async def _record_events(self, conn, commands: list[PersistOrderEvent], retried: bool) -> None:
-        from server.store.orders import apply_event_on
+        from store.orders import apply_event_on
 
         recorded: set[int] = set()
         if retried:

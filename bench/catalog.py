@@ -15,7 +15,7 @@ wrk when installed, else aiohttp processes; closed loop, raw latencies):
 
 When PostGIS is installed in the same Postgres, the same nearby queries run in
 SQL both ways on the same data (the API's H3-range query via
-``server.store.catalog.nearby`` vs ``ST_DWithin``), same points, same concurrency.
+``store.catalog.nearby`` vs ``ST_DWithin``), same points, same concurrency.
 
 Usage: ``python -m bench.catalog [--restaurants N --items N --duration S --concurrency C
 --server-workers N --server-mode ports|shared --load-generator auto|wrk|aiohttp
@@ -52,9 +52,11 @@ from bench.plots import save
 from clients.http import wait_until_healthy
 from bench.catalog_load import SQL_VARIANTS, LoadJob, LoadResult, h3_nearby, run_job, run_wrk, wrk_path, wrk_seconds
 from server import db
+from store.pool import create_pool
 from server.auth import Role, mint_token
 from server.config import Settings
-from server.store import catalog as store_catalog
+from store import catalog as store_catalog
+from server.cli import parser_for
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS_MS = {"nearby": 20.0, "menu": 20.0, "orders": 50.0}
@@ -657,7 +659,7 @@ def result_agreement(dsn: str, points, radius_m: float, limit: int) -> dict:
     from bench.catalog_load import POSTGIS_DWITHIN_SQL
 
     async def compare() -> dict:
-        pool = await db.create_pool(dsn, min_size=1, max_size=1)
+        pool = await create_pool(dsn, min_size=1, max_size=1)
         same_set = same_order = 0
         try:
             async with pool.acquire() as c:
@@ -690,7 +692,7 @@ def explain_nearby(dsn: str, lat: float, lng: float, radius_m: float, limit: int
     """EXPLAIN ANALYZE of the API's nearby query at one point, and how many rows its H3 ranges hold."""
 
     async def explain() -> dict:
-        pool = await db.create_pool(dsn, min_size=1, max_size=1)
+        pool = await create_pool(dsn, min_size=1, max_size=1)
         try:
             async with pool.acquire() as c:
                 plan = await h3_nearby(ExplainingConnection(c), lat, lng, radius_m, limit + 1)
@@ -798,7 +800,7 @@ def postgis_lines(postgis: dict | None) -> list[str]:
     h3 = postgis["h3"]
     lines = [
         "Nearby search in SQL, same points and concurrency (H3 ranges = the API's query, "
-        "`server.store.catalog.nearby`); JIT off in these sessions for both, since JIT compilation alone "
+        "`store.catalog.nearby`); JIT off in these sessions for both, since JIT compilation alone "
         "costs 10-190 ms per query on these plans:",
         "",
         "| query | queries/s | p50 ms | p99 ms | p50 ratio vs H3 | p99 ratio vs H3 |",
@@ -848,7 +850,7 @@ def plot_latencies(phases: dict[str, PhaseResult], out: Path) -> list[str]:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command-line options; defaults are the issue's figures."""
-    parser = argparse.ArgumentParser(prog="python -m bench.catalog", description=__doc__.split("\n\n")[0])
+    parser = parser_for("python -m bench.catalog", __doc__)
     parser.add_argument("--restaurants", type=int, default=150_000)
     parser.add_argument("--items", type=int, default=50, help="menu items per restaurant")
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per phase")

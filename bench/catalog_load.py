@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import orjson
 
-from server.store import catalog
+from store import catalog
 
 #: Nearby search with PostGIS: the same columns, filter and order as ``catalog.nearby``,
 #: candidates found by ``ST_DWithin`` on a GiST index instead of H3 ranges.
@@ -189,11 +189,11 @@ async def _run_http(job: LoadJob, progress) -> LoadResult:
 
 
 async def _run_sql(job: LoadJob, progress) -> LoadResult:
-    from server import db
+    from store.pool import create_pool
 
     clock = _Clock(job)
     query = _sql_variant(job.kind)
-    pool = await db.create_pool(job.target, min_size=job.concurrency, max_size=job.concurrency)
+    pool = await create_pool(job.target, min_size=job.concurrency, max_size=job.concurrency)
     try:
 
         async def client() -> None:
@@ -222,7 +222,7 @@ def _sql_variant(kind: str):
 
 
 async def h3_nearby(conn, lat: float, lng: float, radius_m: float, limit: int):
-    """The API's own nearby search (``server.store.catalog.nearby``) with the API's defaults."""
+    """The API's own nearby search (``store.catalog.nearby``) with the API's defaults."""
     return await catalog.nearby(
         conn, lat=lat, lng=lng, radius_m=radius_m, cuisine=None, name_contains=None, open_now=False,
         after=None, limit=limit,

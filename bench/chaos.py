@@ -50,6 +50,7 @@ from bench.chaos_audit import Phase
 from bench.loadgen import Step
 from bench.peak import REPO, System, add_city_arguments, run_city, seed, strip_private
 from bench.plots import save
+from server.cli import parser_for
 
 FAULTS = ("cell", "front_door", "redis", "postgres", "node")
 CONTROL = "none (control)"
@@ -385,8 +386,7 @@ def plot(table: dict, target_ms: float, path: Path) -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="hexdispatch bench chaos", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = parser_for("hexdispatch bench chaos", __doc__)
     add_city_arguments(parser, "the city (bench peak's load)", drivers=1000, orders_per_minute=200, drain_s=300,
                        processes=2, restaurants=100, radius_m=3000, prep_minutes="1")
     chaos = parser.add_argument_group("the faults")

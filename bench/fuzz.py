@@ -46,6 +46,7 @@ from pydantic import TypeAdapter
 from server import protocol as p
 from server import schemas as s
 from server.auth import mint_token
+from server.cli import parser_for
 
 #: Inputs of each route beyond its path: (body model, query model). Routes absent here take neither.
 ROUTE_INPUTS: dict[tuple[str, str], tuple[type | None, type | None]] = {
@@ -511,7 +512,7 @@ def run_property(strategy: st.SearchStrategy, check: Callable[[object], Awaitabl
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="hexdispatch bench fuzz", description=__doc__.split("\n\n")[0])
+    parser = parser_for("hexdispatch bench fuzz", __doc__)
     parser.add_argument("--examples", type=int, default=2000, help="examples of each property")
     parser.add_argument("--only", choices=["http", "ws"], help="run only the HTTP or only the websocket properties")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"),

@@ -38,7 +38,7 @@ from clients.city import (
 )
 from clients.customer import CustomerClient
 from clients.driver import DriverClient
-from server.gc_watch import freeze_survivors
+from runtime.gc_watch import freeze_survivors
 
 #: Flooding senders yield to the other sockets of their process after this many frames.
 FRAMES_PER_YIELD = 32
@@ -133,7 +133,7 @@ def worker(job, events, go, stop) -> None:
 
 async def _freezing_survivors(work: Awaitable):
     """``work``, with the collector kept off the long-lived sockets as in the server
-    (:func:`server.gc_watch.freeze_survivors`): a full collection over 3,000+
+    (:func:`runtime.gc_watch.freeze_survivors`): a full collection over 3,000+
     sockets stalls the process for seconds, and every driver's fix with it."""
     freezer = asyncio.get_running_loop().create_task(freeze_survivors())
     try:

@@ -56,6 +56,7 @@ from dispatch.mdrp import Instance
 from dispatch.metrics import solution_metrics
 from dispatch.movement import MovementParams
 from dispatch.simulator import Solution, mdrp_match_params, replay
+from server.cli import parser_for
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_INSTANCE = REPO.parent / "shared" / "mdrp" / "instances" / "0o100t100s2p100"
@@ -408,7 +409,7 @@ def plot_click_to_door(instance: Instance, live: Solution, off: Solution, idle: 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hexdispatch bench mdrp", description=__doc__.splitlines()[0])
+    parser = parser_for("hexdispatch bench mdrp", __doc__)
     parser.add_argument("--instance", type=Path, default=DEFAULT_INSTANCE, help="an MDRP instance folder")
     parser.add_argument("--from", dest="start", type=float, default=DEFAULT_WINDOW[0],
                         help="first placement minute of the window (instance minutes)")

@@ -22,6 +22,7 @@ import numpy as np
 from bench.replay import calibration_for, eta_table, find_instances, markdown_table, run_replay
 from dispatch.matcher import POLICIES
 from dispatch.metrics import ETA_MOMENTS, P99_TARGET, eta_metrics, held_out_calibrations
+from server.cli import parser_for
 
 DEFAULT_INSTANCES = Path(__file__).resolve().parents[1].parent / "shared" / "mdrp" / "instances"
 INSTANCE_PATTERN = "o100t100"
@@ -147,7 +148,7 @@ def plot_click_to_door(solutions: dict[str, list[np.ndarray]], path: Path) -> No
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.mdrp_quality", description=__doc__.splitlines()[0])
+    parser = parser_for("python -m bench.mdrp_quality", __doc__)
     parser.add_argument("--instances", type=Path, default=DEFAULT_INSTANCES)
     parser.add_argument("--out", type=Path, default=Path("results/quality"))
     parser.add_argument("--policy", action="append", choices=POLICIES)

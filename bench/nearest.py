@@ -59,6 +59,7 @@ from bench import catalog_metro as metro
 from bench.machine import describe, machine_facts
 from bench.plots import save
 from dispatch.geo import EARTH_RADIUS_M
+from server.cli import parser_for
 
 REPO = Path(__file__).resolve().parents[1]
 TWO_MILES_M = 2 * 1609.344
@@ -771,7 +772,7 @@ def plot(samples: dict, out: Path) -> list[str]:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command-line options; defaults are the issue's figures."""
-    parser = argparse.ArgumentParser(prog="hexdispatch bench nearest", description=__doc__.split("\n\n")[0])
+    parser = parser_for("hexdispatch bench nearest", __doc__)
     parser.add_argument("--drivers", type=int, default=200_000)
     parser.add_argument("--queries", type=int, default=2_000, help="measured queries")
     parser.add_argument("--warmup", type=int, default=50, help="unmeasured queries first")

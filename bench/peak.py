@@ -53,6 +53,7 @@ from bench.machine import machine_facts
 from clients.city import DEFAULT_CENTER, Kitchen, RoundRobin, Tally, audit, minter, percentiles, random_point, seed_city
 from clients.http import ApiClient, stop_process, wait_until_healthy
 from server.ratelimit import RateLimits
+from server.cli import parser_for
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -740,7 +741,7 @@ def add_city_arguments(parser: argparse.ArgumentParser, title: str, drivers: int
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="hexdispatch bench peak", description=__doc__.split("\n\n")[0])
+    parser = parser_for("hexdispatch bench peak", __doc__)
     where = parser.add_argument_group("the server")
     where.add_argument("--url", action="append", metavar="URL",
                        help=f"a running front door; repeat for several (default {DEFAULT_URL})")

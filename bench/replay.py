@@ -22,6 +22,7 @@ from dispatch.mdrp import INSTANCE_FILES, Instance, parse_instance
 from dispatch.eta import EtaCalibration
 from dispatch.metrics import ETA_MOMENTS, day_of, eta_metrics, solution_metrics
 from dispatch.simulator import Solution, replay
+from server.cli import parser_for
 
 
 def find_instances(paths: list[Path]) -> list[Path]:
@@ -152,7 +153,7 @@ def run_replay(folder: Path, policy: str, out: Path | None, epoch: float, progre
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hexdispatch replay", description=__doc__.splitlines()[0])
+    parser = parser_for("hexdispatch replay", __doc__)
     parser.add_argument("paths", nargs="+", type=Path, help="an MDRP instance folder or a folder of them")
     parser.add_argument("--policy", action="append", choices=POLICIES,
                         help="dispatch policy (repeat for several; default: slack)")

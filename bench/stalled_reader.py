@@ -35,6 +35,7 @@ from bench.catalog import fresh_database
 from clients.http import ApiClient, wait_until_healthy
 from clients.stallable import StallableCustomer
 from server.auth import mint_token
+from server.cli import parser_for
 
 #: What a status event of these orders carries (a revised ready time, as a kitchen sends).
 PAYLOAD = {"ready_at": "2026-01-01T12:30:00+00:00", "reason": "kitchen busy", "revised_by": "restaurant"}
@@ -125,7 +126,7 @@ async def measure(url: str, dsn: str, secret: str, pid: int, sockets: int, event
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.stalled_reader", description=__doc__.split("\n\n")[0])
+    parser = parser_for("python -m bench.stalled_reader", __doc__)
     parser.add_argument("--sockets", type=int, default=50)
     parser.add_argument("--events-per-s", type=int, default=20, help="status events per second per order")
     parser.add_argument("--seconds", type=float, default=60.0)

@@ -31,6 +31,7 @@ from clients.city import (
     random_point, seed_city, start_drivers,
 )
 from clients.http import ApiClient
+from server.cli import parser_for
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -101,7 +102,7 @@ def print_summary(summary: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="hexdispatch simulate", description=__doc__.split("\n\n")[0])
+    parser = parser_for("hexdispatch simulate", __doc__)
     parser.add_argument("--url", "--server", dest="urls", action="append", metavar="URL",
                         help=f"a front door's base URL; repeat for several (default {DEFAULT_URL})")
     parser.add_argument("--drivers", type=int, default=50)

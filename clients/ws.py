@@ -1,7 +1,19 @@
 """A websocket link to hexdispatch that reconnects with back-off and calls back on every (re)connect.
 
-Frames are msgpack. A close with 1008 (policy violation) or 4xxx is final: the
-server refused this client, and retrying would only repeat the refusal.
+Frames are msgpack. What a close (or a refused handshake) means for reconnecting
+(``reconnect_delay``):
+
+* 1008 (policy violation), 4000 (replaced by a newer socket of the same
+  driver), HTTP 401/403: final; retrying would only repeat the refusal.
+* 1013 (try again later: this client fell behind), 1012 (service restart),
+  HTTP 429/503: the server is busy; back off from at least ``BUSY_FLOOR_S``.
+* anything else (connection lost or refused, 1001 going away, 1011): back off
+  from ``min_backoff_s``.
+
+Back-off is exponential with full jitter (the delay is uniform between 0 and
+the current step, which doubles per failed attempt up to ``max_backoff_s``):
+when a front door dies, its hundreds of sockets spread their reconnects over
+the whole step instead of arriving together in waves.
 """
 
 from __future__ import annotations
@@ -20,6 +32,21 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 log = logging.getLogger("hexdispatch.clients")
 
 FINAL_CLOSE_CODES = {1008, 4000}  # policy violation; replaced by a newer socket of the same driver
+FINAL_HTTP_STATUSES = {401, 403}
+BUSY_CLOSE_CODES = {1012, 1013}  # service restart; try again later
+BUSY_HTTP_STATUSES = {429, 503}
+#: Smallest back-off step after the server said it is busy, seconds.
+BUSY_FLOOR_S = 1.0
+
+
+def reconnect_delay(attempt: int, busy: bool, min_backoff_s: float, max_backoff_s: float,
+                    rng: random.Random | None = None) -> float:
+    """Seconds to wait before reconnect ``attempt`` (0 for the first after a connection ended): uniform over
+    [0, step], the step doubling per attempt from ``min_backoff_s`` (from ``BUSY_FLOOR_S`` at least when the
+    server said it is ``busy``) up to ``max_backoff_s``."""
+    base = max(min_backoff_s, BUSY_FLOOR_S) if busy else min_backoff_s
+    step = min(max_backoff_s, base * 2 ** min(attempt, 32))
+    return (rng or random).uniform(0.0, step)
 
 
 def ws_url(base_url: str, path: str, token: str) -> str:
@@ -87,15 +114,17 @@ class Link:
         await self._socket.send(frame)
 
     async def _run(self) -> None:
-        backoff = self.min_backoff_s
+        attempt = 0
         while not self._stopping:
+            busy = False
+            connected_at = None
             try:
                 async with connect(self.url, max_size=2**20, open_timeout=10, compression=None,
                                    ping_interval=60, ping_timeout=30) as socket:
                     self._socket = socket
                     self.connections += 1
+                    connected_at = asyncio.get_running_loop().time()
                     self.connected.set()
-                    backoff = self.min_backoff_s
                     if self.on_connect is not None:
                         await self.on_connect()
                     async for frame in socket:
@@ -107,11 +136,14 @@ class Link:
                     self.closed_for_good = code
                     await self.inbox.put({"type": "closed", "code": code})
                     return
+                busy = code in BUSY_CLOSE_CODES
             except InvalidStatus as exc:
-                if exc.response.status_code in (401, 403):
-                    self.closed_for_good = exc.response.status_code
-                    await self.inbox.put({"type": "closed", "code": exc.response.status_code})
+                status = exc.response.status_code
+                if status in FINAL_HTTP_STATUSES:
+                    self.closed_for_good = status
+                    await self.inbox.put({"type": "closed", "code": status})
                     return
+                busy = status in BUSY_HTTP_STATUSES
             except (OSError, asyncio.TimeoutError):
                 pass
             finally:
@@ -119,5 +151,8 @@ class Link:
                 self._socket = None
             if self._stopping:
                 return
-            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-            backoff = min(self.max_backoff_s, backoff * 2)
+            # A connection that held for a while starts the back-off afresh; one closed at once keeps climbing.
+            if connected_at is not None and asyncio.get_running_loop().time() - connected_at >= self.max_backoff_s:
+                attempt = 0
+            await asyncio.sleep(reconnect_delay(attempt, busy, self.min_backoff_s, self.max_backoff_s))
+            attempt += 1

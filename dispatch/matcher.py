@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from types import ModuleType
 
 import numpy as np
 
@@ -250,12 +251,12 @@ def form_bundles(
 
 def bundle_table(
     orders: Orders, travel: TravelModel, params: MatchParams, max_delay: float, max_size: int,
-    now: float = -math.inf,
+    now: float = -math.inf, kernel_module: ModuleType = kernels,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`form_bundles` as arrays: (jobs, lengths), row j holding job j's orders, -1 padded."""
     n = len(orders.ready_at)
     by_restaurant = np.lexsort((np.arange(n), orders.ready_at, orders.restaurant_id)).astype(np.int64)
-    return kernels.bundle_orders(
+    return kernel_module.bundle_orders(
         by_restaurant,
         np.ascontiguousarray(orders.restaurant_id, np.int64),
         *(np.ascontiguousarray(a, np.float64) for a in (
@@ -273,8 +274,12 @@ def match(
     travel: TravelModel,
     params: MatchParams = MatchParams(),
     policy: str = "slack",
+    kernel_module: ModuleType = kernels,
 ) -> MatchResult:
-    """Decide, at time ``now``, which pending orders are committed to which drivers."""
+    """Decide, at time ``now``, which pending orders are committed to which drivers.
+
+    ``kernel_module`` is :mod:`dispatch.kernels` or its plain-Python twin
+    (:func:`dispatch.jit.load_twin`): both give the same result."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; expected one of {POLICIES}")
     n_orders = len(orders.ready_at)
@@ -298,7 +303,7 @@ def match(
             params = replace(params, bundle_click_to_door_cap=math.inf)
         # No bundle larger than any candidate can carry, or it would never be served.
         max_size = min(params.max_bundle_size, int(drivers.capacity[pool].max()))
-        jobs, job_size = bundle_table(orders, travel, params, max_delay, max_size, now)
+        jobs, job_size = bundle_table(orders, travel, params, max_delay, max_size, now, kernel_module)
     leads = jobs[:, 0]
     job_x = np.ascontiguousarray(orders.restaurant_x[leads], np.float64)
     job_y = np.ascontiguousarray(orders.restaurant_y[leads], np.float64)
@@ -308,12 +313,12 @@ def match(
     pool_y = np.ascontiguousarray(drivers.y[pool], np.float64)
     scale_x, scale_y = travel.planar_scale(float(np.mean(pool_y)))
     k = min(params.candidates_per_order, len(pool))
-    candidates = kernels.nearest_candidates(
+    candidates = kernel_module.nearest_candidates(
         job_x, job_y, pool_x, pool_y, scale_x, scale_y, k, params.max_candidate_radius_m
     )
     weights = (0.0, 0.0, 1.0) if policy == "nearest" else (
         params.lateness_weight, params.idle_weight, params.travel_weight)
-    candidates, _, _, cost, urgency = kernels.slack_and_cost(
+    candidates, _, _, cost, urgency = kernel_module.slack_and_cost(
         float(now), candidates, pool_x, pool_y,
         np.ascontiguousarray(drivers.free_at[pool], np.float64),
         np.ascontiguousarray(drivers.shift_end[pool], np.float64),
@@ -325,14 +330,15 @@ def match(
         eligible = np.ones(len(jobs), np.bool_)
     else:
         priority = urgency - params.tail_weight * np.maximum(
-            0.0, projected_click_to_door(orders, jobs, job_ready, urgency, travel) - params.tail_click_to_door)
+            0.0, projected_click_to_door(orders, jobs, job_ready, urgency, travel, kernel_module)
+            - params.tail_click_to_door)
         eligible = urgency <= params.commit_window
     if policy == "optimal":
         job_driver = _min_cost_assignment(eligible, candidates, cost, job_size, capacity)
     else:
-        job_driver = kernels.assign_in_priority_order(priority, eligible, candidates, cost, job_size, capacity)
+        job_driver = kernel_module.assign_in_priority_order(priority, eligible, candidates, cost, job_size, capacity)
         if policy == "slack" and params.exchange_passes > 0:
-            job_driver = kernels.improve_by_exchanges(
+            job_driver = kernel_module.improve_by_exchanges(
                 job_driver, candidates, cost, job_size, capacity, params.exchange_passes)
 
     for stop in range(jobs.shape[1]):
@@ -351,11 +357,12 @@ def match(
 
 
 def projected_click_to_door(
-    orders: Orders, jobs: np.ndarray, job_ready: np.ndarray, urgency: np.ndarray, travel: TravelModel
+    orders: Orders, jobs: np.ndarray, job_ready: np.ndarray, urgency: np.ndarray, travel: TravelModel,
+    kernel_module: ModuleType = kernels,
 ) -> np.ndarray:
     """Per job, the longest click-to-door of its orders if its best candidate took it now: food ready
     (or the driver there, if later) then straight to the door. +inf without any candidate."""
-    legs = kernels.travel_minutes_each(travel.kind, travel.metres_per_minute, *(
+    legs = kernel_module.travel_minutes_each(travel.kind, travel.metres_per_minute, *(
         np.ascontiguousarray(a, np.float64) for a in (orders.restaurant_x, orders.restaurant_y, orders.drop_x,
                                                       orders.drop_y)))
     member = jobs >= 0

@@ -23,7 +23,8 @@ from server.config import Settings
 from server.auth import TokenVerifier
 from server.broker import create_broker
 from server.errors import EXCEPTION_HANDLERS
-from server.gc_watch import GcWatch, freeze_survivors
+from runtime.gc_watch import GcWatch, freeze_survivors
+from store.pool import create_pool
 from server.log_redaction import install_log_redaction
 from server.loop_guard import LoopGuard
 from server.metrics import FrontDoorMetrics, RequestMetrics, metrics_endpoint
@@ -60,16 +61,14 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             stack.callback(embedded.stop)
         if settings.migrate_on_start:
             await db.migrate(dsn)
-        app.state.pool = await db.create_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+        app.state.pool = await create_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
         stack.push_async_callback(app.state.pool.close)
         from server.catalog_cache import CatalogCache  # menu cache + nearby replica, fresh by NOTIFY
 
         app.state.catalog = await stack.enter_async_context(CatalogCache(dsn, app.state.pool))
         app.state.tokens = TokenVerifier(settings.resolved_jwt_secret())
         if settings.redis_url:
-            import redis.asyncio as aioredis
-
-            app.state.redis = aioredis.from_url(settings.redis_url)
+            app.state.redis = open_redis(settings.redis_url, settings.redis_pool_max, settings.redis_pool_wait_s)
             await app.state.redis.ping()
             stack.push_async_callback(app.state.redis.aclose)
         else:
@@ -102,6 +101,21 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         stack.callback(app.state.metrics.start())
         log.info("hexdispatch ready (database %s)", db.redact(dsn))
         yield
+
+
+def open_redis(url: str, max_connections: int, wait_s: float):
+    """A Redis client whose calls share at most ``max_connections`` connections; a call finding all of them
+    busy waits up to ``wait_s`` for one (then raises ``redis.ConnectionError``, which every caller survives:
+    the rate limiter falls back to this process's limits, the broker drops latest-wins messages).
+
+    redis-py's default pool raises "Too many connections" at once instead: a reconnect storm after a front
+    door died (hundreds of sockets' rate-limit checks at once) turned into failures.
+    """
+    import redis.asyncio as aioredis
+
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=wait_s,
+                                                   socket_connect_timeout=5.0)
+    return aioredis.Redis.from_pool(pool)
 
 
 def _connect_ray(settings: Settings):

@@ -1,37 +1,15 @@
-"""JWT bearer tokens (HS256, PyJWT) and the four roles that may call the API."""
+"""JWT bearer tokens (HS256, PyJWT) proving who calls (the roles and principals of ``store.principal``)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from enum import Enum
 
 import jwt
 
 from server.errors import ApiError
+from store.principal import Principal, Role
 
 ALGORITHM = "HS256"
 ISSUER = "hexdispatch"
 MAX_SUBJECT_LEN = 128
-
-
-class Role(str, Enum):
-    CUSTOMER = "customer"
-    DRIVER = "driver"
-    RESTAURANT = "restaurant"
-    ADMIN = "admin"
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: the token's subject and role."""
-
-    sub: str
-    role: Role
-
-    @property
-    def actor(self) -> str:
-        """How this caller is written into the audit trail."""
-        return f"{self.role.value}:{self.sub}"
 
 
 def mint_token(secret: str, role: Role | str, sub: str, *, now: int, ttl_s: int) -> str:

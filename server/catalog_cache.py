@@ -36,7 +36,7 @@ import asyncpg
 
 from server.catalog_replica import CatalogReplica
 from server.listener import ResilientListener
-from server.store import catalog
+from store import catalog
 
 log = logging.getLogger("hexdispatch.catalog")
 

@@ -8,7 +8,7 @@ longitude), and a sorted array of keys turns the bounding box of a search
 circle into one contiguous slice per band. A numba kernel
 (:mod:`server.nearby_kernel`) computes the exact distances of the rows in those
 slices with Postgres's own formula; the result is then the same as the SQL
-search (``server.store.catalog.nearby``): the same filters, nearest first, ties
+search (``store.catalog.nearby``): the same filters, nearest first, ties
 by id, keyset pagination on (distance, id), and the same response bytes.
 
 Open now is computed at serve time from the opening hours, exactly as the SQL
@@ -36,7 +36,7 @@ from server.api.common import encode_cursor
 from server.api.views import restaurant_view
 from server.responses import dumps
 from server.schemas import WEEKDAYS
-from server.store.catalog import ALL_RESTAURANTS_SQL, NEARBY_STEPS_M
+from store.catalog import ALL_RESTAURANTS_SQL, NEARBY_STEPS_M
 
 log = logging.getLogger("hexdispatch.catalog")
 

@@ -13,6 +13,22 @@ from server.ratelimit import Limit, RateLimits
 SECRET_FILE = "jwt_secret"
 
 
+class SettingsError(ValueError):
+    """A setting that cannot be used; its message names the setting and fits on one line."""
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """A yes/no variable: 1/true/yes/on or 0/false/no/off (any case); unset or empty is ``default``."""
+    value = env.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}: expected 1/true/yes/on or 0/false/no/off, got {env[name]!r}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob of a hexdispatch server process, with its documented default."""
@@ -36,6 +52,10 @@ class Settings:
     #: asyncpg pool bounds per process.
     db_pool_min: int = 2
     db_pool_max: int = 16
+    #: Redis connections per process, and how long a call waits for one when all are busy (a reconnect
+    #: storm's rate-limit checks queue for a connection rather than fail with "Too many connections").
+    redis_pool_max: int = 32
+    redis_pool_wait_s: float = 2.0
     #: Largest HTTP request body accepted, bytes.
     max_body_bytes: int = 64 * 1024
     #: Flat delivery fee for restaurants that do not set their own, cents.
@@ -52,15 +72,29 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
-        """Settings from ``DATABASE_URL``, ``REDIS_URL``, ``RAY_ADDRESS``, ``HEXDISPATCH_*``."""
+        """Settings from ``DATABASE_URL``, ``REDIS_URL``, ``RAY_ADDRESS``, ``HEXDISPATCH_*``; a value that does
+        not parse raises :class:`SettingsError` naming its variable."""
         env = os.environ if environ is None else environ
+        try:
+            return cls._from_env(env, overrides)
+        except SettingsError:
+            raise
+        except ValueError as exc:  # every parser below names its variable
+            raise SettingsError(str(exc)) from None
+
+    @classmethod
+    def _from_env(cls, env: Mapping[str, str], overrides: dict) -> "Settings":
+        if env.get("DATABASE_URL"):
+            check_database_url(env["DATABASE_URL"])
+        if env.get("REDIS_URL"):
+            check_redis_url(env["REDIS_URL"])
         values: dict = {
             "database_url": env.get("DATABASE_URL") or None,
             "redis_url": env.get("REDIS_URL") or None,
             "ray_address": env.get("RAY_ADDRESS") or None,
             "home": Path(env.get("HEXDISPATCH_HOME", ".hexdispatch")),
             "jwt_secret": env.get("HEXDISPATCH_JWT_SECRET") or None,
-            "migrate_on_start": env.get("HEXDISPATCH_MIGRATE_ON_START", "1") not in ("0", "false", "no"),
+            "migrate_on_start": _flag(env, "HEXDISPATCH_MIGRATE_ON_START", True),
             "stats_file": Path(env["HEXDISPATCH_STATS_FILE"]) if env.get("HEXDISPATCH_STATS_FILE") else None,
         }
         if any(env.get(name) for name in GATEWAY_ENV):
@@ -78,6 +112,57 @@ class Settings:
         if self.jwt_secret:
             return self.jwt_secret
         return load_or_create_secret(self.home / SECRET_FILE)
+
+    def existing_jwt_secret(self) -> tuple[str, str]:
+        """``(secret, where it came from)`` for tools that sign tokens for a running server: never creates one,
+        since a new secret would not be the server's. Raises :class:`SettingsError` when there is none."""
+        if self.jwt_secret:
+            return self.jwt_secret, "HEXDISPATCH_JWT_SECRET"
+        path = (self.home / SECRET_FILE).absolute()
+        try:
+            return path.read_text().strip(), str(path)
+        except FileNotFoundError:
+            raise SettingsError(
+                f"no JWT secret at {path}: run this from the server's directory (where `hexdispatch serve` "
+                "keeps .hexdispatch/), or set HEXDISPATCH_HOME or HEXDISPATCH_JWT_SECRET to the server's") from None
+
+
+def check_database_url(url: str) -> None:
+    """Refuse a ``DATABASE_URL`` that is not a PostgreSQL URL with a host, port and database that parse."""
+    from urllib.parse import urlsplit
+
+    shown = _without_password(url)
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql") or not parts.netloc:
+        raise SettingsError(f"DATABASE_URL: expected postgresql://USER@HOST:PORT/DATABASE, got {shown!r}")
+    try:
+        parts.port
+    except ValueError:
+        raise SettingsError(f"DATABASE_URL: the port is not a number in {shown!r}") from None
+
+
+def check_redis_url(url: str) -> None:
+    """Refuse a ``REDIS_URL`` redis-py cannot parse."""
+    from urllib.parse import urlsplit
+
+    shown = _without_password(url)
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError(f"REDIS_URL: expected redis://HOST:PORT/DB, got {shown!r}")
+    try:
+        parts.port
+    except ValueError:
+        raise SettingsError(f"REDIS_URL: the port is not a number in {shown!r}") from None
+
+
+def _without_password(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    return url.replace(f":{password}@", ":***@", 1) if password else url
 
 
 def _default_gateway_params():
@@ -105,9 +190,9 @@ def gateway_params_from_env(env: Mapping[str, str]):
 
     changes: dict = {}
     if env.get("HEXDISPATCH_CELL_RES"):
-        changes["cell_res"] = int(env["HEXDISPATCH_CELL_RES"])
+        changes["cell_res"] = _number(env, "HEXDISPATCH_CELL_RES", int, "an H3 resolution", 0, 15)
     if env.get("HEXDISPATCH_CELL_TICK_S"):
-        changes["cell_tick_s"] = float(env["HEXDISPATCH_CELL_TICK_S"])
+        changes["cell_tick_s"] = _number(env, "HEXDISPATCH_CELL_TICK_S", float, "seconds", 0, 60)
         if not 0 < changes["cell_tick_s"] < 60:
             raise ValueError("HEXDISPATCH_CELL_TICK_S: expected seconds between 0 and 60")
     if env.get("HEXDISPATCH_CELL_PARAMS"):
@@ -127,6 +212,7 @@ def gateway_params_from_env(env: Mapping[str, str]):
 
 
 def _number(env: Mapping[str, str], name: str, kind: type, what: str, low: float, high: float):
+    """``env[name]`` as a ``kind`` between ``low`` and ``high``; ``ValueError`` naming ``name`` otherwise."""
     try:
         value = kind(env[name])
     except ValueError:
@@ -134,6 +220,17 @@ def _number(env: Mapping[str, str], name: str, kind: type, what: str, low: float
     if not low <= value <= high:
         raise ValueError(f"{name}: expected {what} between {low:g} and {high:g}")
     return value
+
+
+def workers_from_env(env: Mapping[str, str] | None = None) -> int:
+    """``HEXDISPATCH_WORKERS``: front-door processes ``serve`` starts (1 when unset)."""
+    env = os.environ if env is None else env
+    if not env.get("HEXDISPATCH_WORKERS"):
+        return 1
+    try:
+        return _number(env, "HEXDISPATCH_WORKERS", int, "a number of processes", 1, 1024)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def service_area_from_env(value: str):

@@ -1,4 +1,4 @@
-"""Postgres plumbing: the asyncpg pool, migrations (alembic) and the embedded server.
+"""Postgres plumbing: migrations (alembic) and the embedded server (the pool: ``store.pool``).
 
 Migrations are plain SQL files under ``server/migrations/versions`` run by
 alembic, which records what it applied in ``alembic_version``; applying them
@@ -14,7 +14,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
-import orjson
 import psutil
 
 log = logging.getLogger("hexdispatch.db")
@@ -61,36 +60,6 @@ def migrate_sync(dsn: str, target: str = "head") -> None:
 async def migrate(dsn: str) -> None:
     """Apply pending migrations from async code (alembic runs in a worker thread)."""
     await asyncio.to_thread(migrate_sync, dsn)
-
-
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    for type_name in ("json", "jsonb"):
-        await conn.set_type_codec(
-            type_name, schema="pg_catalog", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads
-        )
-
-
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 16,
-                      idle_close_s: float = 300.0) -> asyncpg.Pool:
-    """An asyncpg pool whose connections speak json/jsonb as Python objects.
-
-    Connections idle for ``idle_close_s`` are closed (down to ``min_size``).
-    """
-    # JIT compilation costs more than it saves on short OLTP queries (measured: 16-20 ms
-    # added to a nearby search that takes 4 ms without it).
-    return await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, server_settings={"jit": "off"},
-        max_inactive_connection_lifetime=idle_close_s, reset=_keep_session,
-    )
-
-
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Released connections skip asyncpg's reset query (one more round trip per use).
-
-    Pooled connections never carry session state: no SET, LISTEN, advisory
-    lock or cursor outlives a transaction (listeners hold their own
-    connections), and asyncpg still rolls back a transaction left open.
-    """
 
 
 def redact(dsn: str) -> str:
@@ -164,8 +133,6 @@ async def database_identity(pool) -> str:
     it namespaces their shared Redis keys apart from other deployments'.
     """
     import hashlib
-
-    import asyncpg
 
     try:
         system = await pool.fetchval("SELECT system_identifier::text FROM pg_control_system()")

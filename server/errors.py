@@ -9,7 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from server.responses import JSONResponse
-from server.store.errors import Conflict, Invalid, NotFound, StoreError
+from store.errors import Conflict, Invalid, NotFound, StoreError
 
 log = logging.getLogger("hexdispatch.errors")
 
@@ -53,7 +53,7 @@ STORE_STATUS = {NotFound: 404, Conflict: 409, Invalid: 422}
 
 
 async def store_error(request: Request, exc: StoreError) -> JSONResponse:
-    """A refusal from ``server.store``: its status by kind, its code and message as any API error."""
+    """A refusal from ``store``: its status by kind, its code and message as any API error."""
     status = next((code for kind, code in STORE_STATUS.items() if isinstance(exc, kind)), 409)
     return JSONResponse(error_body(exc.code, exc.message), status_code=status)
 

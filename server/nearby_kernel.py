@@ -1,6 +1,6 @@
 """The nearby-search scan of the in-memory catalog replica (numba, with a plain-Python twin).
 
-The distance is computed exactly as ``server.store.catalog.DISTANCE_SQL`` does
+The distance is computed exactly as ``store.catalog.DISTANCE_SQL`` does
 it in Postgres, operation for operation (``power(x, 2)`` is ``pow``, not
 ``x * x``, as Postgres calls it), so that on the same C math library the
 replica and the SQL fallback produce the same distances, and a pagination

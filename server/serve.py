@@ -18,21 +18,24 @@ import logging
 import os
 import signal
 
-from server.config import Settings
-from server.db import EmbeddedPostgres, migrate_sync
+from server.config import SECRET_FILE, Settings, SettingsError, workers_from_env
+from server.db import EmbeddedPostgres, migrate_sync, redact
 from server.frame_sink import PROTOCOL as FRAME_SINK_PROTOCOL
 from server.http_limits import PROTOCOL as HTTP_LIMITS_PROTOCOL
 from server.local_ray import bind_local_ray_to
 from server.log_redaction import install_log_redaction
+from server.cli import parser_for
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="hexdispatch serve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("HEXDISPATCH_WORKERS", "1")),
-                        help="front-door processes on this port (N > 1 needs REDIS_URL)")
-    parser.add_argument("--log-level", default="info")
+    parser = parser_for("hexdispatch serve", __doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (a loopback one: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port of the HTTP API and websockets")
+    parser.add_argument("--workers", type=int, default=workers_from_env(),
+                        help="front-door processes on this port (N > 1 needs REDIS_URL; "
+                             "default: HEXDISPATCH_WORKERS, else 1)")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                        help="uvicorn's and hexdispatch's log level")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
@@ -40,19 +43,25 @@ def main(argv: list[str]) -> int:
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every pg_ctl call at INFO
     install_log_redaction()
 
+    settings = Settings.from_env()
+    if args.workers > 1 and not settings.redis_url:
+        parser.error("--workers N > 1 needs REDIS_URL: front doors share positions, sessions and rate limits there")
+    if settings.database_url:
+        check_database_reachable(settings.database_url)
+    if settings.redis_url:
+        check_redis_reachable(settings.redis_url)
+
     import uvicorn
 
     from server.app import create_app
 
-    settings = Settings.from_env()
-    if args.workers > 1 and not settings.redis_url:
-        parser.error("--workers N > 1 needs REDIS_URL: front doors share positions, sessions and rate limits there")
     if settings.use_ray and not settings.ray_address:
         bind_local_ray_to(args.host)  # before anything imports Ray
     embedded = None
     release_ray = None
-    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it found:
-    # exit normally then, so that the ``finally`` below still stops the embedded Postgres and Ray.
+    ray_dashboard = None
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it found: exit
+    # normally then, so that the ``finally`` below still stops the embedded Postgres and Ray.
     signal.signal(signal.SIGTERM, _exit_normally)
     try:
         if settings.database_url is None:
@@ -62,14 +71,17 @@ def main(argv: list[str]) -> int:
         migrate_sync(settings.database_url)
         settings = settings.with_(migrate_on_start=False)
         settings.resolved_jwt_secret()  # create the local secret before anyone asks for a token
+        if settings.use_ray and not settings.ray_address:
+            # Started here, not by the app, so that its dashboard's address can be printed; the app finds it running.
+            release_ray, ray_dashboard = _start_shared_ray()
+            signal.signal(signal.SIGTERM, _exit_normally)  # a Ray driver installs its own, which exits on the spot
         # A stop waits at most GRACEFUL_SHUTDOWN_S for open requests and sockets (supervisors kill soon after).
         options = dict(host=args.host, port=args.port, log_level=args.log_level, lifespan="on",
                        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, **WEBSOCKET_OPTIONS)
+        print(banner(args.host, args.port, settings, ray_dashboard, token_auth=_ray_token_auth()), flush=True)
         if args.workers == 1:
             uvicorn.run(create_app(settings), **options)
         else:
-            if settings.use_ray and not settings.ray_address:
-                release_ray = _start_shared_ray()
             os.environ["HEXDISPATCH_MIGRATE_ON_START"] = "0"  # done above, once
             uvicorn.run("server.app:create_app", factory=True, workers=args.workers, **options)
     finally:
@@ -78,6 +90,72 @@ def main(argv: list[str]) -> int:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+def check_database_reachable(dsn: str, timeout_s: float = 5.0) -> None:
+    """Connect to ``dsn`` once; :class:`SettingsError` (one line, within ``timeout_s``) when that fails."""
+    import asyncio
+
+    import asyncpg
+
+    async def connect() -> None:
+        conn = await asyncpg.connect(dsn, timeout=timeout_s)
+        await conn.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(connect(), timeout_s + 1))
+    except Exception as exc:  # refused, unknown host, no such database, bad password, unparsable DSN...
+        raise SettingsError(f"DATABASE_URL: cannot connect to {redact(dsn)}: {_one_line(exc)}") from None
+
+
+def check_redis_reachable(url: str, timeout_s: float = 5.0) -> None:
+    """Ping the Redis at ``url`` once; :class:`SettingsError` (one line, within ``timeout_s``) when that fails."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception as exc:
+        raise SettingsError(f"REDIS_URL: cannot reach {url.split('@')[-1]}: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) < 300 else text[:297] + "..."
+
+
+def banner(host: str, port: int, settings: Settings, ray_dashboard: str | None, token_auth: bool) -> str:
+    """What a newcomer needs once the server is up: where the API, the ops map, the metrics and Ray's dashboard
+    are, how to log in to each, and how to reach the command line."""
+    base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    if ray_dashboard:
+        login = ("log in with the token `.venv/bin/ray get-auth-token` prints (Ray's token auth)" if token_auth
+                 else "no login needed")
+        ray_line = f"{ray_dashboard}   ({login})"
+    elif settings.ray_address:
+        ray_line = (f"the cluster's at RAY_ADDRESS={settings.ray_address} (port 8265 of its head; "
+                    "`ray get-auth-token` there prints its login token)")
+    else:
+        ray_line = "none (Ray not used)"
+    secret = "HEXDISPATCH_JWT_SECRET" if settings.jwt_secret else str((settings.home / SECRET_FILE).absolute())
+    rows = [
+        ("API", f"{base}/v1   (health: {base}/v1/health; see README.md, HTTP API)"),
+        ("ops map", f"{base}/ops   (admin token: hexdispatch token --role admin --sub ops)"),
+        ("metrics", f"{base}/metrics   (Prometheus text format)"),
+        ("Ray dashboard", ray_line),
+        ("tokens", f"hexdispatch token --role ROLE --sub ID, run here (signs with {secret})"),
+        ("CLI", "`.venv/bin/hexdispatch`, or `source .venv/bin/activate` first for `hexdispatch`"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(["hexdispatch serve is starting:"] + [f"  {name.ljust(width)}  {text}" for name, text in rows])
+
+
+def _ray_token_auth() -> bool:
+    """Whether the Ray this process joined asks for Ray's auth token (Ray 2.60 turns it on for new local clusters)."""
+    return os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
 
 
 #: Longest a stop waits for open requests and sockets, seconds (Kubernetes' default grace is 30 s).
@@ -99,7 +177,8 @@ WEBSOCKET_OPTIONS = {"ws": FRAME_SINK_PROTOCOL, "ws_max_size": 64 * 1024, "ws_pi
 
 
 def _start_shared_ray():
-    """Start a local Ray here and point the worker processes at it (``RAY_ADDRESS``); return its stop."""
+    """Start a local Ray here and point the worker processes at it (``RAY_ADDRESS``); return its stop and its
+    dashboard's URL (None without a dashboard)."""
     import ray
 
     from server.app import start_local_ray
@@ -107,4 +186,5 @@ def _start_shared_ray():
     stop = start_local_ray()
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     logging.getLogger("hexdispatch.serve").info("local Ray at %s shared by the workers", os.environ["RAY_ADDRESS"])
-    return stop
+    dashboard = ray._private.worker.get_dashboard_url()
+    return stop, (f"http://{dashboard}" if dashboard and "://" not in dashboard else dashboard or None)

@@ -25,7 +25,7 @@ from server.errors import ApiError, error_body
 from server.frame_sink import frame_sink
 from server.gateway import CustomerLink
 from server.responses import JSONResponse
-from server.store import orders as order_store
+from store import orders as order_store
 
 log = logging.getLogger("hexdispatch.ws")
 
@@ -107,7 +107,7 @@ class Connection:
 
         One plain coroutine, not a chain of async generators: a socket waiting for its next frame
         should hold as few fresh objects as possible (the collector walks them all, see
-        ``server.gc_watch``), and it drops its last message before it waits.
+        ``runtime.gc_watch``), and it drops its last message before it waits.
         """
         while True:
             self.frames_read += 1

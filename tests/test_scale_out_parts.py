@@ -1,5 +1,6 @@
 """The pieces several front doors share: the broker and the rate limiter, against a real Redis."""
 
+import asyncio
 import logging
 import os
 import shutil
@@ -9,7 +10,11 @@ import pytest
 
 from server.broker import LocalBroker, RedisBroker
 from server.ratelimit import Limit, LocalRateLimiter, RedisRateLimiter
-from tests.waiting import eventually
+from server.app import open_redis
+from tests.waiting import DEADLINE_S, eventually
+
+#: Connections in the small pool a burst is run against: far fewer than the calls at once.
+SMALL_POOL = 4
 
 
 @pytest.fixture
@@ -130,3 +135,29 @@ async def test_redis_broker_carries_messages_between_processes(redis_clients):
     finally:
         await here.stop()
         await there.stop()
+
+
+@pytest.fixture
+async def redis_client():
+    """The server's own Redis client (``server.app.open_redis``) with a pool of ``SMALL_POOL`` connections."""
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        pytest.skip("needs REDIS_URL")
+    client = open_redis(url, SMALL_POOL, DEADLINE_S)
+    yield client
+    await client.aclose()
+
+
+async def test_a_burst_beyond_the_redis_pool_waits_for_connections_instead_of_failing(redis_client, caplog):
+    """A reconnect storm: 300 rate-limit checks at once on a pool of 4 connections. Each waits for a connection
+    (none fails with "Too many connections" and falls back), and the pool never grows past its bound."""
+    limiter = RedisRateLimiter(redis_client, f"test-{uuid.uuid4().hex}:")
+    limit = Limit(rate=1.0, burst=1.0)
+    with caplog.at_level(logging.WARNING, logger="hexdispatch.ratelimit"):
+        first = await asyncio.gather(*(limiter.allow(f"socket-{i}", limit) for i in range(300)))
+        again = await asyncio.gather(*(limiter.allow(f"socket-{i}", limit) for i in range(300)))
+    assert first == [True] * 300  # each key's first action, decided by Redis
+    assert again == [False] * 300  # and its budget is spent in Redis, not in a local fallback
+    assert not limiter.failing and "unavailable" not in caplog.text
+    pool = redis_client.connection_pool
+    assert len(pool._available_connections) + len(pool._in_use_connections) <= SMALL_POOL

@@ -16,7 +16,7 @@ from server.auth import Role
 from server.errors import ApiError, not_found
 from server.responses import JSONResponse
 from server.schemas import ID_CURSOR, CancelIn, EventsQuery, OrderIn, PageQuery, ReadyRevision
-from server.store import orders
+from store import orders
 
 MAX_IDEMPOTENCY_KEY = 200
 

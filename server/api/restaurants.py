@@ -25,7 +25,7 @@ from server.schemas import (
     RestaurantOrdersQuery,
     RestaurantPatch,
 )
-from server.store import catalog, orders
+from store import catalog, orders
 
 
 def _catalog(request: Request) -> CatalogCache | None:

@@ -194,3 +194,18 @@ def test_bundle_orders_equals_twin_and_respects_its_limits(seed, n, n_restaurant
                 door = max(pickup, now) + elapsed
                 assert door - placed[stop] <= cap or door <= max(ready[stop], now) + leg(-1, stop), \
                     "bundling pushed an order past the click-to-door cap"
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from(["nearest", "slack", "optimal"]))
+def test_match_decides_alike_on_the_kernels_and_their_twins(seed, policy):
+    """The whole :func:`match` call (what ``bench.matcher_speed`` times) is the same on either implementation."""
+    from bench.matcher_speed import city, same_decision
+    from dispatch.matcher import MatchParams, TravelModel, match
+
+    now, drivers, orders = city(seed, 60, 150, n_restaurants=20)
+    travel, params = TravelModel.great_circle(speed_kmh=20.0), MatchParams(pickup_lead=2.0)
+    jitted = match(now, drivers, orders, travel, params, policy, kernels)
+    plain = match(now, drivers, orders, travel, params, policy, twin)
+    assert jitted.jobs, "the random city should commit some jobs"
+    assert same_decision(jitted, plain)

@@ -166,7 +166,7 @@ async def test_sweep_releases_an_assignment_only_postgres_holds(live, spot, pool
     """An assignment committed whose answer never came back: the cell told its driver nothing, so the sweep
     releases it in Postgres and the order is dispatched again, and assigned once more, for real."""
     from dispatch.lifecycle import Actor, Event
-    from server.store.orders import apply_event
+    from store.orders import apply_event
 
     owner, rest, [item] = await setup_restaurant(live, spot)
     api = ApiClient(live.url, token("customer", f"c-{uuid.uuid4().hex[:8]}"))

@@ -1,10 +1,10 @@
-"""``server.db.create_pool``: released connections skip the reset query but never leak a transaction."""
+"""``store.pool.create_pool``: released connections skip the reset query but never leak a transaction."""
 
-from server import db
+from store.pool import create_pool
 
 
 async def test_a_transaction_left_open_is_rolled_back_on_release(database_url):
-    pool = await db.create_pool(database_url, min_size=1, max_size=1)
+    pool = await create_pool(database_url, min_size=1, max_size=1)
     try:
         async with pool.acquire() as conn:
             await conn.execute("CREATE TEMP TABLE IF NOT EXISTS pool_probe (n int)")

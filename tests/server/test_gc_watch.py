@@ -1,9 +1,9 @@
-"""``server.gc_watch``: collector pauses are counted; survivors are frozen out of the collector's reach."""
+"""``runtime.gc_watch``: collector pauses are counted; survivors are frozen out of the collector's reach."""
 
 import asyncio
 import gc
 
-from server.gc_watch import GcWatch, freeze_survivors
+from runtime.gc_watch import GcWatch, freeze_survivors
 from tests.waiting import eventually
 
 

@@ -235,7 +235,7 @@ async def test_a_new_order_reaches_its_cell_as_postgres_would_describe_it(as_rol
     from actors.cell import LIVE_ORDER_SQL, live_order, placed_order
     from server.auth import Principal, Role
     from server.schemas import OrderIn
-    from server.store import orders
+    from store import orders
 
     owner, customer = as_role("restaurant"), as_role("customer")
     rest = await make_restaurant(owner, prep_minutes=17, latitude=CHICAGO[0] + 0.01, longitude=CHICAGO[1] - 0.02)

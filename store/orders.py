@@ -12,8 +12,8 @@ import asyncpg
 from dispatch import lifecycle
 from dispatch.geo import haversine_m
 from dispatch.lifecycle import Actor, Event, IllegalTransition
-from server.auth import Principal, Role
-from server.store.errors import Conflict, Invalid, NotFound
+from store.errors import Conflict, Invalid, NotFound
+from store.principal import Principal, Role
 
 ORDER_COLUMNS = """
     o.id, o.customer_id, o.restaurant_id, o.items, o.subtotal_cents, o.delivery_fee_cents,

@@ -1,6 +1,6 @@
 """What the system of record refuses, in domain terms.
 
-Persistence (``server.store``) raises these; only the HTTP edge turns them
+Persistence (``store``) raises these; only the HTTP edge turns them
 into statuses and JSON bodies (``server.errors``), so code below the API (the
 cell actors) never depends on the HTTP layer. Every refusal changed nothing.
 """
