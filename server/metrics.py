@@ -7,16 +7,16 @@ What a scrape shows:
 * ``hexdispatch_event_loop_lag_seconds``: how late a 0.25 s sleep wakes up (a histogram), and the loop
   guard's queued readers (``hexdispatch_loop_guard_waits_total``).
 * ``hexdispatch_gc_pause_seconds{generation}``: each collection's pause (a histogram, from ``GcWatch``).
-* From the gateway, read at scrape time: websocket connections by role, frames in and out by role, GPS
-  fixes and the share taken by the fast path, sockets closed for falling behind (outbox overflows).
+* From the gateway (synced every ``sync_s`` and at each scrape): websocket connections by role, frames in
+  and out by role, GPS fixes and the share taken by the fast path, sockets closed for falling behind
+  (outbox overflows), refusals by code.
 * The cells' figures, from their load reports (``CellActor.load``) gathered every ``cell_report_s``: tick
   time and GPS lag as real histograms summed over every cell (``hexdispatch_cell_tick_seconds``,
   ``hexdispatch_cell_gps_lag_seconds``), and per cell its drivers by status, pending orders and open offers.
   Every front door reports every cell: aggregate them with ``max by (cell)``, or scrape one front door.
 
-With ``--workers N`` each process keeps its own registry: a scrape through the shared port is answered by
-one worker (``hexdispatch_front_door_info`` names it), so run one ``--workers 1`` front door per port when
-every process must be scraped.
+With ``--workers N``, ``hexdispatch serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` and prometheus_client's
+multiprocess mode adds up every worker's figures, whichever worker answers the scrape.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ import os
 import time
 from typing import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
@@ -40,28 +41,59 @@ LOOP_LAG_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 GC_PAUSE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 UNMATCHED = "<unmatched>"
 ROLES = ("driver", "customer")
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class FrontDoorMetrics:
-    """This process's registry: histograms observed as things happen, and a collector reading the app's state."""
+    """This process's metrics: histograms observed as things happen, counters and gauges synced from the app's
+    state, and the cells' figures collected at scrape time."""
 
-    def __init__(self, app, cell_report_s: float = 5.0, loop_probe_s: float = 0.25):
+    def __init__(self, app, cell_report_s: float = 5.0, loop_probe_s: float = 0.25, sync_s: float = 1.0):
         self.app = app
         self.cell_report_s = cell_report_s
         self.loop_probe_s = loop_probe_s
+        self.sync_s = sync_s
+        #: Multiprocess mode: every worker's figures live in files there, added up at each scrape.
+        self.multiprocess_dir = os.environ.get(MULTIPROCESS_ENV) or None
+        # In multiprocess mode the recording metrics belong to no registry: a scrape reads the files.
         self.registry = CollectorRegistry(auto_describe=True)
+        into = None if self.multiprocess_dir else self.registry
         self.requests = Histogram("hexdispatch_http_request_duration_seconds",
                                   "HTTP request latency by route template, method and status",
-                                  ("method", "route", "status"), buckets=LATENCY_BUCKETS_S, registry=self.registry)
+                                  ("method", "route", "status"), buckets=LATENCY_BUCKETS_S, registry=into)
         self.loop_lag = Histogram("hexdispatch_event_loop_lag_seconds",
                                   "how late the event loop runs a timer that should have fired",
-                                  buckets=LOOP_LAG_BUCKETS_S, registry=self.registry)
+                                  buckets=LOOP_LAG_BUCKETS_S, registry=into)
         self.gc_pauses = Histogram("hexdispatch_gc_pause_seconds", "each garbage collection's pause, by generation",
-                                   ("generation",), buckets=GC_PAUSE_BUCKETS_S, registry=self.registry)
+                                   ("generation",), buckets=GC_PAUSE_BUCKETS_S, registry=into)
+        self.counters = {
+            "frames_in": Counter("hexdispatch_ws_frames_in", "websocket frames in, by role", ("role",), registry=into),
+            "frames_out": Counter("hexdispatch_ws_frames_out", "websocket frames out, by role", ("role",),
+                                  registry=into),
+            "gps_in": Counter("hexdispatch_gps_fixes", "GPS fixes received", registry=into),
+            "gps_fast": Counter("hexdispatch_gps_fast_path_fixes", "GPS fixes taken by the fast path (frame_sink)",
+                                registry=into),
+            "closed_behind": Counter("hexdispatch_outbox_overflows",
+                                     "sockets closed (1013) for falling behind their outbox", registry=into),
+            "refused": Counter("hexdispatch_refused", "GPS fixes and orders refused, by code", ("code",),
+                               registry=into),
+            "loop_guard_waits": Counter("hexdispatch_loop_guard_waits", "frame readers queued behind a busy loop",
+                                        registry=into),
+            "gc_collections": Counter("hexdispatch_gc_collections", "garbage collections, by generation",
+                                      ("generation",), registry=into),
+        }
+        self.connections = Gauge("hexdispatch_ws_connections", "open websockets, by role", ("role",),
+                                 multiprocess_mode="livesum", registry=into)
+        self.cells_open = Gauge("hexdispatch_cells_open", "cells the front doors have open",
+                                multiprocess_mode="livesum", registry=into)
+        self.info = Gauge("hexdispatch_front_door_info", "each front door process", ("gateway", "process"),
+                          multiprocess_mode="livesum", registry=into)
+        self._synced: dict[tuple, float] = {}
         #: The latest cell load reports (``CellActor.load``) and when they were gathered.
         self.cell_reports: list[dict] = []
         self.cell_reports_at = 0.0
-        self.registry.register(_StateCollector(self))
+        self.cells = _CellCollector(self)
+        self.registry.register(self.cells)
         self._templates: dict[object, str] | None = None
 
     def route_template(self, scope: dict) -> str:
@@ -74,12 +106,59 @@ class FrontDoorMetrics:
         self.gc_pauses.labels(str(generation)).observe(seconds)
 
     def start(self) -> Callable[[], None]:
-        """Start the loop-lag probe and, when this server runs live dispatch, the cell reports; return their stop."""
+        """Start the loop-lag probe, the sync and, when this server runs live dispatch, the cell reports;
+        return their stop (which, in multiprocess mode, also retires this process's live gauges)."""
         loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(self._probe_loop())]
+        tasks = [loop.create_task(self._probe_loop()), loop.create_task(self._sync_loop())]
         if getattr(self.app.state, "gateway", None) is not None:
             tasks.append(loop.create_task(self._gather_cells()))
-        return lambda: [task.cancel() for task in tasks]
+
+        def stop() -> None:
+            for task in tasks:
+                task.cancel()
+            if self.multiprocess_dir:
+                mark_process_dead(os.getpid(), self.multiprocess_dir)
+        return stop
+
+    def sync(self) -> None:
+        """Bring the counters and gauges up to the app's state (counters grow by what happened since)."""
+        state = self.app.state
+        gateway = getattr(state, "gateway", None)
+        totals: dict[tuple, float] = {}
+        guard = getattr(state, "loop_guard", None)
+        if guard is not None:
+            totals[("loop_guard_waits",)] = guard.waits
+        gc_watch = getattr(state, "gc_watch", None)
+        if gc_watch is not None:
+            for generation, count in enumerate(gc_watch.collections):
+                totals[("gc_collections", str(generation))] = count
+        self.info.labels(gateway.id if gateway is not None else "", str(os.getpid())).set(1)
+        if gateway is not None:
+            stats = gateway.stats
+            for direction in ("in", "out"):
+                for role in ROLES:
+                    totals[(f"frames_{direction}", role)] = stats.get(f"frames_{direction}_{role}", 0)
+            for key in ("gps_in", "gps_fast", "closed_behind"):
+                totals[(key,)] = stats[key]
+            for key, count in stats.items():
+                if key.startswith("refused_"):
+                    totals[("refused", key[len("refused_"):])] = count
+            self.connections.labels("driver").set(len(gateway.drivers))
+            self.connections.labels("customer").set(
+                len({c for followers in gateway.customers.values() for c in followers}))
+            self.cells_open.set(len(gateway.cells))
+        for key, total in totals.items():
+            counter = self.counters[key[0]]
+            counter = counter.labels(*key[1:]) if len(key) > 1 else counter
+            grown = total - self._synced.get(key, 0)
+            if grown > 0:
+                counter.inc(grown)
+            self._synced[key] = total
+
+    async def _sync_loop(self) -> None:
+        while True:
+            self.sync()
+            await asyncio.sleep(self.sync_s)
 
     async def _probe_loop(self) -> None:
         while True:
@@ -99,7 +178,14 @@ class FrontDoorMetrics:
             await asyncio.sleep(self.cell_report_s)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        """Every figure in the text format: this process's, or in multiprocess mode every worker's added up."""
+        self.sync()
+        if not self.multiprocess_dir:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry(auto_describe=True)
+        MultiProcessCollector(registry, self.multiprocess_dir)
+        registry.register(self.cells)
+        return generate_latest(registry)
 
 
 def route_templates(routes: list[BaseRoute]) -> dict[object, str]:
@@ -144,8 +230,8 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
-class _StateCollector:
-    """Figures read from the app's state at scrape time: gateway counters, GC and loop guard, cell reports."""
+class _CellCollector:
+    """The cells' figures from the latest load reports, read at scrape time; and the GPS fast path's share."""
 
     def __init__(self, metrics: FrontDoorMetrics):
         self.metrics = metrics
@@ -154,52 +240,15 @@ class _StateCollector:
         return []
 
     def collect(self):
-        state = self.metrics.app.state
-        gateway = getattr(state, "gateway", None)
-        info = GaugeMetricFamily("hexdispatch_front_door_info", "this front door process", labels=["gateway", "pid"])
-        info.add_metric([gateway.id if gateway is not None else "", str(os.getpid())], 1)
-        yield info
-        guard = getattr(state, "loop_guard", None)
-        if guard is not None:
-            yield CounterMetricFamily("hexdispatch_loop_guard_waits", "frame readers queued behind a busy event loop",
-                                      value=guard.waits)
-        gc_watch = getattr(state, "gc_watch", None)
-        if gc_watch is not None:
-            collections = CounterMetricFamily("hexdispatch_gc_collections", "garbage collections, by generation",
-                                              labels=["generation"])
-            for generation, count in enumerate(gc_watch.collections):
-                collections.add_metric([str(generation)], count)
-            yield collections
-        if gateway is not None:
-            yield from _gateway_metrics(gateway)
-            yield from _cell_metrics(self.metrics.cell_reports, self.metrics.cell_reports_at)
-
-
-def _gateway_metrics(gateway):
-    stats = gateway.stats
-    connections = GaugeMetricFamily("hexdispatch_ws_connections", "open websockets, by role", labels=["role"])
-    connections.add_metric(["driver"], len(gateway.drivers))
-    connections.add_metric(["customer"], len({c for followers in gateway.customers.values() for c in followers}))
-    yield connections
-    for direction in ("in", "out"):
-        frames = CounterMetricFamily(f"hexdispatch_ws_frames_{direction}", f"websocket frames {direction}, by role",
-                                     labels=["role"])
-        for role in ROLES:
-            frames.add_metric([role], stats.get(f"frames_{direction}_{role}", 0))
-        yield frames
-    yield CounterMetricFamily("hexdispatch_gps_fixes", "GPS fixes received", value=stats["gps_in"])
-    yield CounterMetricFamily("hexdispatch_gps_fast_path_fixes", "GPS fixes taken by the fast path (frame_sink)",
-                              value=stats["gps_fast"])
-    yield GaugeMetricFamily("hexdispatch_gps_fast_path_ratio", "share of GPS fixes taken by the fast path",
-                            value=stats["gps_fast"] / stats["gps_in"] if stats["gps_in"] else 0.0)
-    yield CounterMetricFamily("hexdispatch_outbox_overflows", "sockets closed (1013) for falling behind their outbox",
-                              value=stats["closed_behind"])
-    refused = CounterMetricFamily("hexdispatch_refused", "GPS fixes and orders refused, by code", labels=["code"])
-    for key, value in sorted(stats.items()):
-        if key.startswith("refused_"):
-            refused.add_metric([key[len("refused_"):]], value)
-    yield refused
-    yield GaugeMetricFamily("hexdispatch_cells_open", "cells this front door has open", value=len(gateway.cells))
+        gateway = getattr(self.metrics.app.state, "gateway", None)
+        if gateway is None:
+            return
+        fixes, fast = gateway.stats["gps_in"], gateway.stats["gps_fast"]
+        yield GaugeMetricFamily("hexdispatch_gps_fast_path_ratio",
+                                "share of the answering process's GPS fixes taken by the fast path (across "
+                                "processes: the ratio of the two counters' rates)",
+                                value=fast / fixes if fixes else 0.0)
+        yield from _cell_metrics(self.metrics.cell_reports, self.metrics.cell_reports_at)
 
 
 def _cell_metrics(reports: list[dict], at: float):
