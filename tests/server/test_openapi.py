@@ -119,3 +119,13 @@ async def test_real_responses_match_the_documented_models(as_role):
                   await customer.post("/v1/restaurants", json={})):
         assert reply.status_code in (401, 403, 404)
         ErrorBody.model_validate(reply.json())
+
+
+def test_documented_roles_are_the_enforced_ones():
+    """The roles each operation lists are those the authorisation test (``test_strict_input.ALLOWED``) checks."""
+    from tests.server.test_strict_input import ALLOWED, PUBLIC
+
+    documented = {("WS" if op.tag == "websockets" else op.method, op.path):
+                  PUBLIC if op.public else tuple(sorted(role.value for role in op.roles)) for op in OPERATIONS}
+    enforced = {route: roles if roles == PUBLIC else tuple(sorted(roles)) for route, roles in ALLOWED.items()}
+    assert documented == enforced

@@ -8,7 +8,7 @@ import base64
 import json
 
 import pytest
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
 
 from tests.conftest import token
 from tests.server.helpers import make_restaurant, place, restaurant_body
@@ -180,6 +180,10 @@ KITCHEN = ("restaurant", "admin")
 #: Who may call each route of the app. Every route the router has must be listed (the test below checks).
 ALLOWED: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("GET", "/v1/health"): PUBLIC,
+    ("GET", "/metrics"): PUBLIC,
+    ("GET", "/v1/openapi.json"): PUBLIC,
+    ("GET", "/v1/docs"): PUBLIC,
+    ("GET", "/v1/docs/assets/{path}"): PUBLIC,
     ("POST", "/v1/restaurants"): KITCHEN,
     ("GET", "/v1/restaurants/nearby"): ANY,
     ("GET", "/v1/restaurants/{restaurant_id}"): ANY,
@@ -215,6 +219,8 @@ def app_routes(app) -> list[tuple[str, str]]:
             found.append(("WS", route.path))
         elif isinstance(route, Route):
             found += [(method, route.path) for method in sorted(route.methods - {"HEAD"})]
+        elif isinstance(route, Mount):  # static files
+            found.append(("GET", route.path + "/{path}"))
         else:
             raise AssertionError(f"a route of an unknown kind: {route!r}")
     return found
