@@ -45,7 +45,8 @@ async def test_front_door_and_cell_metrics_scrape_cleanly(live, spot):
     async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
         menu = await client.get(f"{live.url}/v1/restaurants/{rest['id']}/menu",
                                 headers={"authorization": f"Bearer {token('customer', 'c-metrics')}"})
-    assert menu.status_code == 200
+        missing = await client.get(f"{live.url}/v1/no-such-route/{rest['id']}")
+    assert menu.status_code == 200 and missing.status_code == 404
     async with DriverClient(live.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) as driver:
         await driver.gps(spot[0] + 0.001, spot[1])
 
@@ -68,6 +69,8 @@ async def test_front_door_and_cell_metrics_scrape_cleanly(live, spot):
               if name == "hexdispatch_http_request_duration_seconds_count"}
     assert "/v1/restaurants/{restaurant_id}/menu" in routes and "/v1/restaurants" in routes
     assert not any(re.search(r"/\d", route) for route in routes), routes
+    assert value(scraped, "hexdispatch_http_request_duration_seconds_count", method="GET", route="<unmatched>",
+                 status="404") >= 1
     assert value(scraped, "hexdispatch_http_request_duration_seconds_count", method="GET",
                  route="/v1/restaurants/{restaurant_id}/menu", status="200") >= 1
     for name in ("hexdispatch_http_request_duration_seconds", "hexdispatch_event_loop_lag_seconds",
