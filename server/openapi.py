@@ -330,8 +330,8 @@ README_END = "<!-- /api-examples -->"
 
 
 def readme_examples() -> str:
-    """One request and response example per operation, as Markdown (from :data:`OPERATIONS`)."""
-    import json
+    """One request and response example per operation, as Markdown (from :data:`OPERATIONS`), each call
+    folded in a ``<details>`` block."""
     from urllib.parse import urlencode
 
     lines = [README_START, ""]
@@ -341,20 +341,38 @@ def readme_examples() -> str:
         path = op.path.replace("{restaurant_id}", "42").replace("{item_id}", "7").replace("{order_id}", "1001")
         if op.query_example:
             path += "?" + urlencode(op.query_example)
-        roles = "no token" if op.public else "roles: " + ", ".join(role.value for role in op.roles)
-        lines += [f"#### `{op.method} {op.path}`", "", f"{op.summary} ({roles}).", "", "```http",
-                  f"{op.method} {path}"]
+        roles = "no token" if op.public else ", ".join(role.value for role in op.roles)
+        lines += ["<details>", f"<summary><code>{op.method} {op.path}</code>: {op.summary} ({roles})</summary>",
+                  "", "```http", f"{op.method} {path}"]
         lines += [] if op.public else ["Authorization: Bearer <JWT>"]
         lines += [f"{name}: <key>" for name, _, _ in op.headers]
         if op.request_example is not None:
-            lines += ["", json.dumps(op.request_example, indent=2)]
+            lines += ["", compact_json(op.request_example)]
         lines.append("```")
         if op.status == 101:
-            lines += ["", f"Answers `101 Switching Protocols`; frames: [docs/protocol.md](docs/protocol.md).", ""]
+            lines += ["", "Answers `101 Switching Protocols`; frames: [docs/protocol.md](docs/protocol.md).", "",
+                      "</details>", ""]
             continue
-        lines += ["", f"`{op.status}`:", "", "```json", json.dumps(op.response_example, indent=2), "```", ""]
+        lines += ["", f"`{op.status}`:", "", "```json", compact_json(op.response_example), "```", "", "</details>",
+                  ""]
     lines.append(README_END)
     return "\n".join(lines)
+
+
+def compact_json(value, indent: int = 0, width: int = 100) -> str:
+    """``value`` as JSON, each object or array on one line when it fits in ``width``, else one member a line."""
+    import json
+
+    flat = json.dumps(value)
+    if len(flat) + indent <= width or not isinstance(value, (dict, list)) or not value:
+        return flat
+    inner = " " * (indent + 2)
+    if isinstance(value, dict):
+        members = [f"{inner}{json.dumps(key)}: {compact_json(item, indent + 4 + len(key), width).lstrip()}"
+                   for key, item in value.items()]
+        return "{\n" + ",\n".join(members) + "\n" + " " * indent + "}"
+    members = [inner + compact_json(item, indent + 2, width) for item in value]
+    return "[\n" + ",\n".join(members) + "\n" + " " * indent + "]"
 
 
 def rewrite_readme(readme: Path) -> bool:

@@ -24,8 +24,9 @@ DOCS_PAGE = """<!DOCTYPE html>
   <div id="swagger-ui"></div>
   <script src="/v1/docs/assets/swagger-ui-bundle.js"></script>
   <script>
+    // validatorUrl null: no badge fetched from swagger.io (the page works offline).
     window.ui = SwaggerUIBundle({url: "/v1/openapi.json", dom_id: "#swagger-ui", deepLinking: true,
-                                 persistAuthorization: true});
+                                 persistAuthorization: true, validatorUrl: null});
   </script>
 </body>
 </html>
