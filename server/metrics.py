@@ -9,7 +9,7 @@ What a scrape shows:
 * ``hexdispatch_gc_pause_seconds{generation}``: each collection's pause (a histogram, from ``GcWatch``).
 * From the gateway (synced every ``sync_s`` and at each scrape): websocket connections by role, frames in
   and out by role, GPS fixes and the share taken by the fast path, sockets closed for falling behind
-  (outbox overflows), refusals by code.
+  (outbox overflows) and the frames they dropped, positions superseded before they were sent, refusals.
 * The cells' figures, from their load reports (``CellActor.load``) gathered every ``cell_report_s``: tick
   time and GPS lag as real histograms summed over every cell (``hexdispatch_cell_tick_seconds``,
   ``hexdispatch_cell_gps_lag_seconds``), and per cell its drivers by status, pending orders and open offers.
@@ -75,6 +75,11 @@ class FrontDoorMetrics:
                                 registry=into),
             "closed_behind": Counter("hexdispatch_outbox_overflows",
                                      "sockets closed (1013) for falling behind their outbox", registry=into),
+            "outbox_dropped_frames": Counter("hexdispatch_outbox_dropped_frames",
+                                             "frames dropped with an overflowing outbox", registry=into),
+            "positions_superseded": Counter("hexdispatch_positions_superseded",
+                                            "unsent driver positions replaced by a newer one (latest wins)",
+                                            registry=into),
             "refused": Counter("hexdispatch_refused", "GPS fixes and orders refused, by code", ("code",),
                                registry=into),
             "loop_guard_waits": Counter("hexdispatch_loop_guard_waits", "frame readers queued behind a busy loop",
@@ -138,7 +143,7 @@ class FrontDoorMetrics:
             for direction in ("in", "out"):
                 for role in ROLES:
                     totals[(f"frames_{direction}", role)] = stats.get(f"frames_{direction}_{role}", 0)
-            for key in ("gps_in", "gps_fast", "closed_behind"):
+            for key in ("gps_in", "gps_fast", "closed_behind", "outbox_dropped_frames", "positions_superseded"):
                 totals[(key,)] = stats[key]
             for key, count in stats.items():
                 if key.startswith("refused_"):
