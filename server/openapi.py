@@ -282,7 +282,7 @@ def _operation(op: Operation, refs: dict) -> dict:
         schema = op.query.model_json_schema(mode="validation", ref_template=REF)
         required = set(schema.get("required", ()))
         for name, prop in schema["properties"].items():
-            prop = {k: val for k, val in prop.items() if k != "title"}
+            prop = json_schema_bounds({k: val for k, val in prop.items() if k != "title"})
             parameters.append({"name": name, "in": "query", "required": name in required, "schema": prop,
                                **({"example": op.query_example[name]} if name in op.query_example else {})})
     parameters += [{"name": name, "in": "header", "required": required, "description": text,
@@ -313,6 +313,20 @@ def _operation(op: Operation, refs: dict) -> dict:
                                   "content": {"application/json": {"schema": ref(ErrorBody)}}}
     doc["responses"] = responses
     return doc
+
+
+#: Pydantic writes a ``Field``'s bounds under its own names when a validator runs before the type (the
+#: ``*Param`` types of ``server.schemas``); JSON Schema's names for them.
+_BOUNDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
+
+
+def json_schema_bounds(schema):
+    """``schema`` with pydantic's ``ge``/``le``/``gt``/``lt`` renamed to JSON Schema's keywords, at any depth."""
+    if isinstance(schema, dict):
+        return {_BOUNDS.get(key, key): json_schema_bounds(value) for key, value in schema.items()}
+    if isinstance(schema, list):
+        return [json_schema_bounds(item) for item in schema]
+    return schema
 
 
 def _untyped(media_type: str) -> dict:

@@ -130,3 +130,11 @@ def test_documented_roles_are_the_enforced_ones():
                   PUBLIC if op.public else tuple(sorted(role.value for role in op.roles)) for op in OPERATIONS}
     enforced = {route: roles if roles == PUBLIC else tuple(sorted(roles)) for route, roles in ALLOWED.items()}
     assert documented == enforced
+
+
+def test_query_parameters_carry_json_schema_bounds(settings):
+    document = openapi_document(create_app(settings).routes)
+    nearby = {p["name"]: p["schema"] for p in document["paths"]["/v1/restaurants/nearby"]["get"]["parameters"]}
+    assert nearby["lat"] == {"type": "number", "minimum": -90, "maximum": 90}
+    assert nearby["limit"]["minimum"] == 1 and nearby["limit"]["maximum"] == 100
+    assert '"ge"' not in str(document).replace("'", '"') and '"le"' not in str(document).replace("'", '"')
