@@ -34,7 +34,7 @@ import httpx
 import numpy as np
 
 from clients.customer import CustomerClient
-from clients.driver import DriverClient
+from clients.driver import DriverClient, StepRefused
 from clients.http import ApiClient, ApiError
 from dispatch.geo import EARTH_RADIUS_M, haversine_m
 from dispatch.lifecycle import TERMINAL_STATUSES
@@ -249,6 +249,7 @@ class SimDriver:
         self.gps_interval_s = gps_interval_s
         self.accept_rate = accept_rate
         self.busy = False
+        self.jobs_taken: set[str] = set()
         self.tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -307,12 +308,15 @@ class SimDriver:
                     self.tally.declines += 1
                     await self.client.decline(message["offer_id"])
             elif message["type"] == "assigned":
+                if message["job_id"] in self.jobs_taken:
+                    continue  # told again after its cell was rebuilt: a job this driver already has
+                self.jobs_taken.add(message["job_id"])
                 if self.busy:
                     self.tally.double_bookings += 1
                 self.busy = True
                 try:
                     await self._do_job(message)
-                except (asyncio.TimeoutError, KeyError, ValueError) as exc:
+                except (asyncio.TimeoutError, KeyError, ValueError, StepRefused) as exc:
                     self.tally.job_failures.append(f"{self.id}: {type(exc).__name__}: {exc}")
                 finally:
                     self.busy = False
@@ -320,13 +324,14 @@ class SimDriver:
     async def _do_job(self, job: dict) -> None:
         restaurant = job["orders"][0]["restaurant"]
         await self._drive_to((restaurant["lat"], restaurant["lng"]))
-        await self.client.at_restaurant(job["job_id"])
+        # Each step until the server recorded it (resent across a front door's, a cell's or Postgres's fault).
+        await self.client.confirm("at_restaurant", job_id=job["job_id"])
         ready_at = max(o["ready_at"] for o in job["orders"])
         await asyncio.sleep(max(0.0, ready_at - time.time()))
-        await self.client.picked_up(job["job_id"])
+        await self.client.confirm("picked_up", job_id=job["job_id"])
         for order in job["orders"]:
             await self._drive_to((order["dropoff"]["lat"], order["dropoff"]["lng"]))
-            await self.client.delivered(order["order_id"])
+            await self.client.confirm("delivered", order_id=order["order_id"])
             self.tally.delivered(order["order_id"], self.id)
 
 

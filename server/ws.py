@@ -58,6 +58,8 @@ class Connection:
         self.gps_refused_at = -GPS_REFUSAL_INTERVAL_S
         self.loop_guard = websocket.app.state.loop_guard
         self.frames_read = 0
+        self.stats = gateway.stats  # frames in and out, by role (``/metrics``)
+        self.frames_in, self.frames_out = f"frames_in_{principal.role.value}", f"frames_out_{principal.role.value}"
         self.writer: asyncio.Task | None = None
         self.closing = False
 
@@ -77,6 +79,7 @@ class Connection:
             else:
                 await websocket.send_text(frame)
             outbox.written()
+            self.stats[self.frames_out] += 1
         if not outbox.overflowed:  # an overflow closed the socket already
             self.close(wire.Close.REPLACED, "replaced by a newer connection")
 
@@ -125,6 +128,7 @@ class Connection:
                 if frame is None:
                     continue
             del event
+            self.stats[self.frames_in] += 1
             try:
                 message = wire.decode(frame, adapter)
             except wire.ProtocolError as exc:
@@ -223,6 +227,7 @@ def gps_taker(gateway, link, bucket: wire.TokenBucket):
             bucket.give_back()  # the full path charges it
             return False
         gateway.stats["gps_fast"] += 1
+        gateway.stats["frames_in_driver"] += 1
         return True
     return take
 
