@@ -666,7 +666,7 @@ class CellCore:
         if driver.status is not DriverStatus.EN_ROUTE:
             return []
         orders = [self._order_view(self.orders[i]) for i in job.order_ids if i in self.orders]
-        return [SendToDriver(driver_id, {"type": "assigned", "job_id": job.id, "orders": orders})]
+        return [SendToDriver(driver_id, wire.Assigned(job.id, orders))]
 
     # Repair: memory against Postgres -----------------------------------------
 

@@ -144,7 +144,7 @@ def test_a_restored_job_not_yet_started_is_announced_to_its_driver_once():
     assert cell.announce_restored("nobody") == []
     cell.driver_seen("a", LAT, LNG, T0 + 5)
     [told] = messages(cell.announce_restored("a"), "assigned")
-    assert told[0] == "a" and told[1]["job_id"] == "job-1" and [o["order_id"] for o in told[1]["orders"]] == [1]
+    assert told[0] == "a" and told[1].job_id == "job-1" and [o["order_id"] for o in told[1].orders] == [1]
     assert cell.announce_restored("a") == []  # once
     cell.driver_seen("b", LAT, LNG, T0 + 5)
     assert cell.announce_restored("b") == []  # at the restaurant: it has the job
