@@ -108,8 +108,8 @@ def _order(**changes) -> dict:
     return {**_ORDER, **changes}
 
 
-_EVENT = {"order_id": 1001, "seq": 1, "type": "place", "status": "placed", "payload": {}, "actor": "customer",
-          "at": _AT}
+_EVENT = {"order_id": 1001, "seq": 1, "event": "placed", "status": "placed", "kitchen_status": "placed",
+          "courier_status": "unassigned", "payload": {}, "actor": "customer", "at": 1764763200.0}
 _KITCHEN = (Role.RESTAURANT, Role.ADMIN)
 _OWNER_ERRORS = (401, 403, 404)
 _LIFECYCLE_ERRORS = (401, 403, 404, 409)
