@@ -309,7 +309,8 @@ OFFER_GRACE_S = 30.0
 
 def run_city(args, system: System, kitchens: list[Kitchen], steps: list[Step], duration_s: float, name: str,
              drain_s: float, stop_when=None, every=None, sample_every_s: float | None = None) -> CityRun:
-    """Connect the drivers, run the steps, drain open orders (up to ``drain_s``), collect everything.
+    """Connect the drivers, wait for their cells, run the steps, drain open orders (up to ``drain_s``; without a
+    drain, until the orders placed have their first offer, up to ``OFFER_GRACE_S``), collect everything.
 
     ``every()`` runs about once a second while the steps run (from the moment the load starts);
     ``sample_every_s`` (default: from the peak's window) paces the load's reports and the server samples.
@@ -431,11 +432,12 @@ def postgres_figures(samples: list[probes.Sample]) -> dict | None:
             "rows_updated_per_s": probes.rate(samples, probes.postgres_total("tup_updated"))}
 
 
-def first_cells_reading_from(samples: list[probes.Sample], end: float) -> float:
-    """The time of the first reading of the cells at or after ``end`` (``end`` if none): the cells' lag and tick
-    percentiles cover the time before a reading, so that one still speaks for the window's last seconds, which
-    a loaded machine may leave without a reading of their own."""
-    return min((sample.at for sample in samples if sample.cells and sample.at >= end), default=end)
+def reading_span(samples: list[probes.Sample], start: float, end: float, has) -> tuple[float, float]:
+    """``(start, end)`` widened to the last sample for which ``has(sample)`` at or before ``start`` and the first
+    at or after ``end``. A reading covers the time before it (a cumulative counter, the cells' percentiles), and a
+    loaded machine may leave a short window with one reading or none of its own."""
+    times = [sample.at for sample in samples if has(sample)]
+    return (max((t for t in times if t <= start), default=start), min((t for t in times if t >= end), default=end))
 
 
 def in_window(pairs, start: float, end: float) -> list[float]:
@@ -461,7 +463,7 @@ def run_peak(args, system: System, kitchens: list[Kitchen]) -> dict:
     # Orders placed in the warm-up are left out, as every other latency here is.
     placed = {o: t for o, t in city.tally.placed_at.items() if start <= t <= end}
     offers = offer_latencies(Tally(placed_at=placed, first_offer=city.tally.first_offer))
-    cells = cell_figures(city.samples, start, first_cells_reading_from(city.samples, end))
+    cells = cell_figures(city.samples, start, reading_span(city.samples, start, end, lambda s: s.cells)[1])
     tally = city.tally
     failures = [f for o in city.outcomes for f in o.failures]
     return {
@@ -487,7 +489,8 @@ def run_peak(args, system: System, kitchens: list[Kitchen]) -> dict:
         "no_driver_waits": {"count": len(offers["no_driver_s"]),
                             "placement_to_offer_s": percentiles(offers["no_driver_s"]),
                             "unmatched_s": percentiles(offers["unmatched_s"])},
-        "postgres": postgres_figures(samples),
+        "postgres": postgres_figures(probes.window(city.samples, *reading_span(city.samples, start, end,
+                                                                                lambda s: s.postgres))),
         "processes": probes.process_usage(samples),
         "orders_placed": len(tally.placed_at), "orders_refused": tally.refused_placements,
         "offered_orders": len(tally.first_offer),
@@ -777,7 +780,8 @@ def add_city_arguments(parser: argparse.ArgumentParser, title: str, drivers: int
     load.add_argument("--drivers", type=int, default=drivers, help="driver sockets")
     load.add_argument("--gps-interval", type=float, default=5.0, help="seconds between a driver's fixes")
     load.add_argument("--orders-per-minute", type=float, default=orders_per_minute, help="order arrival rate")
-    load.add_argument("--drain", type=float, default=drain_s, help="most seconds to let open orders finish")
+    load.add_argument("--drain", type=float, default=drain_s, help="most seconds to let open orders finish (0: none; the load still goes on up to "
+                      f"{OFFER_GRACE_S:g} s for the orders placed to get their first offer)")
     load.add_argument("--processes", type=int, default=processes, help="load-generator processes")
     load.add_argument("--restaurants", type=int, default=restaurants, help="kitchens seeded")
     load.add_argument("--radius-m", type=float, default=radius_m, help="radius of the simulated city")
