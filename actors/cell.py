@@ -251,7 +251,7 @@ class CellActor:
             await asyncio.sleep(self.tick_s)
             try:
                 await self._tick()
-                if self.idle.may_retire(self.core.is_empty() and not any(self.outbox.values()), time.time()):
+                if self.idle.may_retire(self._holds_nothing(), time.time()) and await self._postgres_agrees_empty():
                     await self._retire()
                     return
                 if time.time() - last_export >= METRICS_EXPORT_S:
@@ -279,6 +279,24 @@ class CellActor:
         delay = min(self.sweep_s, REPAIR_SOON_S * 2 ** self.repair_failures)
         self.repair_failures += 1
         return delay * random.uniform(0.5, 1.0)
+
+    def _holds_nothing(self) -> bool:
+        """Nothing here would be lost by retiring: no driver, order, offer or job, no message waiting for a front
+        door, no write to Postgres in flight."""
+        return self.core.is_empty() and not any(self.outbox.values()) and not self.writing
+
+    async def _postgres_agrees_empty(self) -> bool:
+        """Whether the cell may retire now, asked of Postgres: a sweep takes in any active order of this cell that
+        memory missed (a placement whose ``add_order`` never arrived, a job adopted after a restart), and the
+        cell retires only if it still holds nothing after it. If Postgres cannot answer, it does not retire
+        (and stays quiet for another ``idle_retire_s`` before asking again)."""
+        try:
+            await self._sweep()
+        except Exception as exc:  # noqa: BLE001 - Postgres unreachable: cannot tell, so stay
+            log.info("cell %s: not retiring, Postgres did not answer (%s: %s)", self.cell_id, type(exc).__name__, exc)
+            self.idle.arrived(time.time())
+            return False
+        return self.idle.may_retire(self._holds_nothing(), time.time())
 
     async def _retire(self) -> None:
         """Refuse every call from now on, answer the waiting polls, and exit for good."""
@@ -525,15 +543,18 @@ class CellActor:
         await self._open()
         now = time.time()
         lags = []
+        announced: list[Command] = []
         for driver_id, lat, lng, heading, speed, capacity, *received in fixes:
             if not self.core.accepts_fix(driver_id, now):
                 log.debug("cell %s: fix of departed driver %s ignored", self.cell_id, driver_id)
                 continue
             self.driver_gateway[driver_id] = gateway_id
             self.core.driver_seen(driver_id, lat, lng, now, capacity=capacity, heading=heading, speed=speed)
+            announced += self.core.announce_restored(driver_id)
             if received and received[0] is not None:
                 lags.append(max(0.0, now - received[0]))
         self.metrics.fixes(len(fixes), lags)
+        await self._execute(announced)
         return len(fixes)
 
     async def poll(self, gateway_id: str, timeout_s: float = 5.0) -> list[tuple[str, dict]]:

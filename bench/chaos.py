@@ -55,6 +55,8 @@ from server.cli import parser_for
 FAULTS = ("cell", "front_door", "redis", "postgres", "node")
 CONTROL = "none (control)"
 TARGET_RECOVERY_S = 10.0
+#: Recovery relative to the control: the rolling p99 back within this factor of the control phase's p99.
+CONTROL_SLACK = 1.5
 
 
 def say(message: str) -> None:
@@ -232,9 +234,9 @@ def account(args, go_at: float, load_end: float, injections: list[Injection], ta
     series = chaos_audit.rolling_p99(latencies, go_at, load_end, args.recovery_window)
     redispatched = chaos_audit.events_of_type(phases, events, "unassign")
     control = [ms for at, ms in latencies if at < ends[0]]
-    # On a loaded machine the control itself may miss the target: recovery to the control's own level is
-    # reported beside it.
-    control_level = max(args.target_ms, chaos_audit.p99(control)) if control else args.target_ms
+    # On a loaded machine the control itself may miss the target: recovery to within CONTROL_SLACK of the
+    # control's own p99 is reported beside it.
+    control_level = max(args.target_ms, CONTROL_SLACK * chaos_audit.p99(control)) if control else args.target_ms
     rows = []
     for index, (phase, end) in enumerate(zip(phases, ends)):
         injection = injections[index - 1] if index else None
@@ -306,8 +308,8 @@ def markdown(figures: dict) -> str:
         f"of placements after the fault with placement-to-offer p99 < {config['target_ms']:g} ms.",
         "",
         "| phase | at s | injection s | orders placed | lost orders | lost status events | double assignments "
-        f"| stranded | re-dispatched | recovery s (p99 < {config['target_ms']:g} ms) | recovery s (p99 < control's "
-        f"{figures['chaos']['control_p99_ms']:,.0f} ms) | placement-to-offer p99 ms |",
+        f"| stranded | re-dispatched | recovery s (p99 < {config['target_ms']:g} ms) | recovery s (p99 < "
+        f"{CONTROL_SLACK:g} x control's p99 = {figures['chaos']['control_p99_ms']:,.0f} ms) | placement-to-offer p99 ms |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 

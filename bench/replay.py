@@ -26,14 +26,23 @@ from server.cli import parser_for
 
 
 def find_instances(paths: list[Path]) -> list[Path]:
-    """Instance folders named by ``paths``: each an instance folder or a folder of them."""
+    """Instance folders named by ``paths``: each an instance folder or a folder of them (missing ones hold none)."""
     found: list[Path] = []
     for path in paths:
         if (path / "orders.txt").is_file():
             found.append(path)
-        else:
+        elif path.is_dir():
             found.extend(sorted(p for p in path.iterdir() if (p / "orders.txt").is_file()))
     return found
+
+
+#: Where the MDRP instances live, said when none is found.
+WHERE_THE_DATA_IS = (
+    "The MDRP instances (Grubhub's public Meal Delivery Routing Problem days, Reyes et al. 2018) are not part of "
+    "this repository: 144 of them are in ../shared/mdrp/instances beside it (../shared/mdrp/README.md describes "
+    "them); all 240 are published in the public_instances folder of github.com/grubhub/mdrplib. Give a folder "
+    "of instances, or one instance folder (holding orders.txt, couriers.txt, restaurants.txt, "
+    "instance_parameters.txt).")
 
 
 def load_instance(folder: Path) -> Instance:
@@ -71,6 +80,22 @@ def write_solution(solution: Solution, folder: Path, metrics: dict) -> None:
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 
+#: What each column of the comparison table means, printed under it.
+COLUMN_MEANINGS = {
+    "delivered": "orders delivered / orders in the instance",
+    "deliv.%": "share of the deliverable orders delivered (some orders no courier can reach in time)",
+    "CtD mean": "mean click-to-door, minutes from placement to drop-off",
+    "p90": "90th percentile of click-to-door, minutes",
+    "p99": "99th percentile of click-to-door, minutes",
+    "max": "longest click-to-door, minutes",
+    ">90 (floor<=90)": "orders past the 90-minute maximum whose own floor (prep + direct ride + service) is under it",
+    "<=40 %": "share of delivered orders within the 40-minute target",
+    "bundle": "mean orders per pickup",
+    "util": "mean courier utilisation: driving and service time over shift length",
+    "feasible": "whether the solution passes every MDRP rule (dispatch/feasibility.py)",
+    "seconds": "wall-clock seconds the replay took",
+}
+
 TABLE_COLUMNS = ("instance", "policy", "delivered", "deliv.%", "CtD mean", "p90", "p99", "max", ">90 (floor<=90)",
                  "<=40 %", "bundle", "util", "feasible", "seconds")
 
@@ -93,6 +118,11 @@ def markdown_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     lines += ["| " + " | ".join(table_row(m)) + " |" for m in rows]
     return "\n".join(lines)
+
+
+def column_legend() -> str:
+    """One line per table column (:data:`COLUMN_MEANINGS`), to print under the table."""
+    return "\n".join(f"* {name}: {meaning}" for name, meaning in COLUMN_MEANINGS.items())
 
 
 ETA_COLUMNS = ("instance", "policy", "estimate at", "orders", "MAE min", "p90 abs err", "within +/-5 %", "bias min",
@@ -160,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None, help="write OUT/<instance>/<policy>/ solution files")
     parser.add_argument("--epoch", type=float, default=1.0, help="simulated minutes between decisions")
     parser.add_argument("--match", default=None, help="only instances whose name contains this text")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars (they are shown only when stderr is a terminal anyway)")
     parser.add_argument("--eta-calibration", type=Path,
                         default=DEFAULT_CALIBRATION if DEFAULT_CALIBRATION.is_file() else None,
                         help="delivery-time calibration JSON from bench.mdrp_quality (default: the committed one); "
@@ -174,17 +205,21 @@ def main(argv: list[str]) -> int:
     policies = args.policy or ["slack"]
     folders = [f for f in find_instances(args.paths) if args.match is None or args.match in f.name]
     if not folders:
-        print("hexdispatch replay: no MDRP instance found", file=sys.stderr)
+        named = ", ".join(str(p) for p in args.paths)
+        print(f"hexdispatch replay: no MDRP instance in {named}{' matching ' + repr(args.match) if args.match else ''}."
+              f" {WHERE_THE_DATA_IS}", file=sys.stderr)
         return 2
     rows = []
     calibrations = load_calibrations(args.eta_calibration)
-    for folder in tqdm(folders, desc="instances", disable=args.quiet or len(folders) == 1):
+    progress = not args.quiet and sys.stderr.isatty()  # bars would flood a log file or a pipe
+    for folder in tqdm(folders, desc="instances", disable=not progress or len(folders) == 1):
         for policy in policies:
-            metrics, _ = run_replay(folder, policy, args.out, args.epoch, not args.quiet, calibrations)
+            metrics, _ = run_replay(folder, policy, args.out, args.epoch, progress, calibrations)
             rows.append(metrics)
             for problem in metrics["violations"]:
                 print(f"{folder.name} {policy}: INFEASIBLE: {problem}", file=sys.stderr)
-    table = markdown_table(rows) + "\n\nDrop-off estimates against actual drop-off (minutes):\n\n" + eta_table(rows)
+    table = (markdown_table(rows) + "\n\n" + column_legend()
+             + "\n\nDrop-off estimates against actual drop-off (minutes):\n\n" + eta_table(rows))
     print(table)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)

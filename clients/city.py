@@ -34,7 +34,7 @@ import httpx
 import numpy as np
 
 from clients.customer import CustomerClient
-from clients.driver import DriverClient
+from clients.driver import DriverClient, StepRefused
 from clients.http import ApiClient, ApiError
 from dispatch.geo import EARTH_RADIUS_M, haversine_m
 from dispatch.lifecycle import TERMINAL_STATUSES
@@ -55,11 +55,13 @@ def minter(secret: str, ttl_s: int = 24 * 3600) -> Mint:
     return mint
 
 
-def local_minter() -> Mint:
-    """Mint tokens with the local secret (``HEXDISPATCH_JWT_SECRET`` or ``.hexdispatch/jwt_secret``)."""
+def local_minter() -> tuple[Mint, str]:
+    """Mint tokens with the server's secret (``HEXDISPATCH_JWT_SECRET`` or ``.hexdispatch/jwt_secret``, never one
+    made up here); also return where that secret came from."""
     from server.config import Settings
 
-    return minter(Settings.from_env().resolved_jwt_secret())
+    secret, source = Settings.from_env().existing_jwt_secret()
+    return minter(secret), source
 
 
 class RoundRobin:
@@ -144,6 +146,9 @@ class Tally:
     """A driver told of a second job while busy, or an order delivered by two drivers."""
     job_failures: list[str] = field(default_factory=list)
     driver_errors: dict[str, int] = field(default_factory=dict)
+    ready_after_pickup: int = 0
+    """Kitchens' "ready" clicks refused (409) because the driver had already picked the food up (which marks it
+    ready): a kitchen late on its own estimate, harmless."""
 
     def first_offer_at(self, order_id: int, at: float, waited_s: dict) -> None:
         known = self.first_offer.get(order_id)
@@ -179,6 +184,7 @@ class Tally:
         self.declines += other.declines
         self.double_bookings += other.double_bookings
         self.job_failures += other.job_failures
+        self.ready_after_pickup += other.ready_after_pickup
         for code, count in other.driver_errors.items():
             self.driver_errors[code] = self.driver_errors.get(code, 0) + count
         return self
@@ -245,6 +251,7 @@ class SimDriver:
         self.gps_interval_s = gps_interval_s
         self.accept_rate = accept_rate
         self.busy = False
+        self.jobs_taken: set[str] = set()
         self.tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -303,12 +310,15 @@ class SimDriver:
                     self.tally.declines += 1
                     await self.client.decline(message["offer_id"])
             elif message["type"] == "assigned":
+                if message["job_id"] in self.jobs_taken:
+                    continue  # told again after its cell was rebuilt: a job this driver already has
+                self.jobs_taken.add(message["job_id"])
                 if self.busy:
                     self.tally.double_bookings += 1
                 self.busy = True
                 try:
                     await self._do_job(message)
-                except (asyncio.TimeoutError, KeyError, ValueError) as exc:
+                except (asyncio.TimeoutError, KeyError, ValueError, StepRefused) as exc:
                     self.tally.job_failures.append(f"{self.id}: {type(exc).__name__}: {exc}")
                 finally:
                     self.busy = False
@@ -316,13 +326,14 @@ class SimDriver:
     async def _do_job(self, job: dict) -> None:
         restaurant = job["orders"][0]["restaurant"]
         await self._drive_to((restaurant["lat"], restaurant["lng"]))
-        await self.client.at_restaurant(job["job_id"])
+        # Each step until the server recorded it (resent across a front door's, a cell's or Postgres's fault).
+        await self.client.confirm("at_restaurant", job_id=job["job_id"])
         ready_at = max(o["ready_at"] for o in job["orders"])
         await asyncio.sleep(max(0.0, ready_at - time.time()))
-        await self.client.picked_up(job["job_id"])
+        await self.client.confirm("picked_up", job_id=job["job_id"])
         for order in job["orders"]:
             await self._drive_to((order["dropoff"]["lat"], order["dropoff"]["lng"]))
-            await self.client.delivered(order["order_id"])
+            await self.client.confirm("delivered", order_id=order["order_id"])
             self.tally.delivered(order["order_id"], self.id)
 
 
@@ -335,15 +346,16 @@ async def start_drivers(drivers: list[SimDriver], chunk: int = 50, on_started: C
             on_started(len(batch))
 
 
-async def kitchen_step(api: ApiClient, order_id: int, action: str, attempts: int = 3) -> None:
-    """One kitchen click, retried over a dropped keep-alive connection."""
+async def kitchen_step(api: ApiClient, order_id: int, action: str, attempts: int = 3) -> bool:
+    """One kitchen click, retried over a dropped keep-alive connection; False if the order had already moved past
+    it (409: a retry landed twice, or the driver already picked up)."""
     for attempt in range(attempts):
         try:
             await api.kitchen(order_id, action)
-            return
+            return True
         except ApiError as exc:
-            if exc.code == "illegal_transition":  # a retry landed twice, or the driver already picked up
-                return
+            if exc.code == "illegal_transition":
+                return False
             raise
         except httpx.TransportError:
             if attempt == attempts - 1:
@@ -351,12 +363,20 @@ async def kitchen_step(api: ApiClient, order_id: int, action: str, attempts: int
             await asyncio.sleep(0.2)
 
 
-async def cook(api: ApiClient, order_id: int, prep_s: float) -> None:
-    """A restaurant working one order: accept, cook for ``prep_s``, mark it ready."""
+#: How long before its ready estimate a simulated kitchen marks an order ready. Drivers pick up at the estimate
+#: (picking up marks the food ready), so a kitchen clicking exactly on time would race them and get 409s.
+READY_AHEAD_S = 3.0
+
+
+async def cook(api: ApiClient, order_id: int, ready_at: float, tally: Tally | None = None) -> None:
+    """A restaurant working one order: accept, cook, mark it ready :data:`READY_AHEAD_S` before ``ready_at``
+    (unix s, the estimate drivers are given); a "ready" refused because the food was already picked up is
+    counted in ``tally.ready_after_pickup``."""
     await kitchen_step(api, order_id, "accept")
     await kitchen_step(api, order_id, "start-preparing")
-    await asyncio.sleep(prep_s)
-    await kitchen_step(api, order_id, "ready")
+    await asyncio.sleep(max(0.0, ready_at - READY_AHEAD_S - time.time()))
+    if not await kitchen_step(api, order_id, "ready") and tally is not None:
+        tally.ready_after_pickup += 1
 
 
 @dataclass(eq=False)
@@ -434,7 +454,8 @@ class OrderDesk:
         self.following[order_id] = follower
         self.tokens[order_id] = token
         await follower.follow(order_id)
-        self._spawn(cook(self.owners[kitchen.id], order_id, kitchen.prep_minutes * 60))
+        ready_at = self.tally.ready_estimate.get(order_id, time.time() + kitchen.prep_minutes * 60)
+        self._spawn(cook(self.owners[kitchen.id], order_id, ready_at, self.tally))
         await follower.wait_for(lambda c: bool(set(c.statuses(order_id)) & set(TERMINAL_STATUSES)),
                                 timeout_s=24 * 3600)
         await self._unfollow(order_id)

@@ -3,9 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 
-from clients.ws import Link, ws_url
+from clients.ws import Link, reconnect_delay, ws_url
+
+#: A refusal of a job step sent again: an earlier attempt was recorded and only its ack was lost on the way.
+ALREADY_RECORDED = frozenset({"illegal_transition", "unknown_job", "unknown_order"})
+#: Refusals of GPS fixes, which arrive between a step and its answer and are not that answer.
+GPS_REFUSALS = frozenset({"implausible_jump", "outside_service_area", "cell_capacity", "rate_limited",
+                          "invalid_message"})
+
+
+class StepRefused(Exception):
+    """The server refused a job step (the error frame's ``code`` and ``message``)."""
+
+    def __init__(self, frame: dict):
+        super().__init__(f"{frame.get('code')}: {frame.get('message')}")
+        self.frame = frame
 
 
 class DriverClient:
@@ -15,6 +30,7 @@ class DriverClient:
         self.link = Link(ws_url(base_url, "/v1/ws/driver", token), **link_options)
         self.seq = 0
         self.errors: list[dict] = []
+        self._set_aside: collections.deque[dict] = collections.deque()  # read by ``confirm``, for ``next``
 
     @property
     def inbox(self) -> asyncio.Queue:
@@ -57,6 +73,54 @@ class DriverClient:
     async def delivered(self, order_id: int) -> None:
         await self.link.send({"type": "delivered", "order_id": order_id})
 
+    async def confirm(self, kind: str, deadline_s: float = 300.0, answer_s: float = 15.0, **fields) -> dict:
+        """Send a job step (``at_restaurant``/``picked_up`` with ``job_id``, ``delivered`` with ``order_id``) until
+        the server has recorded it, as a driver app must: nothing a driver reports may be lost to a fault.
+
+        The step is sent again, after a jittered back-off, when the answer is ``unavailable`` (Postgres or the
+        cell unreachable), when the socket reconnected meanwhile, or when no answer comes within ``answer_s``
+        (a front door died with it). Returns the ``ack``, or, for a step sent again, a refusal in
+        ``ALREADY_RECORDED`` (the first attempt was recorded, its ack lost). Raises :class:`StepRefused` for
+        any other refusal, ``asyncio.TimeoutError`` after ``deadline_s``. Other messages meanwhile are kept
+        for :meth:`next`.
+        """
+        deadline = time.monotonic() + deadline_s
+        attempt = 0
+        while True:
+            connections = self.link.connections
+            await self.link.send({"type": kind, **fields})
+            answer = await self._answer_to(kind, fields, min(answer_s, max(0.0, deadline - time.monotonic())),
+                                           connections)
+            if answer is not None and answer["type"] == "ack":
+                return answer
+            if answer is not None and answer.get("code") in ALREADY_RECORDED and attempt > 0:
+                return answer
+            if answer is not None and answer.get("code") != "unavailable":
+                raise StepRefused(answer)
+            if time.monotonic() >= deadline:
+                raise asyncio.TimeoutError(f"{kind} {fields} not recorded within {deadline_s:g} s")
+            await asyncio.sleep(reconnect_delay(attempt, busy=True, min_backoff_s=0.1, max_backoff_s=5.0))
+            attempt += 1
+
+    async def _answer_to(self, kind: str, fields: dict, within_s: float, connections: int) -> dict | None:
+        """The ack of ``kind`` or the error frame answering it; None if none came within ``within_s`` or the
+        socket reconnected (the step may not have arrived)."""
+        deadline = time.monotonic() + within_s
+        while (remaining := deadline - time.monotonic()) > 0 and self.link.connections == connections:
+            try:
+                message = await asyncio.wait_for(self.inbox.get(), min(remaining, 1.0))
+            except asyncio.TimeoutError:
+                continue
+            if message.get("type") == "ack" and message.get("of") == kind and all(
+                    message.get(name) == value for name, value in fields.items()):
+                return message
+            if message.get("type") == "error" and message.get("code") not in GPS_REFUSALS:
+                return message
+            if message.get("type") == "ack":
+                continue  # the ack of an earlier resend of another step
+            self._set_aside.append(message)
+        return None
+
     async def next(self, *types: str, timeout_s: float = 10.0) -> dict:
         """The next message of one of ``types`` (others are skipped); TimeoutError if none comes."""
         deadline = time.monotonic() + timeout_s
@@ -64,7 +128,10 @@ class DriverClient:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise asyncio.TimeoutError(f"no {types} within {timeout_s}s")
-            message = await asyncio.wait_for(self.inbox.get(), remaining)
+            if self._set_aside:
+                message = self._set_aside.popleft()
+            else:
+                message = await asyncio.wait_for(self.inbox.get(), remaining)
             if not types or message.get("type") in types:
                 return message
             if message.get("type") == "error":

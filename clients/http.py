@@ -40,6 +40,12 @@ class ApiClient:
     async def create_restaurant(self, **fields) -> dict:
         return await self.call("POST", "/v1/restaurants", json=fields)
 
+    async def erase_restaurant(self, restaurant_id: int) -> None:
+        """Delete a restaurant with its menu and finished orders (204); ``ApiError`` 409 while orders are active."""
+        response = await self.http.request("DELETE", f"/v1/restaurants/{restaurant_id}", headers=self.headers)
+        if response.status_code != 204:
+            raise ApiError(response.status_code, response.json())
+
     async def add_item(self, restaurant_id: int, name: str, price_cents: int, **fields) -> dict:
         return await self.call("POST", f"/v1/restaurants/{restaurant_id}/menu/items",
                                json={"name": name, "price_cents": price_cents, **fields})

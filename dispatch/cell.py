@@ -493,6 +493,8 @@ class CellCore:
         self.orders: dict[int, LiveOrder] = {}
         self.offers: dict[str, Offer] = {}
         self.jobs: dict[str, Job] = {}
+        #: Jobs rebuilt from Postgres, not yet started, whose driver has not heard of them from this cell.
+        self.unannounced: set[str] = set()
         self._serial = 0
         self._index = DriverIndex()
         #: Driver id -> until when its fixes are ignored (it left this cell; see :meth:`depart`).
@@ -643,6 +645,22 @@ class CellCore:
         self.drivers[driver_id] = LiveDriver(driver_id, first.restaurant_lat, first.restaurant_lng, now,
                                              status=status, job_id=job_id)
         self._index.place(self.drivers[driver_id])
+        if status is DriverStatus.EN_ROUTE:
+            self.unannounced.add(job_id)
+
+    def announce_restored(self, driver_id: str) -> list[Command]:
+        """The ``assigned`` of a job rebuilt from Postgres that its driver has not started, once, when the driver
+        shows up again: the cell that committed it may have died before the message left (a node lost), and a
+        driver never told would leave its orders stranded. Apps ignore an ``assigned`` of a job they hold."""
+        driver = self.drivers.get(driver_id)
+        job = self.jobs.get(driver.job_id) if driver is not None and driver.job_id is not None else None
+        if job is None or job.id not in self.unannounced:
+            return []
+        self.unannounced.discard(job.id)
+        if driver.status is not DriverStatus.EN_ROUTE:
+            return []
+        orders = [self._order_view(self.orders[i]) for i in job.order_ids if i in self.orders]
+        return [SendToDriver(driver_id, {"type": "assigned", "job_id": job.id, "orders": orders})]
 
     # Repair: memory against Postgres -----------------------------------------
 

@@ -4,6 +4,10 @@ A cell is *empty* when nothing would be lost if it went away: no driver
 online, no order, no offer, no job, no message waiting for a front door. It
 may retire once it has been empty, with nothing arriving, for ``idle_s``. Pure:
 the actor reports what arrived and whether it is empty, with the time.
+
+The actor counts a write to Postgres in flight as not empty, and before it
+retires asks Postgres (a sweep): an active order of the cell that memory
+missed is taken in, and the cell stays (``actors.cell``).
 """
 
 from __future__ import annotations

@@ -226,6 +226,14 @@ class CatalogCache:
         if self._written_while_fetching is not None:
             self._written_while_fetching.add(row["id"])
 
+    def restaurant_erased(self, restaurant_id: int) -> None:
+        """This process deleted a restaurant: stop showing it at once."""
+        self.menus.invalidate(restaurant_id)
+        if self.replica.ready:
+            self.replica.apply([restaurant_id], [])
+        if self._written_while_fetching is not None:
+            self._written_while_fetching.add(restaurant_id)
+
     def menu_written(self, restaurant_id: int) -> None:
         """This process changed a restaurant's menu."""
         self.menus.invalidate(restaurant_id)

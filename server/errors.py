@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
+import asyncpg
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -75,6 +77,30 @@ async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
     )
 
 
+#: Postgres out of reach: refused, reset or timed-out connections, sessions cut by a restart or a shutdown
+#: (class 08 and 57 errors), no connection slot left (53300). Retrying later may work. (Not every ``OSError``:
+#: uvicorn reports a client that went away as one, and that is no outage.)
+DATABASE_UNAVAILABLE = (ConnectionError, TimeoutError, asyncpg.PostgresConnectionError,
+                        asyncpg.exceptions.OperatorInterventionError, asyncpg.TooManyConnectionsError)
+#: Seconds a client is asked to wait before retrying a request Postgres could not serve.
+RETRY_AFTER_S = 2
+#: Websocket close code for "try again later" (the client backs off, as after 503).
+CLOSE_TRY_AGAIN_LATER = 1013
+
+
+async def database_unavailable(conn, exc: Exception) -> JSONResponse | None:
+    """503 ``unavailable`` with ``Retry-After`` when Postgres could not be reached: nothing was done; retry.
+    On a websocket: closed with 1013 (try again later), and the client resumes after its back-off."""
+    if conn.scope["type"] == "websocket":
+        log.warning("database unavailable on websocket %s: %r", conn.url.path, exc)
+        with contextlib.suppress(Exception):  # the socket may already be gone
+            await conn.close(CLOSE_TRY_AGAIN_LATER, "database unavailable; retry later")
+        return None
+    log.warning("database unavailable on %s %s: %r", conn.method, conn.url.path, exc)
+    return JSONResponse(error_body("unavailable", "the database is unavailable; retry later"), status_code=503,
+                        headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSONResponse(error_body("internal", "internal server error"), status_code=500)
@@ -85,5 +111,6 @@ EXCEPTION_HANDLERS = {
     StoreError: store_error,
     ValidationError: invalid_request,
     HTTPException: http_error,
+    **{kind: database_unavailable for kind in DATABASE_UNAVAILABLE},
     Exception: internal_error,
 }

@@ -186,3 +186,25 @@ async def delete_item(conn, restaurant_id: int, item_id: int) -> bool:
     """Remove an item from the menu (past orders keep their snapshot)."""
     status = await conn.execute("DELETE FROM menu_items WHERE restaurant_id = $1 AND id = $2", restaurant_id, item_id)
     return status.endswith(" 1")
+
+
+async def erase_restaurant(conn, restaurant_id: int) -> tuple[bool, int]:
+    """Delete a restaurant, its menu, and its orders with their audit trails, in one transaction, unless one of
+    its orders is still active. Returns ``(erased, active orders)``: ``(False, 0)`` when there is no such
+    restaurant, ``(False, n)`` when ``n`` orders are still being cooked or delivered (nothing is deleted)."""
+    async with conn.transaction():
+        found = await conn.fetchrow(
+            f"""SELECT count(o.id) FILTER (WHERE {ACTIVE_ORDER}) AS active
+                FROM restaurants r LEFT JOIN orders o ON o.restaurant_id = r.id
+                WHERE r.id = $1 GROUP BY r.id""",
+            restaurant_id)
+        if found is None:
+            return False, 0
+        if found["active"]:
+            return False, found["active"]
+        await conn.execute("SET LOCAL hexdispatch.erasing_orders = 'on'")  # migration 0005
+        await conn.execute(
+            "DELETE FROM order_events WHERE order_id IN (SELECT id FROM orders WHERE restaurant_id = $1)", restaurant_id)
+        await conn.execute("DELETE FROM orders WHERE restaurant_id = $1", restaurant_id)
+        await conn.execute("DELETE FROM restaurants WHERE id = $1", restaurant_id)  # menu items cascade
+    return True, 0

@@ -132,3 +132,26 @@ def test_reconcile_leaves_agreeing_state_alone():
     rows = [stored(1, "assigned", "a", persist.job_id), stored(2)]
     assert cell.reconcile(rows, unsettled=set(), now=T0 + 2) == []
     assert cell.orders[1].phase is OrderPhase.ASSIGNED and cell.orders[2].phase is OrderPhase.PENDING
+
+
+def test_a_restored_job_not_yet_started_is_announced_to_its_driver_once():
+    """A cell rebuilt from Postgres (its node was lost) holds a job whose ``assigned`` may have died with the old
+    cell: the driver is told when it shows up again, once; a job the driver has started is not announced."""
+    cell = CellCore("c1")
+    cell.restore_job("job-1", "a", [order(1)], picked_up=False, at_restaurant=False, now=T0)
+    cell.restore_job("job-2", "b", [order(2)], picked_up=False, at_restaurant=True, now=T0)
+    assert cell.announce_restored("nobody") == []
+    cell.driver_seen("a", LAT, LNG, T0 + 5)
+    [told] = messages(cell.announce_restored("a"), "assigned")
+    assert told[0] == "a" and told[1]["job_id"] == "job-1" and [o["order_id"] for o in told[1]["orders"]] == [1]
+    assert cell.announce_restored("a") == []  # once
+    cell.driver_seen("b", LAT, LNG, T0 + 5)
+    assert cell.announce_restored("b") == []  # at the restaurant: it has the job
+
+
+def test_a_job_assigned_by_this_cell_is_never_announced_again():
+    cell = CellCore("c1")
+    persist = accepted(cell)
+    assert messages(cell.assignment_persisted(persist.job_id, True), "assigned")
+    cell.driver_seen("a", LAT, LNG, T0 + 2)
+    assert cell.announce_restored("a") == []

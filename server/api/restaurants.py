@@ -89,6 +89,22 @@ async def update_restaurant(request: Request) -> JSONResponse:
     return JSONResponse(restaurant_view(row, with_owner=True))
 
 
+async def erase_restaurant(request: Request) -> Response:
+    """Delete the restaurant with its menu and its (finished) orders and their audit trails: 204. 409
+    ``active_orders`` while an order of it is still being cooked or delivered (cancel or deliver it first)."""
+    restaurant_id, _ = await _owned_restaurant(request)
+    async with request.app.state.pool.acquire() as conn:
+        erased, active = await catalog.erase_restaurant(conn, restaurant_id)
+    if not erased:
+        if active:
+            raise ApiError(409, "active_orders", f"{active} order(s) of this restaurant are still being cooked or "
+                                                 "delivered; cancel or deliver them first")
+        raise not_found("restaurant")
+    if (cache := _catalog(request)) is not None:
+        cache.restaurant_erased(restaurant_id)
+    return Response(status_code=204)
+
+
 async def get_restaurant(request: Request) -> JSONResponse:
     principal = caller(request)
     restaurant_id = path_id(request, "restaurant_id", "restaurant")
@@ -226,6 +242,7 @@ ROUTES = [
     Route("/v1/restaurants/nearby", nearby, methods=["GET"]),
     Route("/v1/restaurants/{restaurant_id}", get_restaurant, methods=["GET"]),
     Route("/v1/restaurants/{restaurant_id}", update_restaurant, methods=["PATCH"]),
+    Route("/v1/restaurants/{restaurant_id}", erase_restaurant, methods=["DELETE"]),
     Route("/v1/restaurants/{restaurant_id}/menu", get_menu, methods=["GET"]),
     Route("/v1/restaurants/{restaurant_id}/menu/items", create_item, methods=["POST"]),
     Route("/v1/restaurants/{restaurant_id}/menu/items/{item_id}", update_item, methods=["PATCH"]),

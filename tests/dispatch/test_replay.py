@@ -148,3 +148,31 @@ def test_replay_cli_writes_files_and_table(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main([str(empty), "--quiet"]) == 2
+
+
+def test_replay_cli_off_a_terminal_is_quiet_explains_columns_and_where_the_data_lives(tmp_path):
+    """Issue 15: no progress bars in redirected output, a legend under the table, and a missing instance folder
+    says where the MDRP data lives."""
+    import subprocess
+    import sys
+
+    from bench.replay import COLUMN_MEANINGS, TABLE_COLUMNS
+    from tests.environment import child_environment
+
+    assert set(COLUMN_MEANINGS) == set(TABLE_COLUMNS) - {"instance", "policy"}
+    hexdispatch = Path(sys.executable).with_name("hexdispatch")
+    folder = tmp_path / "instances" / "tiny"
+    folder.mkdir(parents=True)
+    for name, text in random_instance_text(3, 20, 3, 2).items():
+        (folder / name).write_text(text)
+    done = subprocess.run([str(hexdispatch), "replay", str(tmp_path / "instances"), "--policy", "nearest", "--policy",
+                           "slack"], capture_output=True, text=True, env=child_environment(), timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr + done.stdout and "it/s" not in done.stderr and "min/s" not in done.stderr
+    for name, meaning in COLUMN_MEANINGS.items():
+        assert f"* {name}: {meaning}" in done.stdout
+
+    missing = subprocess.run([str(hexdispatch), "replay", str(tmp_path / "nowhere")], capture_output=True, text=True,
+                             env=child_environment(), timeout=120)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "../shared/mdrp/instances" in missing.stderr and "grubhub/mdrplib" in missing.stderr

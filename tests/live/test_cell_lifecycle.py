@@ -239,3 +239,30 @@ def _gone(cell_id: str):
     async def check() -> bool:
         return cell_id not in await live_cells()
     return check
+
+
+async def test_an_idle_cell_does_not_retire_while_postgres_holds_an_order_it_missed(settings, ray_local, spot,
+                                                                                      as_role):
+    """An order committed in Postgres whose ``add_order`` never reached the cell (here: the API runs without live
+    dispatch): the cell, empty in memory, is about to retire. It asks Postgres first, takes the order in, and
+    stays, rather than leaving the order without a cell until its periodic sweep (an hour away here) or a fix."""
+    from actors.cell import cell_actor_class
+    from dispatch.cell import CellParams
+    from tests.server.helpers import add_item, make_restaurant, place
+
+    owner, customer = as_role("restaurant"), as_role("customer")
+    rest = await make_restaurant(owner, latitude=spot[0], longitude=spot[1])
+    item = await add_item(owner, rest["id"])
+    cell_id = cell_of_point(*spot)
+    cell = cell_actor_class().remote(cell_id, settings.database_url, CellParams(idle_retire_s=1.0), 0.05, 3600.0)
+    # A driver keeps the cell from retiring until the order is in Postgres; then it leaves.
+    await cell.push_gps.remote("gw-test", [("d-leaving", spot[0], spot[1], None, None, 1, None)])
+    placed = await place(customer, rest["id"], [{"item_id": item["id"]}], dropoff=(spot[0] + 0.005, spot[1]))
+    assert placed.status_code == 201, placed.text
+    assert (await cell.load.remote())["pending_orders"] == 0  # memory missed it
+    assert await cell.remove_driver.remote("d-leaving")
+
+    async def holds_the_order():
+        return (await cell.load.remote())["pending_orders"] == 1  # raises if the actor retired and exited
+    await eventually(holds_the_order, 60, "the cell took in the order Postgres holds")
+    ray.kill(cell, no_restart=True)

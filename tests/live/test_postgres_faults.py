@@ -22,9 +22,10 @@ from clients.http import ApiClient, ApiError
 from clients.ws import Link, ws_url
 from server.db import migrate
 from tests.conftest import token
-from tests.live.conftest import LIVE_PARAMS, LiveServer
+from tests.live.conftest import LIVE_PARAMS, LiveServer, streaming_gps
 from tests.live.test_end_to_end import setup_restaurant
 from tests.private_postgres import eventually, private_postgres  # noqa: F401 - the fixture
+from tests.waiting import eventually as awaited_eventually
 
 
 @contextlib.asynccontextmanager
@@ -202,3 +203,38 @@ async def test_sweep_releases_an_assignment_only_postgres_holds(live, spot, pool
     assert [e["type"] for e in events] == ["placed", "assign", "unassign", "assign"]
     assert events[2]["payload"]["reason"] == "assignment not confirmed"
     assert events[3]["payload"]["job_id"] == reply["job_id"] != "job-lost"
+
+
+async def test_a_driver_step_sent_while_postgres_is_down_is_resent_until_recorded(settings, ray_local,
+                                                                                   private_postgres, spot):
+    """A driver app confirms each job step (``DriverClient.confirm``): the step answered ``unavailable`` while
+    Postgres is down is sent again and recorded once it is back, not lost (the order would stay stranded)."""
+    dsn = private_postgres.dsn
+    async with server_on(settings, dsn, spot) as server:
+        owner, rest, [item] = await setup_restaurant(server, spot)
+        api = ApiClient(server.url, token("customer", f"c-{uuid.uuid4().hex[:8]}"))
+        async with DriverClient(server.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) as driver:
+            await driver.next("welcome", timeout_s=30)
+            async with streaming_gps(driver, lambda: (spot[0] + 0.001, spot[1])):
+                order = await api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
+                while True:  # an offer may expire before a loaded machine's accept reaches the cell
+                    offer = await driver.next("offer", timeout_s=60)
+                    await driver.accept(offer["offer_id"])
+                    assigned = await driver.next("assigned", "error", "job_withdrawn", timeout_s=60)
+                    if assigned["type"] == "assigned":
+                        break
+                cell = ray.get_actor(actor_name(cell_of_point(*spot)), namespace=NAMESPACE)
+                failed_before = (await cell.load.remote())["writes_failed"]
+                await asyncio.to_thread(private_postgres.stop)
+                step = asyncio.get_running_loop().create_task(
+                    driver.confirm("at_restaurant", deadline_s=240, job_id=assigned["job_id"]))
+
+                async def refused_once() -> bool:
+                    return (await cell.load.remote())["writes_failed"] > failed_before
+                await awaited_eventually(refused_once, timeout_s=120, what="the step refused while Postgres is down")
+                assert not step.done()
+                await asyncio.to_thread(private_postgres.start)
+                ack = await asyncio.wait_for(step, 240)
+                assert ack == {"type": "ack", "of": "at_restaurant", "job_id": assigned["job_id"]}
+        events = await fetch(dsn, "SELECT type FROM order_events WHERE order_id = $1 ORDER BY seq", order["id"])
+        assert [e["type"] for e in events] == ["placed", "assign", "arrive"]  # recorded once

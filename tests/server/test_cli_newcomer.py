@@ -142,3 +142,33 @@ def test_make_run_takes_port_and_host():
     assert "hexdispatch serve --host 0.0.0.0 --port 8123" in done.stdout
     default = subprocess.run(["make", "-n", "run"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert "hexdispatch serve --host 127.0.0.1 --port 8000" in default.stdout
+
+
+def test_simulate_without_a_server_is_one_line_and_fast(tmp_path):
+    url = f"http://127.0.0.1:{closed_port()}"
+    started = time.monotonic()
+    done = run(["simulate", "--url", url, "--duration", "1"], tmp_path, HEXDISPATCH_JWT_SECRET="s" * 40)
+    assert time.monotonic() - started < FAST_S
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == (f"hexdispatch simulate: no hexdispatch server answers at {url} (ConnectError): "
+                                   "start one with `hexdispatch serve`, or give its address with --url")
+
+
+def test_simulate_outside_the_servers_home_names_the_missing_secret(tmp_path):
+    done = run(["simulate", "--url", f"http://127.0.0.1:{closed_port()}"], tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"hexdispatch simulate: no JWT secret at {tmp_path / '.hexdispatch' / 'jwt_secret'}")
+    assert not (tmp_path / ".hexdispatch").exists()
+
+
+def test_simulate_against_a_silent_listener_is_one_line_and_fast(tmp_path):
+    """A port that accepts connections but never answers (a hung process) ends simulate within its health timeout."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        done = run(["simulate", "--url", url], tmp_path, HEXDISPATCH_JWT_SECRET="s" * 40)
+    assert time.monotonic() - started < FAST_S
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"hexdispatch simulate: no hexdispatch server answers at {url} (ReadTimeout)")

@@ -245,3 +245,58 @@ async def test_a_new_order_reaches_its_cell_as_postgres_would_describe_it(as_rol
     row, created = await orders.place_order(pool, Principal(customer.sub, Role.CUSTOMER), uuid.uuid4().hex, "h", body)
     assert created
     assert placed_order(row) == live_order(await pool.fetchrow(LIVE_ORDER_SQL, row["id"]))
+
+
+async def test_erasing_a_restaurant_takes_its_finished_orders_and_their_trail(as_role, pool):
+    """``DELETE /v1/restaurants/{id}`` (``simulate --cleanup``): refused while an order is active, then removes the
+    restaurant, its menu, its orders and their events; the audit trail stays append-only outside it."""
+    import asyncpg
+    import pytest
+
+    owner, customer, stranger, admin = as_role("restaurant"), as_role("customer"), as_role("restaurant"), as_role("admin")
+    rest = await make_restaurant(owner)
+    item = await add_item(owner, rest["id"])
+    oid = (await place(customer, rest["id"], [{"item_id": item["id"]}])).json()["id"]
+    kept = await make_restaurant(owner)
+    kept_oid = (await place(customer, kept["id"], [{"item_id": (await add_item(owner, kept["id"]))["id"]}])).json()["id"]
+
+    busy = await owner.delete(f"/v1/restaurants/{rest['id']}")
+    assert busy.status_code == 409 and busy.json()["error"]["code"] == "active_orders", busy.text
+    assert (await stranger.delete(f"/v1/restaurants/{rest['id']}")).status_code == 403
+    assert (await customer.delete(f"/v1/restaurants/{rest['id']}")).status_code == 403
+    assert (await admin.post(f"/v1/orders/{oid}/cancel", json={"reason": "test"})).status_code == 200
+
+    erased = await owner.delete(f"/v1/restaurants/{rest['id']}")
+    assert erased.status_code == 204, erased.text
+    assert (await owner.get(f"/v1/restaurants/{rest['id']}")).status_code == 404
+    assert (await customer.get(f"/v1/restaurants/{rest['id']}/menu")).status_code == 404
+    assert (await admin.get(f"/v1/orders/{oid}")).status_code == 404
+    assert await pool.fetchval("SELECT count(*) FROM order_events WHERE order_id = $1", oid) == 0
+    assert await pool.fetchval("SELECT count(*) FROM menu_items WHERE restaurant_id = $1", rest["id"]) == 0
+    assert (await owner.delete(f"/v1/restaurants/{rest['id']}")).status_code == 404
+
+    # The other restaurant and its trail are untouched, and its trail still refuses deletion.
+    assert (await admin.get(f"/v1/orders/{kept_oid}")).status_code == 200
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await pool.execute("DELETE FROM order_events WHERE order_id = $1", kept_oid)
+
+
+async def test_an_order_racing_the_erasure_of_its_restaurant_is_refused_not_a_500(as_role, pool, monkeypatch):
+    """The restaurant is erased between placement's reads and its insert: the foreign key refuses the order,
+    and the customer gets the same 422 ``unknown_restaurant`` as for a restaurant that never existed."""
+    from store import catalog, orders
+
+    owner, customer = as_role("restaurant"), as_role("customer")
+    rest = await make_restaurant(owner)
+    item = await add_item(owner, rest["id"])
+    priced_lines = orders._priced_lines
+
+    async def erased_meanwhile(conn, order):
+        lines = await priced_lines(conn, order)
+        async with pool.acquire() as other:
+            assert await catalog.erase_restaurant(other, rest["id"]) == (True, 0)
+        return lines
+
+    monkeypatch.setattr(orders, "_priced_lines", erased_meanwhile)
+    reply = await place(customer, rest["id"], [{"item_id": item["id"]}])
+    assert reply.status_code == 422 and reply.json()["error"]["code"] == "unknown_restaurant", reply.text

@@ -66,6 +66,13 @@ def test_serve_on_embedded_defaults(tmp_path):
         leftovers = stop(proc) if proc.poll() is None else []
     assert leftovers == [], f"orphaned processes: {[p.name() for p in leftovers]}"
     assert (tmp_path / ".hexdispatch" / "pgdata" / "PG_VERSION").exists()
+    printed = proc.stdout.read().decode()
+    # Where everything is, printed once at start-up (issue 15): the API, ops map, metrics, Ray's dashboard and its login.
+    for line in (f"API            {url}/v1", f"ops map        {url}/ops", f"metrics        {url}/metrics",
+                 "Ray dashboard  http://127.0.0.1:", f"signs with {tmp_path / '.hexdispatch' / 'jwt_secret'}",
+                 ".venv/bin/hexdispatch"):
+        assert line in printed, printed
+    assert "ray get-auth-token" in printed or "no login needed" in printed
 
     proc = start(tmp_path, port)
     try:
