@@ -6,11 +6,15 @@ fix was on arrival, an offer); :meth:`CellMetrics.export` turns the last
 window into figures and sets the Ray gauges, which each node's metrics
 agent serves to Prometheus and the Ray dashboard (names ``ray_hexdispatch_cell_*``,
 tagged ``cell=<h3 index>``). :meth:`CellMetrics.summary` gives the same
-figures to the admin API.
+figures to the admin API, with cumulative bucketed histograms of tick time and
+GPS lag (:class:`Buckets`) that the front doors add up across cells and export
+as Prometheus histograms (``server/metrics.py``).
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections import deque
 
 import numpy as np
@@ -40,6 +44,30 @@ def percentiles_ms(samples_s, quantiles=(50, 95, 99)) -> dict[str, float]:
     return {f"p{q}": round(float(v), 3) for q, v in zip(quantiles, values)}
 
 
+#: Histogram bucket upper bounds (seconds) of a tick and of a fix's lag.
+TICK_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+GPS_LAG_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Buckets:
+    """A cumulative histogram since the cell started: counts per bucket (``le`` bounds, then +Inf), sum, count."""
+
+    def __init__(self, bounds: tuple[float, ...]):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, values) -> None:
+        for value in values:
+            self.counts[bisect.bisect_left(self.bounds, value)] += 1
+            self.sum += value
+
+    def report(self) -> dict:
+        """``{"le": bounds, "cumulative": counts <= each bound then +Inf, "sum", "count"}`` (Prometheus' shape)."""
+        return {"le": list(self.bounds), "cumulative": list(itertools.accumulate(self.counts)),
+                "sum": self.sum, "count": sum(self.counts)}
+
+
 class CellMetrics:
     """Counters and recent samples of one cell, and their Ray gauges (created lazily, inside Ray)."""
 
@@ -54,10 +82,13 @@ class CellMetrics:
         self._window_offers = 0
         self._window_fixes = 0
         self._gauges: dict | None = None
+        self.tick_histogram = Buckets(TICK_BUCKETS_S)
+        self.gps_lag_histogram = Buckets(GPS_LAG_BUCKETS_S)
 
     def tick(self, seconds: float) -> None:
         self.ticks += 1
         self.tick_seconds.append(seconds)
+        self.tick_histogram.observe((seconds,))
 
     def offer(self) -> None:
         self.offers += 1
@@ -65,6 +96,7 @@ class CellMetrics:
     def fixes(self, count: int, lags_s) -> None:
         self.gps_fixes += count
         self.gps_lag_seconds.extend(lags_s)
+        self.gps_lag_histogram.observe(lags_s)
 
     def summary(self) -> dict:
         """Totals and recent percentiles (the admin API's view of the cell)."""
@@ -73,6 +105,8 @@ class CellMetrics:
             "tick_ms": {"last": round(self.tick_seconds[-1] * 1000.0, 3) if self.tick_seconds else 0.0,
                         **percentiles_ms(self.tick_seconds, (50, 99))},
             "gps_lag_ms": percentiles_ms(self.gps_lag_seconds),
+            "histograms": {"tick_seconds": self.tick_histogram.report(),
+                           "gps_lag_seconds": self.gps_lag_histogram.report()},
         }
 
     def export(self, now: float, load: dict) -> dict:

@@ -47,21 +47,12 @@ from server import protocol as p
 from server import schemas as s
 from server.auth import mint_token
 from server.cli import parser_for
+from server.openapi import OPERATIONS
 
-#: Inputs of each route beyond its path: (body model, query model). Routes absent here take neither.
+#: Inputs of each route beyond its path: (body model, query model), as the OpenAPI document describes them.
+#: Routes absent here take neither.
 ROUTE_INPUTS: dict[tuple[str, str], tuple[type | None, type | None]] = {
-    ("POST", "/v1/restaurants"): (s.RestaurantIn, None),
-    ("GET", "/v1/restaurants/nearby"): (None, s.NearbyQuery),
-    ("PATCH", "/v1/restaurants/{restaurant_id}"): (s.RestaurantPatch, None),
-    ("POST", "/v1/restaurants/{restaurant_id}/menu/items"): (s.MenuItemIn, None),
-    ("PATCH", "/v1/restaurants/{restaurant_id}/menu/items/{item_id}"): (s.MenuItemPatch, None),
-    ("GET", "/v1/restaurants/{restaurant_id}/orders"): (None, s.RestaurantOrdersQuery),
-    ("POST", "/v1/orders"): (s.OrderIn, None),
-    ("GET", "/v1/orders"): (None, s.PageQuery),
-    ("GET", "/v1/orders/{order_id}/events"): (None, s.EventsQuery),
-    ("POST", "/v1/orders/{order_id}/cancel"): (s.CancelIn, None),
-    ("POST", "/v1/orders/{order_id}/ready-estimate"): (s.ReadyRevision, None),
-    ("PUT", "/v1/drivers/me"): (s.DriverProfileIn, None),
+    (op.method, op.path): (op.body, op.query) for op in OPERATIONS if op.body is not None or op.query is not None
 }
 #: The websocket endpoints and the messages each validates with.
 SOCKETS: dict[str, tuple[str, TypeAdapter]] = {

@@ -614,9 +614,15 @@ def run_flood(args, name: str, jobs: list[FloodJob], sampler: probes.Sampler) ->
         for i, pid in enumerate(load.pids()):
             sampler.processes.add(pid, f"load generator {i + 1}")
         sampler.start()
-        load.watch(max(0.0, load.go_at + args.flood_warmup + args.flood_seconds - time.time()),
-                   postfix=lambda p: f"sent={sum(x['gps_sent'] for x in p.values()):,}")
         start, end = load.go_at + args.flood_warmup, load.go_at + args.flood_warmup + args.flood_seconds
+
+        def postfix(progress: dict[int, dict]) -> str:
+            return f"sent={sum(x['gps_sent'] for x in progress.values()):,}"
+
+        load.watch(max(0.0, start - time.time()), postfix=postfix)
+        clock = probes.CpuClock(sampler.processes)
+        load.watch(max(0.0, end - time.time()), postfix=postfix)
+        cores = clock.cores()
         figures = step_figures(load.history, sampler.samples, start, end, args.keeps_up_lag_ms)
         outcomes = load.finish()
     except BaseException:
@@ -631,7 +637,7 @@ def run_flood(args, name: str, jobs: list[FloodJob], sampler: probes.Sampler) ->
     lag = figures["gps_to_actor_p99_ms"]
     keeps_up = lag is None or lag <= args.keeps_up_lag_ms
     usage = probes.process_usage(probes.window(samples, start, end))
-    cost = cpu_cost(usage, *DESIGN_PROCESSES[name], absorbed if keeps_up else 0.0)
+    cost = cpu_cost(cores, *DESIGN_PROCESSES[name], absorbed if keeps_up else 0.0)
     return {
         "target": name, "sockets": sum(j.sockets for j in jobs), "followers": sum(j.followers for j in jobs),
         "gps_sent_per_s": figures["gps_offered_per_s"], "most_absorbed_per_s": absorbed,
@@ -642,12 +648,13 @@ def run_flood(args, name: str, jobs: list[FloodJob], sampler: probes.Sampler) ->
     }
 
 
-def cpu_cost(usage: dict[str, dict], process: str, helpers: tuple[str, ...], frames_per_s: float) -> dict:
-    """CPU (cores) of the design's websocket process and of its helpers; frames per CPU-second of the
-    first, and microseconds of CPU per frame of each. Several front doors ("front door 1", ...) add up."""
+def cpu_cost(used: dict[str, float], process: str, helpers: tuple[str, ...], frames_per_s: float) -> dict:
+    """CPU (cores, from ``used``: cores per process group over the window) of the design's websocket
+    process and of its helpers; frames per CPU-second of the first, and microseconds of CPU per frame of
+    each. Several front doors ("front door 1", ...) add up."""
     def cores(group: str) -> float | None:
-        entries = [entry for name, entry in usage.items() if name == group or name.startswith(group + " ")]
-        return sum(entry["cpu_percent_mean"] for entry in entries) / 100 if entries else None
+        entries = [value for name, value in used.items() if name == group or name.startswith(group + " ")]
+        return sum(entries) if entries else None
 
     own = cores(process)
     helping = sum(c for c in map(cores, helpers) if c is not None)

@@ -193,6 +193,20 @@ class ProcessProbe:
                     members[process.pid] = "redis"
         return members
 
+    def cpu_seconds(self) -> dict[tuple[int, float], tuple[str, float]]:
+        """Every member's CPU time so far (user + system seconds) with its group, keyed by (pid, creation
+        time) so that a reused pid is not taken for the same process."""
+        times: dict[tuple[int, float], tuple[str, float]] = {}
+        for pid, group in self._members().items():
+            try:
+                process = psutil.Process(pid)
+                with process.oneshot():
+                    cpu = process.cpu_times()
+                    times[(pid, process.create_time())] = (group, cpu.user + cpu.system)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return times
+
     def read(self) -> dict[str, dict]:
         groups: dict[str, dict] = {}
         members = self._members()
@@ -216,6 +230,33 @@ class ProcessProbe:
             entry["cpu_percent"] += cpu
             entry["rss_mb"] += rss / 2**20
         return groups
+
+
+class CpuClock:
+    """The cores each group of a :class:`ProcessProbe` uses over a window, from the processes' cumulative CPU
+    times read when the clock starts and when :meth:`cores` is asked.
+
+    Sampled percentages need several readings inside the window; a window of a few seconds on a loaded
+    machine may get one or none (a slow probe, a late sampler thread), and then a group seems absent.
+    Two readings of cumulative times measure the whole window whenever they are taken.
+    """
+
+    def __init__(self, probe: ProcessProbe):
+        self.probe = probe
+        self.started = time.monotonic()
+        self.start_times = probe.cpu_seconds()
+
+    def cores(self) -> dict[str, float]:
+        """Per group: CPU seconds spent since the start per second (a process not there at the start counts
+        whole: it was born since)."""
+        times = self.probe.cpu_seconds()
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        spent: dict[str, float] = {}
+        for key, (group, seconds) in times.items():
+            if key in self.start_times:
+                seconds -= self.start_times[key][1]
+            spent[group] = spent.get(group, 0.0) + seconds
+        return {group: seconds / elapsed for group, seconds in sorted(spent.items())}
 
 
 @dataclass

@@ -15,7 +15,9 @@ import time
 class GcWatch:
     """Per generation: collections, objects freed, and the longest and total pause (ms)."""
 
-    def __init__(self):
+    def __init__(self, on_pause=None):
+        """``on_pause(generation, seconds)`` is called after each collection (a metrics histogram)."""
+        self.on_pause = on_pause
         self.collections = [0, 0, 0]
         self.freed = [0, 0, 0]
         self.longest_ms = [0.0, 0.0, 0.0]
@@ -39,6 +41,8 @@ class GcWatch:
         self.freed[generation] += info.get("collected", 0)
         self.longest_ms[generation] = max(self.longest_ms[generation], pause_ms)
         self.total_ms[generation] += pause_ms
+        if self.on_pause is not None:
+            self.on_pause(generation, pause_ms / 1000)
 
     def stats(self) -> dict:
         """Lists indexed by generation (0, 1, 2)."""

@@ -11,13 +11,14 @@ import threading
 from typing import AsyncIterator, Callable
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.routing import Route
 
 from server import db
 from server import local_ray
 from server import ws
-from server.api import admin, drivers, ops, orders, restaurants
+from server.api import admin, docs, drivers, ops, orders, restaurants
 from server.config import Settings
 from server.auth import TokenVerifier
 from server.broker import create_broker
@@ -26,6 +27,7 @@ from runtime.gc_watch import GcWatch, freeze_survivors
 from store.pool import create_pool
 from server.log_redaction import install_log_redaction
 from server.loop_guard import LoopGuard
+from server.metrics import FrontDoorMetrics, RequestMetrics, metrics_endpoint
 from server.ratelimit import create_rate_limiter
 from server.responses import JSONResponse
 from server.stats_file import StatsFile
@@ -43,7 +45,8 @@ async def health(request: Request) -> JSONResponse:
 def routes() -> list:
     return [
         Route("/v1/health", health, methods=["GET"]),
-        *restaurants.ROUTES, *orders.ROUTES, *drivers.ROUTES, *admin.ROUTES, *ws.ROUTES, *ops.ROUTES,
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        *restaurants.ROUTES, *orders.ROUTES, *drivers.ROUTES, *admin.ROUTES, *ws.ROUTES, *ops.ROUTES, *docs.ROUTES,
     ]
 
 
@@ -73,7 +76,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Several deployments may share one Redis: namespace our keys and channels by our database.
         redis_prefix = f"hexdispatch:{await db.database_identity(app.state.pool)}:"
         app.state.rate_limiter = create_rate_limiter(app.state.redis, redis_prefix)
-        app.state.gc_watch = stack.enter_context(GcWatch())
+        app.state.gc_watch = stack.enter_context(GcWatch(on_pause=app.state.metrics.gc_pause))
         freezer = asyncio.get_running_loop().create_task(freeze_survivors())
         stack.callback(freezer.cancel)
         app.state.loop_guard = guard = LoopGuard()
@@ -96,6 +99,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                 gateway, process_counters = app.state.gateway, app.state.process_counters
                 stack.callback(StatsFile(settings.stats_file,
                                          lambda: {**gateway.stats, **process_counters()}).start().stop)
+        stack.callback(app.state.metrics.start())
         log.info("hexdispatch ready (database %s)", db.redact(dsn))
         yield
 
@@ -168,6 +172,8 @@ def start_local_ray() -> Callable[[], None]:
 def create_app(settings: Settings | None = None) -> Starlette:
     """A hexdispatch ASGI app; resources open when its lifespan starts. Its process logs no bearer tokens."""
     install_log_redaction()
-    app = Starlette(routes=routes(), exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    app = Starlette(routes=routes(), exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan,
+                    middleware=[Middleware(RequestMetrics)])
     app.state.settings = settings or Settings.from_env()
+    app.state.metrics = FrontDoorMetrics(app)
     return app

@@ -127,32 +127,28 @@ class Settings:
                 "keeps .hexdispatch/), or set HEXDISPATCH_HOME or HEXDISPATCH_JWT_SECRET to the server's") from None
 
 
-def check_database_url(url: str) -> None:
-    """Refuse a ``DATABASE_URL`` that is not a PostgreSQL URL with a host, port and database that parse."""
+def _check_url(name: str, url: str, schemes: tuple[str, ...], expected: str, needs_host: bool) -> None:
+    """Refuse ``url`` (the setting ``name``) unless its scheme is one of ``schemes`` and its port parses."""
     from urllib.parse import urlsplit
 
     shown = _without_password(url)
     parts = urlsplit(url)
-    if parts.scheme not in ("postgres", "postgresql") or not parts.netloc:
-        raise SettingsError(f"DATABASE_URL: expected postgresql://USER@HOST:PORT/DATABASE, got {shown!r}")
+    if parts.scheme not in schemes or (needs_host and not parts.netloc):
+        raise SettingsError(f"{name}: expected {expected}, got {shown!r}")
     try:
         parts.port
     except ValueError:
-        raise SettingsError(f"DATABASE_URL: the port is not a number in {shown!r}") from None
+        raise SettingsError(f"{name}: the port is not a number in {shown!r}") from None
+
+
+def check_database_url(url: str) -> None:
+    """Refuse a ``DATABASE_URL`` that is not a PostgreSQL URL with a host, port and database that parse."""
+    _check_url("DATABASE_URL", url, ("postgres", "postgresql"), "postgresql://USER@HOST:PORT/DATABASE", True)
 
 
 def check_redis_url(url: str) -> None:
     """Refuse a ``REDIS_URL`` redis-py cannot parse."""
-    from urllib.parse import urlsplit
-
-    shown = _without_password(url)
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise SettingsError(f"REDIS_URL: expected redis://HOST:PORT/DB, got {shown!r}")
-    try:
-        parts.port
-    except ValueError:
-        raise SettingsError(f"REDIS_URL: the port is not a number in {shown!r}") from None
+    _check_url("REDIS_URL", url, ("redis", "rediss", "unix"), "redis://HOST:PORT/DB", False)
 
 
 def _without_password(url: str) -> str:

@@ -128,8 +128,10 @@ class Outbox:
     """
 
     def __init__(self, encode: Callable[[dict], bytes | str], max_bytes: int, max_age_s: float,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, counts: dict | None = None):
         self.encode = encode
+        #: Frames dropped by overflows and unsent positions replaced by newer ones (the gateway's stats, shared).
+        self.counts = counts if counts is not None else {"outbox_dropped_frames": 0, "positions_superseded": 0}
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
         self.clock = clock
@@ -161,6 +163,7 @@ class Outbox:
             self._queued(len(frame))
         else:
             self.positions[key] = (previous[0], frame)
+            self.counts["positions_superseded"] += 1
             self._queued(len(frame) - len(previous[1]))
 
     def _queued(self, size: int) -> None:
@@ -191,6 +194,7 @@ class Outbox:
 
     def overflow(self) -> None:
         self.overflowed = True
+        self.counts["outbox_dropped_frames"] += len(self.reliable) + len(self.positions)
         self.close()
         if self.on_overflow is not None:
             self.on_overflow()
@@ -298,7 +302,10 @@ class Gateway:
                       "gps_to_cell_ms": 0.0,  # the oldest fix of the last batch, received until the cell took it
                       "refused_implausible_jump": 0, "refused_outside_service_area": 0, "refused_cell_capacity": 0,
                       "cells_opened": 0, "cells_retired": 0,
-                      "closed_behind": 0}  # sockets closed with 1013 for falling behind
+                      "closed_behind": 0,  # sockets closed with 1013 for falling behind
+                      "outbox_dropped_frames": 0, "positions_superseded": 0,
+                      "frames_in_driver": 0, "frames_in_customer": 0, "frames_out_driver": 0,
+                      "frames_out_customer": 0}
         #: The catalog replica (``server.catalog_replica``) the service area follows; None: no restaurants known.
         self.replica = replica
         self.area = ServiceArea(self.params.cell_res, self.params.service_margin_m, self.params.service_area)
@@ -350,7 +357,7 @@ class Gateway:
 
     def outbox(self, encode: Callable[[dict], bytes | str], on_overflow: Callable[[], None]) -> Outbox:
         """A new socket's outbox, bounded by this gateway's limits; ``on_overflow`` closes the socket."""
-        outbox = Outbox(encode, self.params.outbox_max_bytes, self.params.outbox_max_age_s)
+        outbox = Outbox(encode, self.params.outbox_max_bytes, self.params.outbox_max_age_s, counts=self.stats)
 
         def overflowed() -> None:
             self.stats["closed_behind"] += 1

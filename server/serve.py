@@ -8,15 +8,18 @@ graceful shutdown.
 ``--workers N`` runs N front-door processes on the same port (uvicorn's
 process manager). They share one Ray (started here unless ``RAY_ADDRESS``
 names a cluster), one Postgres, and Redis (``REDIS_URL``, required for N > 1),
-which carries positions, driver sessions and rate limits between them.
+which carries positions, driver sessions and rate limits between them. Their
+Prometheus figures are added up across them (``server.metrics``, multiprocess mode).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
+import tempfile
 
 from server.config import SECRET_FILE, Settings, SettingsError, workers_from_env
 from server.db import EmbeddedPostgres, migrate_sync, redact
@@ -24,6 +27,7 @@ from server.frame_sink import PROTOCOL as FRAME_SINK_PROTOCOL
 from server.http_limits import PROTOCOL as HTTP_LIMITS_PROTOCOL
 from server.local_ray import bind_local_ray_to
 from server.log_redaction import install_log_redaction
+from server.metrics import MULTIPROCESS_ENV
 from server.cli import parser_for
 
 
@@ -63,6 +67,7 @@ def main(argv: list[str]) -> int:
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it found: exit
     # normally then, so that the ``finally`` below still stops the embedded Postgres and Ray.
     signal.signal(signal.SIGTERM, _exit_normally)
+    stack = contextlib.ExitStack()
     try:
         if settings.database_url is None:
             embedded = EmbeddedPostgres(settings.home / "pgdata")
@@ -83,8 +88,11 @@ def main(argv: list[str]) -> int:
             uvicorn.run(create_app(settings), **options)
         else:
             os.environ["HEXDISPATCH_MIGRATE_ON_START"] = "0"  # done above, once
+            metrics_dir = stack.enter_context(_shared_metrics_dir())
+            logging.getLogger("hexdispatch.serve").info("workers share their Prometheus figures in %s", metrics_dir)
             uvicorn.run("server.app:create_app", factory=True, workers=args.workers, **options)
     finally:
+        stack.close()
         if release_ray is not None:
             release_ray()
         if embedded is not None:
@@ -174,6 +182,23 @@ def _exit_normally(signum, frame) -> None:
 #: included (``server.http_limits``: 414/431).
 WEBSOCKET_OPTIONS = {"ws": FRAME_SINK_PROTOCOL, "ws_max_size": 64 * 1024, "ws_ping_interval": 60.0,
                      "ws_ping_timeout": 30.0, "http": HTTP_LIMITS_PROTOCOL}
+
+
+@contextlib.contextmanager
+def _shared_metrics_dir():
+    """A fresh directory for prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, read by
+    every worker's ``server.metrics``): each scrape, whichever worker answers it, adds up every worker's
+    figures. Removed when the server stops."""
+    with tempfile.TemporaryDirectory(prefix="hexdispatch-metrics-") as directory:
+        previous = os.environ.get(MULTIPROCESS_ENV)
+        os.environ[MULTIPROCESS_ENV] = directory
+        try:
+            yield directory
+        finally:
+            if previous is None:
+                os.environ.pop(MULTIPROCESS_ENV, None)
+            else:
+                os.environ[MULTIPROCESS_ENV] = previous
 
 
 def _start_shared_ray():

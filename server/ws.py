@@ -56,6 +56,8 @@ class Connection:
         self.abuse = p.AbuseMeter()
         self.loop_guard = websocket.app.state.loop_guard
         self.frames_read = 0
+        self.stats = gateway.stats  # frames in and out, by role (``/metrics``)
+        self.frames_in, self.frames_out = f"frames_in_{principal.role.value}", f"frames_out_{principal.role.value}"
         self.writer: asyncio.Task | None = None
         self.closing = False
 
@@ -75,6 +77,7 @@ class Connection:
             else:
                 await websocket.send_text(frame)
             outbox.written()
+            self.stats[self.frames_out] += 1
         if not outbox.overflowed:  # an overflow closed the socket already
             self.close(p.CLOSE_REPLACED, "replaced by a newer connection")
 
@@ -126,6 +129,7 @@ class Connection:
                     continue
                 self.binary = False
             del event
+            self.stats[self.frames_in] += 1
             try:
                 message = p.decode(frame, adapter)
             except p.ProtocolError as exc:
@@ -209,6 +213,7 @@ def gps_taker(gateway, link, bucket: p.TokenBucket):
             bucket.give_back()  # the full path charges it
             return False
         gateway.stats["gps_fast"] += 1
+        gateway.stats["frames_in_driver"] += 1
         return True
     return take
 

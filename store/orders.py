@@ -115,29 +115,38 @@ async def place_order(pool, principal: Principal, key: str, request_hash: str, o
         lines = await _priced_lines(conn, order)
         subtotal = sum(line["line_total_cents"] for line in lines)
         fee = restaurant["delivery_fee_cents"]
-        row = await conn.fetchrow(
-            f"""WITH c AS (
-                    INSERT INTO customers (id) VALUES ($1) ON CONFLICT DO NOTHING
-                ), o AS (
-                    INSERT INTO orders (customer_id, restaurant_id, idempotency_key, request_hash, items,
-                        subtotal_cents, delivery_fee_cents, total_cents, dropoff_lat, dropoff_lng,
-                        dropoff_address, notes, status, kitchen_status, courier_status, ready_estimate_at)
-                    VALUES ($1, $2, $3, $4, $5, $6::bigint, $7::int, $6::bigint + $7::int, $8, $9, $10, $11, 'placed', 'placed',
-                        'unassigned', now() + make_interval(mins => $12::int))
-                    ON CONFLICT (customer_id, idempotency_key) DO NOTHING
-                    RETURNING *
-                ), e AS (
-                    {INSERT_EVENT}
-                    SELECT id, version, 'placed', status, jsonb_build_object('total_cents', total_cents), $15 FROM o
-                )
-                SELECT {ORDER_COLUMNS}, $13::float8 AS restaurant_lat, $14::float8 AS restaurant_lng FROM o""",
-            principal.sub, order.restaurant_id, key, request_hash, lines, subtotal, fee,
-            order.dropoff.lat, order.dropoff.lng, order.dropoff_address, order.notes, restaurant["prep_minutes"],
-            restaurant["latitude"], restaurant["longitude"], principal.actor,
-        )
+        try:
+            row = await _insert_order(conn, principal, key, request_hash, order, lines, subtotal, fee, restaurant)
+        except asyncpg.ForeignKeyViolationError:  # its restaurant, or an item, was erased since it was read
+            raise Invalid("unknown_restaurant", f"restaurant {order.restaurant_id} does not exist") from None
         if row is None:  # a concurrent retry with the same key committed first
             return await _existing(conn, principal.sub, key, request_hash), False
         return row, True
+
+
+async def _insert_order(conn, principal: Principal, key: str, request_hash: str, order, lines, subtotal: int,
+                        fee: int, restaurant) -> asyncpg.Record | None:
+    """One statement: the customer, the order and its ``placed`` event, or nothing (None: the key was taken)."""
+    return await conn.fetchrow(
+        f"""WITH c AS (
+                INSERT INTO customers (id) VALUES ($1) ON CONFLICT DO NOTHING
+            ), o AS (
+                INSERT INTO orders (customer_id, restaurant_id, idempotency_key, request_hash, items,
+                    subtotal_cents, delivery_fee_cents, total_cents, dropoff_lat, dropoff_lng,
+                    dropoff_address, notes, status, kitchen_status, courier_status, ready_estimate_at)
+                VALUES ($1, $2, $3, $4, $5, $6::bigint, $7::int, $6::bigint + $7::int, $8, $9, $10, $11, 'placed', 'placed',
+                    'unassigned', now() + make_interval(mins => $12::int))
+                ON CONFLICT (customer_id, idempotency_key) DO NOTHING
+                RETURNING *
+            ), e AS (
+                {INSERT_EVENT}
+                SELECT id, version, 'placed', status, jsonb_build_object('total_cents', total_cents), $15 FROM o
+            )
+            SELECT {ORDER_COLUMNS}, $13::float8 AS restaurant_lat, $14::float8 AS restaurant_lng FROM o""",
+        principal.sub, order.restaurant_id, key, request_hash, lines, subtotal, fee,
+        order.dropoff.lat, order.dropoff.lng, order.dropoff_address, order.notes, restaurant["prep_minutes"],
+        restaurant["latitude"], restaurant["longitude"], principal.actor,
+    )
 
 
 async def _priced_lines(conn, order) -> list[dict]:

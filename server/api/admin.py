@@ -36,12 +36,18 @@ def _gateway(request: Request):
 async def cells(request: Request) -> JSONResponse:
     caller(request, Role.ADMIN)
     _gateway(request)
+    nodes = await asyncio.to_thread(ray_nodes, request.app.state.gateway.params.cell_resource)
+    answered, unanswered = await cell_loads()
+    return JSONResponse({"cells": answered, "unanswered": unanswered, "nodes": nodes})
+
+
+async def cell_loads() -> tuple[list[dict], list[str]]:
+    """Every live cell actor's load report (``CellActor.load``), by cell id, and the cells that did not answer
+    within ``CELL_LOAD_TIMEOUT_S``."""
     from actors.cell import NAMESPACE, cell_handles
 
     handles = await asyncio.to_thread(cell_handles, NAMESPACE)
-    nodes = await asyncio.to_thread(ray_nodes, request.app.state.gateway.params.cell_resource)
-    answered, unanswered = await ask_cells(handles, "load")
-    return JSONResponse({"cells": answered, "unanswered": unanswered, "nodes": nodes})
+    return await ask_cells(handles, "load")
 
 
 async def ask_cells(handles: dict[str, object], method: str, *args) -> tuple[list[dict], list[str]]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import asyncpg
+from pydantic import BaseModel, ConfigDict
 
 
 def restaurant_view(row: asyncpg.Record, *, open_now: bool | None = None, with_owner: bool = False) -> dict:
@@ -83,3 +86,153 @@ def event_view(row: asyncpg.Record) -> dict:
         "actor": row["actor"],
         "at": row["at"],
     }
+
+
+# What the views above return, as pydantic models: the OpenAPI document's response schemas
+# (``server/openapi.py``); the API tests validate real responses against them.
+
+
+class View(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LatLngView(View):
+    lat: float
+    lng: float
+
+
+class RestaurantView(View):
+    id: int
+    name: str
+    cuisine_tags: list[str]
+    address: str
+    location: LatLngView
+    h3_cell: str
+    prep_minutes: int
+    opening_hours: dict[str, list[list[str]]] | None
+    timezone: str
+    is_open: bool
+    open_now: bool
+    delivery_radius_m: int
+    delivery_fee_cents: int
+    created_at: datetime
+    updated_at: datetime
+    owner: str | None = None
+    distance_m: float | None = None
+
+
+class RestaurantPage(View):
+    items: list[RestaurantView]
+    next_cursor: str | None
+
+
+class MenuItemView(View):
+    id: int
+    restaurant_id: int
+    name: str
+    description: str
+    price_cents: int
+    available: bool
+    updated_at: datetime
+
+
+class MenuStatus(View):
+    open_now: bool
+    prep_minutes: int
+    active_orders: int
+
+
+class MenuView(View):
+    restaurant: RestaurantView
+    status: MenuStatus
+    items: list[MenuItemView]
+
+
+class Deleted(View):
+    deleted: int
+
+
+class OrderLineView(View):
+    item_id: int
+    name: str
+    unit_price_cents: int
+    quantity: int
+    line_total_cents: int
+
+
+class DropoffView(View):
+    lat: float
+    lng: float
+    address: str
+
+
+class OrderView(View):
+    id: int
+    customer_id: str
+    restaurant_id: int
+    items: list[OrderLineView]
+    subtotal_cents: int
+    delivery_fee_cents: int
+    total_cents: int
+    dropoff: DropoffView
+    notes: str
+    status: str
+    kitchen_status: str
+    courier_status: str
+    driver_id: str | None
+    version: int
+    placed_at: datetime
+    ready_estimate_at: datetime | None
+    ready_at: datetime | None
+    assigned_at: datetime | None
+    picked_up_at: datetime | None
+    delivered_at: datetime | None
+    cancelled_at: datetime | None
+
+
+class OrderPage(View):
+    items: list[OrderView]
+    next_cursor: str | None
+
+
+class EventView(View):
+    order_id: int
+    seq: int
+    type: str
+    status: str
+    payload: dict
+    actor: str
+    at: datetime
+
+
+class EventList(View):
+    items: list[EventView]
+
+
+class DriverView(View):
+    id: str
+    vehicle: str
+    capacity: int
+    rating: float | None
+    updated_at: datetime
+
+
+class Health(View):
+    status: str
+
+
+class AdminCells(View):
+    """Every live cell's load report (``CellActor.load``), the cells that did not answer, and Ray's nodes."""
+
+    cells: list[dict]
+    unanswered: list[str]
+    nodes: list[dict]
+
+
+class AdminStats(View):
+    """This process's gateway counters and health figures (keys grow with the server)."""
+
+    model_config = ConfigDict(extra="allow")
+    gateway: str
+    pid: int
+    at: float

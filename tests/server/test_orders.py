@@ -279,3 +279,24 @@ async def test_erasing_a_restaurant_takes_its_finished_orders_and_their_trail(as
     assert (await admin.get(f"/v1/orders/{kept_oid}")).status_code == 200
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await pool.execute("DELETE FROM order_events WHERE order_id = $1", kept_oid)
+
+
+async def test_an_order_racing_the_erasure_of_its_restaurant_is_refused_not_a_500(as_role, pool, monkeypatch):
+    """The restaurant is erased between placement's reads and its insert: the foreign key refuses the order,
+    and the customer gets the same 422 ``unknown_restaurant`` as for a restaurant that never existed."""
+    from store import catalog, orders
+
+    owner, customer = as_role("restaurant"), as_role("customer")
+    rest = await make_restaurant(owner)
+    item = await add_item(owner, rest["id"])
+    priced_lines = orders._priced_lines
+
+    async def erased_meanwhile(conn, order):
+        lines = await priced_lines(conn, order)
+        async with pool.acquire() as other:
+            assert await catalog.erase_restaurant(other, rest["id"]) == (True, 0)
+        return lines
+
+    monkeypatch.setattr(orders, "_priced_lines", erased_meanwhile)
+    reply = await place(customer, rest["id"], [{"item_id": item["id"]}])
+    assert reply.status_code == 422 and reply.json()["error"]["code"] == "unknown_restaurant", reply.text

@@ -35,8 +35,9 @@ def test_reliable_frames_overflow_past_the_byte_bound_and_drop_what_they_held():
     box.send({"type": "status"})
     assert box.overflowed and box.closed and overflows == [100.0]
     assert box.queued_bytes == 0 and not box.reliable and box.next_frame() is None
+    assert box.counts["outbox_dropped_frames"] == 11  # the ten it held and the one that overflowed it
     box.send({"type": "status"})  # taken no more
-    assert box.queued_bytes == 0 and overflows == [100.0]
+    assert box.queued_bytes == 0 and overflows == [100.0] and box.counts["outbox_dropped_frames"] == 11
 
 
 def test_positions_are_latest_wins_and_keep_the_age_of_the_first_unsent_one():
@@ -46,6 +47,7 @@ def test_positions_are_latest_wins_and_keep_the_age_of_the_first_unsent_one():
     for n in range(50):  # far more than the byte bound, but one per order at a time
         box.send_latest(("position", 1), {"n": n})
     assert box.queued_bytes == 100 and not box.overflowed
+    assert box.counts["positions_superseded"] == 50
     assert box.oldest() == 100.0
     clock.now += 2.5
     assert box.check_age(clock.now) and overflows == [105.5]

@@ -181,6 +181,10 @@ KITCHEN = ("restaurant", "admin")
 #: Who may call each route of the app. Every route the router has must be listed (the test below checks).
 ALLOWED: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("GET", "/v1/health"): PUBLIC,
+    ("GET", "/metrics"): PUBLIC,
+    ("GET", "/v1/openapi.json"): PUBLIC,
+    ("GET", "/v1/docs"): PUBLIC,
+    ("GET", "/v1/docs/assets/{path}"): PUBLIC,
     ("POST", "/v1/restaurants"): KITCHEN,
     ("GET", "/v1/restaurants/nearby"): ANY,
     ("GET", "/v1/restaurants/{restaurant_id}"): ANY,
