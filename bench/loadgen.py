@@ -245,7 +245,8 @@ async def _city(job: CityJob, events, go, stop) -> Outcome:
 
     def snapshot() -> dict:
         return {"gps_sent": sum(d.client.seq for d in drivers), "placed": len(tally.placed_at),
-                "open": desk.open_orders(), "placing": placing[0], "refused": tally.refused_placements}
+                "open": desk.open_orders(), "placing": placing[0], "refused": tally.refused_placements,
+                "unoffered": sum(1 for order_id in tally.placed_at if order_id not in tally.first_offer)}
 
     progress = asyncio.get_running_loop().create_task(_report(events, job.index, stop, snapshot,
                                                               job.progress_every_s))
@@ -294,8 +295,10 @@ class LoadRun:
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes if p.pid is not None]
 
-    def start(self, expected_sockets: int, timeout_s: float = 600.0) -> None:
-        """Start the processes and wait until every one has connected its sockets; then go."""
+    def start(self, expected_sockets: int, timeout_s: float = 600.0,
+              before_go: Callable[[], None] | None = None) -> None:
+        """Start the processes and wait until every one has connected its sockets (and ``before_go()``, when
+        given, has returned: the sockets are live meanwhile); then go."""
         for process in self.processes:
             process.start()
         ready: dict[int, int] = {}
@@ -309,6 +312,8 @@ class LoadRun:
                 elif kind == "connecting":
                     connecting[index] = payload["connected"]
                 bar.update(sum(ready.values()) + sum(v for k, v in connecting.items() if k not in ready) - bar.n)
+        if before_go is not None:
+            before_go()
         self.go_at = time.time()
         self.go.set()
 

@@ -201,6 +201,31 @@ def wait_until_responsive(system: System, timeout_s: float = 120.0) -> None:
 # --------------------------------------------------------------------------- load and samples
 
 
+def wait_until_cells_answer(system: System, timeout_s: float = 300.0) -> None:
+    """Wait until the drivers' fixes have reached cells and every cell actor answers: a cell's first start
+    (its process, imports, compiling its kernels) takes seconds of CPU, many on a loaded machine, and
+    orders and fixes sent to cells still starting would measure their start, not the peak."""
+    import httpx
+
+    headers = {"authorization": f"Bearer {system.admin_token}"}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            response = httpx.get(f"{system.urls[0]}/v1/admin/cells", headers=headers, timeout=30)
+        except httpx.HTTPError:
+            response = None
+        if response is not None and 400 <= response.status_code < 500:
+            raise RuntimeError(f"GET /v1/admin/cells: {response.status_code} {response.text}")
+        if response is not None and response.status_code == 200:
+            answer = response.json()
+            holding = sum(sum(cell["drivers"].values()) for cell in answer["cells"])
+            if holding and not answer["unanswered"]:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the city's cells did not all answer within {timeout_s:g} s")
+        time.sleep(0.5)
+
+
 def sampling_interval(window_s: float) -> float:
     """How often to sample so that even a short measured window holds a few samples."""
     return max(0.2, min(1.0, window_s / 4))
@@ -278,9 +303,14 @@ def city_sampling(args) -> float:
     return sampling_interval(min(args.duration - args.warmup, args.stress_step_seconds))
 
 
+#: Without a drain, how long the load goes on after its steps for the orders placed to get their first offer.
+OFFER_GRACE_S = 30.0
+
+
 def run_city(args, system: System, kitchens: list[Kitchen], steps: list[Step], duration_s: float, name: str,
              drain_s: float, stop_when=None, every=None, sample_every_s: float | None = None) -> CityRun:
-    """Connect the drivers, run the steps, drain open orders (up to ``drain_s``), collect everything.
+    """Connect the drivers, wait for their cells, run the steps, drain open orders (up to ``drain_s``; without a
+    drain, until the orders placed have their first offer, up to ``OFFER_GRACE_S``), collect everything.
 
     ``every()`` runs about once a second while the steps run (from the moment the load starts);
     ``sample_every_s`` (default: from the peak's window) paces the load's reports and the server samples.
@@ -289,7 +319,7 @@ def run_city(args, system: System, kitchens: list[Kitchen], steps: list[Step], d
     load = LoadRun(city_jobs(args, system, kitchens, steps, duration_s, name, sample_every_s), name)
     sampler = None
     try:
-        load.start(args.drivers)
+        load.start(args.drivers, before_go=lambda: wait_until_cells_answer(system))
         sampler = sampler_for_system(system, load, sample_every_s).start()
 
         def postfix(progress: dict[int, dict]) -> str:
@@ -302,6 +332,13 @@ def run_city(args, system: System, kitchens: list[Kitchen], steps: list[Step], d
             load.watch(drain_s, postfix=postfix, until=lambda progress: all(
                 not p["placing"] and p["open"] == 0 for p in progress.values()) and len(progress) == len(load.jobs))
             time.sleep(2)  # the last status events on their way to the customers
+        elif stop_when is None:
+            # No drain: still let the orders placed so far get their first offer (up to OFFER_GRACE_S), or the
+            # slowest offers, those of the last orders, would be left out of placement-to-offer. An offer made
+            # to a driver of another load process is not seen by the placing one: then the grace runs out.
+            load.watch(OFFER_GRACE_S, postfix=postfix, until=lambda progress: all(
+                not p["placing"] and p["unoffered"] == 0 for p in progress.values())
+                and len(progress) == len(load.jobs))
         outcomes = load.finish()
     except BaseException:
         load.abort()
@@ -395,6 +432,14 @@ def postgres_figures(samples: list[probes.Sample]) -> dict | None:
             "rows_updated_per_s": probes.rate(samples, probes.postgres_total("tup_updated"))}
 
 
+def reading_span(samples: list[probes.Sample], start: float, end: float, has) -> tuple[float, float]:
+    """``(start, end)`` widened to the last sample for which ``has(sample)`` at or before ``start`` and the first
+    at or after ``end``. A reading covers the time before it (a cumulative counter, the cells' percentiles), and a
+    loaded machine may leave a short window with one reading or none of its own."""
+    times = [sample.at for sample in samples if has(sample)]
+    return (max((t for t in times if t <= start), default=start), min((t for t in times if t >= end), default=end))
+
+
 def in_window(pairs, start: float, end: float) -> list[float]:
     return [value for at, value in pairs if start <= at <= end]
 
@@ -418,7 +463,7 @@ def run_peak(args, system: System, kitchens: list[Kitchen]) -> dict:
     # Orders placed in the warm-up are left out, as every other latency here is.
     placed = {o: t for o, t in city.tally.placed_at.items() if start <= t <= end}
     offers = offer_latencies(Tally(placed_at=placed, first_offer=city.tally.first_offer))
-    cells = cell_figures(city.samples, start, end)
+    cells = cell_figures(city.samples, start, reading_span(city.samples, start, end, lambda s: s.cells)[1])
     tally = city.tally
     failures = [f for o in city.outcomes for f in o.failures]
     return {
@@ -444,7 +489,8 @@ def run_peak(args, system: System, kitchens: list[Kitchen]) -> dict:
         "no_driver_waits": {"count": len(offers["no_driver_s"]),
                             "placement_to_offer_s": percentiles(offers["no_driver_s"]),
                             "unmatched_s": percentiles(offers["unmatched_s"])},
-        "postgres": postgres_figures(samples),
+        "postgres": postgres_figures(probes.window(city.samples, *reading_span(city.samples, start, end,
+                                                                                lambda s: s.postgres))),
         "processes": probes.process_usage(samples),
         "orders_placed": len(tally.placed_at), "orders_refused": tally.refused_placements,
         "offered_orders": len(tally.first_offer),
@@ -734,7 +780,8 @@ def add_city_arguments(parser: argparse.ArgumentParser, title: str, drivers: int
     load.add_argument("--drivers", type=int, default=drivers, help="driver sockets")
     load.add_argument("--gps-interval", type=float, default=5.0, help="seconds between a driver's fixes")
     load.add_argument("--orders-per-minute", type=float, default=orders_per_minute, help="order arrival rate")
-    load.add_argument("--drain", type=float, default=drain_s, help="most seconds to let open orders finish")
+    load.add_argument("--drain", type=float, default=drain_s, help="most seconds to let open orders finish (0: none; the load still goes on up to "
+                      f"{OFFER_GRACE_S:g} s for the orders placed to get their first offer)")
     load.add_argument("--processes", type=int, default=processes, help="load-generator processes")
     load.add_argument("--restaurants", type=int, default=restaurants, help="kitchens seeded")
     load.add_argument("--radius-m", type=float, default=radius_m, help="radius of the simulated city")

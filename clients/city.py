@@ -221,6 +221,8 @@ async def seed_city(urls: RoundRobin, mint: Mint, rng: random.Random, center, ra
 
 #: The longest a load process waits for one socket or pool to close at the end of a run.
 CLOSE_TIMEOUT_S = 15.0
+#: How long closing customers wait for the status events the server has for their orders.
+CATCH_UP_S = 60.0
 
 
 async def within(awaitable, seconds: float, failures: list[str], what: str) -> None:
@@ -397,6 +399,10 @@ class OrderDesk:
     owners: dict[int, ApiClient] = field(init=False)
     """Each kitchen's staff, on the front door the kitchen was seeded through."""
     following: dict[int, CustomerClient] = field(default_factory=dict, init=False)
+    tokens: dict[int, str] = field(default_factory=dict, init=False)
+    """Each followed order's customer token (to ask the server what its customer should have seen)."""
+    caught_up: dict[int, float] = field(default_factory=dict, init=False)
+    """Order id -> when the server was asked for its events, which its customer then all received."""
     tasks: set[asyncio.Task] = field(default_factory=set, init=False)
     failures: list[str] = field(default_factory=list, init=False)
     pools: dict[str, httpx.AsyncClient] = field(default_factory=dict, init=False)
@@ -446,6 +452,7 @@ class OrderDesk:
         if order.get("ready_estimate_at"):
             self.tally.ready_estimate[order_id] = unix_time(order["ready_estimate_at"])
         self.following[order_id] = follower
+        self.tokens[order_id] = token
         await follower.follow(order_id)
         ready_at = self.tally.ready_estimate.get(order_id, time.time() + kitchen.prep_minutes * 60)
         self._spawn(cook(self.owners[kitchen.id], order_id, ready_at, self.tally))
@@ -455,10 +462,13 @@ class OrderDesk:
 
     async def _unfollow(self, order_id: int, graceful: bool = True) -> None:
         follower = self.following.pop(order_id, None)
+        self.tokens.pop(order_id, None)
         if follower is None:
             return
         self.tally.seen_seqs[order_id] = [e["seq"] for e in follower.events[order_id]]
-        self.tally.followed_until[order_id] = time.time()
+        # A customer shown to have received everything up to a moment answers for the events up to then,
+        # not for those that came while the load was closing (see ``catch_up``).
+        self.tally.followed_until[order_id] = min(time.time(), self.caught_up.pop(order_id, math.inf) + DELIVERY_GRACE_S)
         for position_list in follower.positions.values():
             self.tally.positions_received(position_list)
         await within(follower.close(graceful), CLOSE_TIMEOUT_S, self.failures, f"closing order {order_id}'s customer")
@@ -485,7 +495,30 @@ class OrderDesk:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        await within(asyncio.gather(*(self.catch_up(order_id) for order_id in list(self.following))),
+                     CATCH_UP_S, self.failures, "the customers catching up")
         await asyncio.gather(*(self._unfollow(order_id, graceful) for order_id in list(self.following)))
+
+    async def catch_up(self, order_id: int) -> None:
+        """Ask the server for the order's status events, then wait (up to ``CATCH_UP_S``) until its customer has
+        received every one of them; note the moment of asking when it has (``caught_up``).
+
+        A loaded machine may take seconds to carry an event to a customer: leaving at once would count an
+        event on its way as lost. One that has not arrived after this wait is lost."""
+        follower, token = self.following.get(order_id), self.tokens.get(order_id)
+        if follower is None or token is None:
+            return
+        asked_at = time.time()
+        api = self._api(self.urls.next(), token)
+        try:
+            last = max((event["seq"] for event in await api.events(order_id)), default=0)
+        except (ApiError, httpx.HTTPError):
+            return
+        try:
+            await follower.wait_for(lambda c: c.last_seq.get(order_id, 0) >= last, timeout_s=CATCH_UP_S)
+        except asyncio.TimeoutError:
+            return
+        self.caught_up[order_id] = asked_at
         await within(asyncio.gather(*(pool.aclose() for pool in self.pools.values())), CLOSE_TIMEOUT_S,
                      self.failures, "closing the HTTP pools")
 

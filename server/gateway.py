@@ -331,7 +331,7 @@ class Gateway:
                       "closed_behind": 0,  # sockets closed with 1013 for falling behind
                       "outbox_dropped_frames": 0, "positions_superseded": 0,
                       "frames_in_driver": 0, "frames_in_customer": 0, "frames_out_driver": 0,
-                      "frames_out_customer": 0}
+                      "frames_out_customer": 0, "frames_in_admin": 0, "frames_out_admin": 0}
         #: The catalog replica (``server.catalog_replica``) the service area follows; None: no restaurants known.
         self.replica = replica
         self.area = ServiceArea(self.params.cell_res, self.params.service_margin_m, self.params.service_area)

@@ -40,7 +40,8 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 LOOP_LAG_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 GC_PAUSE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 UNMATCHED = "<unmatched>"
-ROLES = ("driver", "customer")
+#: Websocket roles: apps, and admins watching the ops map.
+ROLES = ("driver", "customer", "admin")
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -151,6 +152,8 @@ class FrontDoorMetrics:
             self.connections.labels("driver").set(len(gateway.drivers))
             self.connections.labels("customer").set(
                 len({c for followers in gateway.customers.values() for c in followers}))
+            feed = getattr(state, "ops_feed", None)
+            self.connections.labels("admin").set(len(feed.viewers) if feed is not None else 0)
             self.cells_open.set(len(gateway.cells))
         for key, total in totals.items():
             counter = self.counters[key[0]]

@@ -140,6 +140,9 @@ OPERATIONS: tuple[Operation, ...] = (
               roles=_KITCHEN, body=s.RestaurantPatch, response=v.RestaurantView,
               errors=(*_OWNER_ERRORS, 400, 413, 422), request_example={"prep_minutes": 15, "is_open": False},
               response_example={**_OWNED, "prep_minutes": 15, "is_open": False, "open_now": False}),
+    Operation("DELETE", "/v1/restaurants/{restaurant_id}", "Erase a restaurant with its menu and finished orders",
+              "restaurants", roles=_KITCHEN, status=204, errors=_LIFECYCLE_ERRORS,
+              description="409 `active_orders` while an order of it is still being cooked or delivered."),
     Operation("GET", "/v1/restaurants/{restaurant_id}/menu", "A restaurant's menu and current status",
               "restaurants", response=v.MenuView, errors=(401, 404),
               response_example={"restaurant": _RESTAURANT,
@@ -214,6 +217,13 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/v1/ws/driver", "Driver websocket (upgrade; frames in docs/protocol.md)", "websockets",
               roles=(Role.DRIVER,), status=101, errors=(401, 403),
               description="Token as `?token=` or an `Authorization: Bearer` header. Msgpack or JSON frames."),
+    Operation("GET", "/ops", "The live ops map page (it asks for an admin token for /v1/ws/ops)", "service",
+              roles=(), media_type="text/html"),
+    Operation("GET", "/ops/static/{path}", "The ops map's vendored assets", "service", roles=(),
+              media_type="application/octet-stream", errors=(404,)),
+    Operation("GET", "/v1/ws/ops", "Ops map websocket (upgrade; frames in docs/protocol.md)", "websockets",
+              roles=(Role.ADMIN,), status=101, errors=(401, 403),
+              description="Token as `?token=` or an `Authorization: Bearer` header. JSON frames."),
     Operation("GET", "/v1/ws/customer", "Customer websocket (upgrade; frames in docs/protocol.md)", "websockets",
               roles=(Role.CUSTOMER,), status=101, errors=(401, 403),
               description="Token as `?token=` or an `Authorization: Bearer` header. Msgpack or JSON frames."),
@@ -300,8 +310,8 @@ def _operation(op: Operation, refs: dict) -> dict:
             content["example"] = op.request_example
         doc["requestBody"] = {"required": not op.description.startswith("The body is optional"),
                               "content": {"application/json": content}}
-    success: dict = {"description": "switching protocols" if op.status == 101 else "success"}
-    if op.status != 101:
+    success: dict = {"description": {101: "switching protocols", 204: "done (no body)"}.get(op.status, "success")}
+    if op.status not in (101, 204):
         schema = ref(op.response) if op.response is not None else _untyped(op.media_type)
         media: dict = {"schema": schema}
         if op.response_example is not None:
@@ -363,9 +373,10 @@ def readme_examples() -> str:
         if op.request_example is not None:
             lines += ["", compact_json(op.request_example)]
         lines.append("```")
-        if op.status == 101:
-            lines += ["", "Answers `101 Switching Protocols`; frames: [docs/protocol.md](docs/protocol.md).", "",
-                      "</details>", ""]
+        if op.status in (101, 204):
+            answer = ("Answers `101 Switching Protocols`; frames: [docs/protocol.md](docs/protocol.md)."
+                      if op.status == 101 else "Answers `204` with no body.")
+            lines += ["", answer, "", "</details>", ""]
             continue
         lines += ["", f"`{op.status}`:", "", "```json", compact_json(op.response_example), "```", "", "</details>",
                   ""]

@@ -60,6 +60,8 @@ class Connection:
         self.frames_read = 0
         self.stats = gateway.stats  # frames in and out, by role (``/metrics``)
         self.frames_in, self.frames_out = f"frames_in_{principal.role.value}", f"frames_out_{principal.role.value}"
+        for key in (self.frames_in, self.frames_out):
+            self.stats.setdefault(key, 0)
         self.writer: asyncio.Task | None = None
         self.closing = False
 

@@ -149,14 +149,15 @@ def test_recovery_is_the_first_window_after_the_fault_under_the_target():
     assert chaos_audit.p99([float(v) for v in range(1, 101)]) == pytest.approx(99.01)
 
 
+@pytest.mark.live  # its own Postgres, Redis, Ray and server: not part of `make test-fast`
 @pytest.mark.skipif(not shutil.which("redis-server") or not (PG_BIN / "initdb").exists(),
                     reason="the bench starts its own redis-server and Postgres")
 def test_chaos_bench_at_toy_size(tmp_path):
     """The bench end to end, in its own process: two cheap faults, the report, the accounting's inputs."""
     out = tmp_path / "chaos"
     argv = ["--drivers", "30", "--processes", "1", "--restaurants", "3", "--radius-m", "400", "--prep-minutes", "1",
-            "--orders-per-minute", "60", "--faults", "cell,redis", "--window", "10", "--stall", "6",
-            "--recovery-window", "3", "--drain", "0", "--workers", "1", "--out", str(out)]
+            "--orders-per-minute", "60", "--faults", "cell,redis", "--window", "6", "--stall", "4",
+            "--recovery-window", "2", "--drain", "0", "--workers", "1", "--out", str(out)]
     result = subprocess.run([sys.executable, "-m", "bench.chaos", *argv], cwd=REPO, env=child_environment(),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode in (0, 1), result.stdout[-3000:] + result.stderr[-3000:]

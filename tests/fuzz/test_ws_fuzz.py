@@ -8,6 +8,7 @@ import pytest
 
 from bench import fuzz
 from tests.conftest import TEST_SECRET
+from tests.waiting import DEADLINE_S
 
 EXAMPLES = 50
 
@@ -20,7 +21,7 @@ def test_websocket_answers_every_frame(live, world, session_loop, spot, path):
     assert sum(tally.values()) >= EXAMPLES and "answered" in tally, tally
 
     async def health() -> int:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
             return (await client.get(f"{live.url}/v1/health")).status_code
 
     assert session_loop.run_until_complete(health()) == 200

@@ -70,6 +70,6 @@ async def test_cell_figures_are_exported_to_ray_metrics_and_the_admin_api(live, 
     assert sum(drivers.values()) == 1.0
     assert exported["hexdispatch_cell_gps_per_s"][0][1] >= 0.0
     await customer.cancel(order["id"])
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
         denied = await client.get(f"{live.url}/v1/admin/cells", headers={"authorization": f"Bearer {token('customer', 'c')}"})
     assert denied.status_code == 403 and denied.json()["error"]["code"]

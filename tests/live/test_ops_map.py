@@ -194,7 +194,7 @@ async def test_the_ops_map_shows_the_simulated_city_in_chromium(live):
 async def test_the_page_and_its_assets_come_from_the_package(live):
     import httpx
 
-    async with httpx.AsyncClient(base_url=live.url) as http:
+    async with httpx.AsyncClient(base_url=live.url, timeout=DEADLINE_S) as http:
         page = await http.get("/ops")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         for asset in ("/ops/static/ops.js", "/ops/static/ops.css"):

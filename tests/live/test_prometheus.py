@@ -82,6 +82,8 @@ async def test_front_door_and_cell_metrics_scrape_cleanly(live, spot):
     assert value(scraped, "hexdispatch_gc_pause_seconds_count", generation="2") >= 1
     assert value(scraped, "hexdispatch_ws_frames_in_total", role="driver") >= 2
     assert value(scraped, "hexdispatch_ws_frames_out_total", role="driver") >= 1  # the welcome
+    assert {("hexdispatch_ws_connections", frozenset({("role", role)})) for role in ("driver", "customer", "admin")} \
+        <= scraped["samples"].keys()
     fixes, fast = value(scraped, "hexdispatch_gps_fixes_total"), value(scraped, "hexdispatch_gps_fast_path_fixes_total")
     assert fixes >= 2 and 0 <= fast <= fixes
     assert value(scraped, "hexdispatch_gps_fast_path_ratio") == fast / fixes

@@ -38,7 +38,7 @@ async def process_of(server, client: httpx.AsyncClient) -> int:
 
 async def test_customer_on_one_process_follows_a_driver_on_the_other(front_doors, spot, pool):
     door_a, door_b = front_doors
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
         assert await process_of(door_a, client) != await process_of(door_b, client)
     owner, rest, [item] = await setup_restaurant(door_a, spot)
     customer_id = f"c-{uuid.uuid4().hex[:8]}"
@@ -105,7 +105,7 @@ async def test_rate_limits_hold_across_processes(front_doors, settings):
     headers = {"authorization": f"Bearer {token('customer', f'c-{uuid.uuid4().hex[:8]}')}",
                "idempotency-key": "k", "content-type": "application/json"}
     attempts = int(limit.burst) * 2
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
         started = asyncio.get_running_loop().time()
         replies = await asyncio.gather(*(
             client.post(f"{(door_a, door_b)[i % 2].url}/v1/orders", content=b"{}", headers=headers)
@@ -126,7 +126,7 @@ async def test_workers_share_one_port(settings, ray_local, tmp_path):
         await asyncio.to_thread(server.wait_healthy)
         pids = set()
         for _ in range(200):
-            async with httpx.AsyncClient() as fresh:  # a new connection each time: any worker may take it
+            async with httpx.AsyncClient(timeout=DEADLINE_S) as fresh:  # a new connection each time: any worker may take it
                 pids.add(await process_of(server, fresh))
             if len(pids) == 2:
                 break

@@ -22,6 +22,7 @@ from server.log_redaction import install_log_redaction, redact
 from tests.conftest import token
 from tests.live.conftest import LIVE_PARAMS, LiveServer
 from tests.live.test_end_to_end import setup_restaurant
+from tests.waiting import DEADLINE_S
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ async def test_access_log_lines_redact_tokens(plain):
     """uvicorn's access and websocket lines, as the server writes them, carry no token."""
     jwt = token("customer", "c-logs")
     with captured_logs("uvicorn.access", "uvicorn.error") as lines:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
             r = await client.get(f"{plain.url}/v1/health", params={"token": jwt},
                                  headers={"authorization": f"Bearer {jwt}"})
             assert r.status_code == 200, r.text
@@ -190,7 +191,7 @@ async def test_heads_within_the_limits_are_served(plain):
     """Just under every limit, plain HTTP and a websocket upgrade go through."""
     headers = [(f"x-h{i}", "g" * 100) for i in range(90)]  # 90 headers, ~10 KiB
     target = "/v1/health?pad=" + "h" * 7000
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
         r = await client.get(f"{plain.url}{target}", headers=dict(headers))
     assert r.status_code == 200, r.text
     answer = b""

@@ -20,7 +20,7 @@ from tests.waiting import DEADLINE_S
 
 async def healthy(live) -> bool:
     """The server still answers (an async call: the server runs in this event loop)."""
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
         return (await client.get(f"{live.url}/v1/health")).status_code == 200
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from clients.http import wait_until_healthy
 from tests.environment import child_environment
+from tests.waiting import DEADLINE_S
 
 BIN = Path(sys.executable).with_name("hexdispatch")
 pytestmark = pytest.mark.live  # `hexdispatch serve` processes, embedded Postgres and Ray of their own
@@ -58,7 +59,7 @@ def test_serve_on_embedded_defaults(tmp_path):
         wait_until_healthy(url, proc)
         auth = {"authorization": f"Bearer {token(tmp_path, 'restaurant', 'r-1')}"}
         body = {"name": "Persisted", "address": "1 Main St", "latitude": 41.88, "longitude": -87.63}
-        r = httpx.post(f"{url}/v1/restaurants", json=body, headers=auth)
+        r = httpx.post(f"{url}/v1/restaurants", json=body, headers=auth, timeout=DEADLINE_S)
         assert r.status_code == 201, r.text
         rid = r.json()["id"]
     finally:
@@ -76,7 +77,7 @@ def test_serve_on_embedded_defaults(tmp_path):
     proc = start(tmp_path, port)
     try:
         wait_until_healthy(url, proc)
-        r = httpx.get(f"{url}/v1/restaurants/{rid}", headers=auth)
+        r = httpx.get(f"{url}/v1/restaurants/{rid}", headers=auth, timeout=DEADLINE_S)
         assert r.status_code == 200 and r.json()["name"] == "Persisted"
     finally:
         leftovers = stop(proc, signal.SIGTERM) if proc.poll() is None else []

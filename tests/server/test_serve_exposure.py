@@ -24,6 +24,7 @@ from pgserver.utils import PostmasterInfo
 from clients.http import wait_until_healthy
 from server.db import stop_postgres
 from server.local_ray import session_processes
+from tests.waiting import DEADLINE_S
 
 BIN = Path(sys.executable).with_name("hexdispatch")
 
@@ -118,7 +119,8 @@ def test_serve_binds_ray_to_its_host_redacts_tokens_and_stops_all_it_started(wor
         # A token in the query string and in the header: served, and logged redacted.
         jwt = subprocess.run([str(BIN), "token", "--role", "customer", "--sub", "c-1"], cwd=tmp_path, env=env,
                              capture_output=True, check=True).stdout.decode().strip()
-        r = httpx.get(f"{url}/v1/health", params={"token": jwt}, headers={"authorization": f"Bearer {jwt}"})
+        r = httpx.get(f"{url}/v1/health", params={"token": jwt}, headers={"authorization": f"Bearer {jwt}"},
+                      timeout=DEADLINE_S)
         assert r.status_code == 200
 
         # Postgres restarted from outside: a new postmaster, which the server keeps using.
