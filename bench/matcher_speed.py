@@ -8,7 +8,6 @@ and a full replay of ``5o100t100s1p100``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics

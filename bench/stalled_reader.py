@@ -15,7 +15,6 @@ closed (a closed socket's TCP connection is no longer established).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os

@@ -19,7 +19,6 @@ assignments (must be 0), placement-to-offer and GPS-to-customer latency.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import random

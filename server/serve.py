@@ -14,7 +14,6 @@ Prometheus figures are added up across them (``server.metrics``, multiprocess mo
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
