@@ -32,12 +32,12 @@ class DriverClient:
         self.seq = 0
         self.errors: list[dict] = []
         self.sent = 0
+        self._set_aside: collections.deque[dict] = collections.deque()  # read by ``confirm``, for ``next``
 
     def message_id(self) -> str:
         """A fresh id for the next command (a repeat of a command reuses its id)."""
         self.sent += 1
         return f"m{self.sent}"
-        self._set_aside: collections.deque[dict] = collections.deque()  # read by ``confirm``, for ``next``
 
     @property
     def inbox(self) -> asyncio.Queue:
