@@ -7,8 +7,8 @@ import asyncio
 import logging
 import time
 
-from actors.cell import NAMESPACE, CellRetired, actor_name, cell_names
-from dispatch.service_area import cell_refusal
+from actors.cell import NAMESPACE, CellRetired, actor_name, cell_actor_class, cell_names
+from dispatch.service_area import ServiceArea, cell_refusal
 from wire import error_frame
 
 log = logging.getLogger("hexdispatch.gateway")
@@ -35,6 +35,17 @@ def cell_gone_errors() -> tuple[type[BaseException], ...]:
 
 class CellDirectory:
     """The open cells' actors (``cells``), their pollers, and the deployment's census, for :class:`Gateway`."""
+
+    def _init_cells(self) -> None:
+        """The directory of open cells, empty; the service area as configured."""
+        self.cells: dict[str, object] = {}
+        self.pollers: dict[str, asyncio.Task] = {}
+        self.area = ServiceArea(self.params.cell_res, self.params.service_margin_m, self.params.service_area)
+        #: Cells with an actor anywhere in the deployment, as last counted (see ``_census_loop``).
+        self.census: set[str] = set()
+        self._census: asyncio.Task | None = None
+        self._actor_class = cell_actor_class()
+        self._placement: tuple[float, dict] = (-1e9, {})
 
     def cell(self, cell_id: str):
         """The actor of ``cell_id``, created on first use (shared by every front door).

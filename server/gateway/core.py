@@ -9,21 +9,17 @@ import secrets
 import socket
 import time
 import weakref
-from collections import OrderedDict, defaultdict
 from typing import Callable
 
-from actors.cell import cell_actor_class
-from dispatch.service_area import ServiceArea
 from server.broker import LocalBroker, RedisBroker
 from server.gateway.cells import CellDirectory
-from server.gateway.drivers import DriverLink, DriverSessions
-from server.gateway.feed import CustomerLink, StatusFeed
+from server.gateway.drivers import DriverSessions
+from server.gateway.feed import StatusFeed
 from server.gateway.gps import GpsBatcher
 from server.gateway.orders import OrderIntake
 from server.gateway.outbox import Outbox
 from server.gateway.params import GatewayParams
 from server.gateway.positions import PositionFanout
-from server.listener import ResilientListener
 
 log = logging.getLogger("hexdispatch.gateway")
 
@@ -32,7 +28,8 @@ LISTEN_START_WAIT_S = 10.0
 
 
 class Gateway(CellDirectory, GpsBatcher, DriverSessions, OrderIntake, StatusFeed, PositionFanout):
-    """One front door's live side, composed of its jobs (one module each); the state they share is made here."""
+    """One front door's live side, composed of its jobs (one module each, each making its own state); what they
+    share (parameters, broker, pool, counters, background tasks) is made here."""
 
     def __init__(self, dsn: str, pool, params: GatewayParams | None = None,
                  broker: LocalBroker | RedisBroker | None = None, replica=None):
@@ -41,22 +38,7 @@ class Gateway(CellDirectory, GpsBatcher, DriverSessions, OrderIntake, StatusFeed
         self.pool = pool
         self.params = params or GatewayParams()
         self.broker = broker if broker is not None else LocalBroker()
-        self.cells: dict[str, object] = {}
-        self.pollers: dict[str, asyncio.Task] = {}
-        self.fixes: dict[str, dict[str, tuple]] = defaultdict(dict)
-        self.gps_in_flight: set[str] = set()  # cells that have not yet taken their last batch
-        self.drivers: dict[str, DriverLink] = {}
-        #: Per driver, the replies to its last ``ANSWERS_KEPT`` commands by id (kept across its reconnects here),
-        #: for the ``DRIVERS_REMEMBERED`` drivers seen last.
-        self.answered: OrderedDict[str, OrderedDict[str, list]] = OrderedDict()
-        #: The cell of each driver whose socket closed here (the last ``DRIVERS_REMEMBERED``): where its state is
-        #: asked for when it reconnects (its ``welcome``), even if it held no order.
-        self.departed_cells: OrderedDict[str, str] = OrderedDict()
-        self.customers: dict[int, set[CustomerLink]] = defaultdict(set)
         self.tasks: set[asyncio.Task] = set()
-        # Every front door hears every status event; after a lost connection, followers are filled from the table.
-        self.listener = ResilientListener(dsn, {"order_events": self._on_notify}, on_connect=self._resync,
-                                          name="status events")
         self.outboxes: weakref.WeakSet[Outbox] = weakref.WeakSet()  # every open socket's, for the age check
         self.stats = {"gps_in": 0, "gps_fast": 0, "gps_batches": 0, "status_out": 0, "positions_out": 0,
                       "gps_to_cell_ms": 0.0,  # the oldest fix of the last batch, received until the cell took it
@@ -68,14 +50,11 @@ class Gateway(CellDirectory, GpsBatcher, DriverSessions, OrderIntake, StatusFeed
                       "frames_out_customer": 0, "frames_in_admin": 0, "frames_out_admin": 0}
         #: The catalog replica (``server.catalog_replica``) the service area follows; None: no restaurants known.
         self.replica = replica
-        self.area = ServiceArea(self.params.cell_res, self.params.service_margin_m, self.params.service_area)
-        #: Cells with an actor anywhere in the deployment, as last counted (see ``_census_loop``).
-        self.census: set[str] = set()
-        self._flusher: asyncio.Task | None = None
-        self._census: asyncio.Task | None = None
         self._outbox_checker: asyncio.Task | None = None
-        self._actor_class = cell_actor_class()
-        self._placement: tuple[float, dict] = (-1e9, {})
+        self._init_cells()
+        self._init_gps()
+        self._init_drivers()
+        self._init_feed()
 
     # Lifecycle -------------------------------------------------------------------
 

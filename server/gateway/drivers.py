@@ -50,6 +50,16 @@ def remember(memory: OrderedDict, key: str, value):
 class DriverSessions:
     """The drivers connected here (``drivers``), what they were answered, and where they went, for :class:`Gateway`."""
 
+    def _init_drivers(self) -> None:
+        """No driver connected or remembered yet."""
+        self.drivers: dict[str, DriverLink] = {}
+        #: Per driver, the replies to its last ``ANSWERS_KEPT`` commands by id (kept across its reconnects here),
+        #: for the ``DRIVERS_REMEMBERED`` drivers seen last.
+        self.answered: OrderedDict[str, OrderedDict[str, list]] = OrderedDict()
+        #: The cell of each driver whose socket closed here (the last ``DRIVERS_REMEMBERED``): where its state is
+        #: asked for when it reconnects (its ``welcome``), even if it held no order.
+        self.departed_cells: OrderedDict[str, str] = OrderedDict()
+
     async def attach_driver(self, driver_id: str, outbox: Outbox) -> DriverLink:
         """A driver's socket opened here; its open jobs (if any) are found in Postgres."""
         link = DriverLink(driver_id, outbox)

@@ -4,6 +4,7 @@ one is fetched from ``order_events``; after the listener reconnects, every follo
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -11,6 +12,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 import wire
 from server.gateway.outbox import Outbox
+from server.listener import ResilientListener
 
 log = logging.getLogger("hexdispatch.gateway")
 
@@ -31,6 +33,13 @@ def unix_seconds(at: datetime | str) -> float:
 
 class StatusFeed:
     """The customers following each order here (``customers``) and their status events, for :class:`Gateway`."""
+
+    def _init_feed(self) -> None:
+        """No customer following; the status-event listener made (started by ``start``)."""
+        self.customers: dict[int, set[CustomerLink]] = defaultdict(set)
+        # Every front door hears every status event; after a lost connection, followers are filled from the table.
+        self.listener = ResilientListener(self.dsn, {"order_events": self._on_notify}, on_connect=self._resync,
+                                          name="status events")
 
     async def subscribe(self, customer: CustomerLink, order_id: int, after_seq: int) -> None:
         """Follow an order: every status event after ``after_seq``, then live ones, then positions. Following

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import h3.api.basic_int as h3
@@ -23,6 +24,12 @@ log = logging.getLogger("hexdispatch.gateway")
 
 class GpsBatcher:
     """Fixes waiting for their cell (``fixes``) and the cells still taking a batch, for :class:`Gateway`."""
+
+    def _init_gps(self) -> None:
+        """No fixes buffered, no batch in flight."""
+        self.fixes: dict[str, dict[str, tuple]] = defaultdict(dict)
+        self.gps_in_flight: set[str] = set()  # cells that have not yet taken their last batch
+        self._flusher: asyncio.Task | None = None
 
     def gps(self, link: DriverLink, lat: float, lng: float, heading, speed, now: float,
             fix_t: int | None = None) -> dict | None:
