@@ -1,7 +1,7 @@
 """Which cell holds a driver, as its front door routes it: hand-over and borrowing rules, sans I/O.
 
 A driver's front door sends its fixes and reports to one cell, its *home*.
-The cells decide the work; the front door (``server/gateway.py``) executes
+The cells decide the work; the front door (``server/gateway/``) executes
 these decisions: when a fix lands in another cell, whether to try a
 hand-over now (:func:`handover_due`); when a cell's message arrives for the
 driver, whether it is delivered, makes the sender the driver's home (the

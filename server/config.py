@@ -67,7 +67,7 @@ class Settings:
     #: Where a thread writes this process's gateway counters every 0.2 s (for monitors of a saturated
     #: process, whose HTTP answers come late); ``None``: nowhere.
     stats_file: Path | None = None
-    #: Knobs of live dispatch (front door batching, cell ticks, matcher): see server/gateway.py.
+    #: Knobs of live dispatch (front door batching, cell ticks, matcher): see server/gateway/params.py.
     gateway: "GatewayParams" = field(default_factory=lambda: _default_gateway_params())
 
     @classmethod

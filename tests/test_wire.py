@@ -79,8 +79,8 @@ def test_the_protocol_version_is_the_documented_one():
     assert f"version {wire.PROTOCOL_VERSION})" in DOC.splitlines()[0]
 
 
-PRODUCERS = ["dispatch/cell.py", "actors/cell.py", "server/gateway.py", "server/ws.py", "store/orders.py",
-             "store/errors.py", "wire/codec.py"]
+PRODUCERS = ["dispatch/cell.py", "actors/cell.py", "server/ws.py", "store/orders.py", "store/errors.py", "wire/codec.py",
+             *(str(path.relative_to(ROOT)) for path in sorted((ROOT / "server/gateway").glob("*.py")))]
 
 
 def test_every_error_code_the_server_produces_is_in_the_list():
