@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 def restaurant_view(row: asyncpg.Record, *, open_now: bool | None = None, with_owner: bool = False) -> dict:
@@ -200,11 +200,13 @@ class OrderPage(View):
 class EventView(View):
     order_id: int
     seq: int
-    type: str
+    event: str
     status: str
+    kitchen_status: str
+    courier_status: str
     payload: dict
     actor: str
-    at: datetime
+    at: float = Field(description="unix seconds")
 
 
 class EventList(View):
