@@ -202,8 +202,10 @@ class EventView(View):
     seq: int
     event: str
     status: str
-    kitchen_status: str
-    courier_status: str
+    kitchen_status: str | None = Field(description="the kitchen track after the event (null for events recorded "
+                                       "before migration 0006)")
+    courier_status: str | None = Field(description="the courier track after the event (null for events recorded "
+                                       "before migration 0006)")
     payload: dict
     actor: str
     at: float = Field(description="unix seconds")
