@@ -23,25 +23,11 @@ from dispatch.service_area import Region
 from tests.conftest import token
 from tests.live.conftest import LIVE_PARAMS, LiveServer
 from tests.live.test_end_to_end import setup_restaurant
-from tests.waiting import DEADLINE_S
+from tests.waiting import DEADLINE_S, eventually
 
 #: A driver account used from four distant cities (the issue's case); none of them has a restaurant.
 CITIES = [(40.7128, -74.0060), (35.6762, 139.6503), (-33.8688, 151.2093), (51.5074, -0.1278)]
 ADMIN = {"authorization": f"Bearer {token('admin', 'ops')}"}
-
-
-async def eventually(condition, timeout_s: float = 60.0, what: str = "condition"):
-    """Wait for ``condition()`` (sync or async) to hold; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout_s} s")
-        await asyncio.sleep(0.1)
 
 
 async def live_cells() -> set[str]:
@@ -100,7 +86,7 @@ async def test_fixes_outside_the_service_area_are_refused_and_open_no_cell(live,
             assert (reply["type"], reply.get("code")) == ("error", "outside_service_area"), reply
         await driver.gps(*spot)  # at the restaurant: served
         assert (await quiet_reply(driver))["type"] == "pong"
-        await eventually(lambda: cell_of_point(*spot) in gateway.cells, 30, "the served cell opened")
+        await eventually(lambda: cell_of_point(*spot) in gateway.cells, 30, what="the served cell opened")
     city_cells = {cell_of_point(*city) for city in CITIES}
     after_cells = await live_cells()
     assert city_cells.isdisjoint(after_cells) and city_cells.isdisjoint(gateway.cells)
@@ -114,7 +100,7 @@ async def test_fixes_outside_the_service_area_are_refused_and_open_no_cell(live,
             reply = await client.get(f"{live.url}/v1/admin/cells", headers=ADMIN)
         return [c["pid"] for c in reply.json()["cells"]]
 
-    pids = await eventually(answering_pids, DEADLINE_S, "a cell answering the admin view")
+    pids = await eventually(answering_pids, DEADLINE_S, what="a cell answering the admin view")
     rss = actor_rss_mb(pids)
     print(f"\ncell actors: {len(pids)}, RSS per actor {min(rss):.0f}-{max(rss):.0f} MB (mean {sum(rss) / len(rss):.0f});"
           f" actors opened for the four cities: {len(city_cells & after_cells)} (before the service area: 4,"
@@ -204,14 +190,14 @@ async def test_an_idle_cell_retires_and_reopens_with_nothing_lost(settings, ray_
         async with DriverClient(server.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) as driver:
             await driver.gps(*spot)
             assert (await quiet_reply(driver))["type"] == "pong"
-            await eventually(lambda: cell_id in gateway.cells, 30, "the cell opened")
+            await eventually(lambda: cell_id in gateway.cells, 30, what="the cell opened")
             stale = gateway.cells[cell_id]
             pid = (await stale.load.remote())["pid"]
         # The driver went away: once its heartbeat ran out and the cell stayed empty, the actor exits.
-        await eventually(_gone(cell_id), 60, "the idle cell retired")
+        await eventually(_gone(cell_id), 60, what="the idle cell retired")
         await eventually(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
-                         60, "the actor's process exited")
-        await eventually(lambda: cell_id not in gateway.cells, 30, "the directory forgot the cell")
+                         60, what="the actor's process exited")
+        await eventually(lambda: cell_id not in gateway.cells, 30, what="the directory forgot the cell")
         assert gateway.stats["cells_retired"] >= 1
 
         # A front door that has not heard of the retirement yet still routes to the old actor: an order placed
@@ -264,5 +250,5 @@ async def test_an_idle_cell_does_not_retire_while_postgres_holds_an_order_it_mis
 
     async def holds_the_order():
         return (await cell.load.remote())["pending_orders"] == 1  # raises if the actor retired and exited
-    await eventually(holds_the_order, 60, "the cell took in the order Postgres holds")
+    await eventually(holds_the_order, 60, what="the cell took in the order Postgres holds")
     ray.kill(cell, no_restart=True)
