@@ -35,6 +35,7 @@ from dispatch.cell import (
     CellError,
     CellParams,
     Command,
+    GiveEstimate,
     LiveOrder,
     PersistAssignment,
     PersistOrderEvent,
@@ -42,6 +43,7 @@ from dispatch.cell import (
     StoredOrder,
 )
 from dispatch.cells import descendant_range, neighbours_nearest_first, owner_cell
+from dispatch.eta import Estimate, live_calibration, warm_up
 from dispatch.lifecycle import TRANSITIONS, Actor, DriverEvent, Event
 from dispatch.retirement import IdleWatch
 from runtime.gc_watch import freeze_survivors
@@ -91,7 +93,7 @@ LIVE_ORDER_SELECT = """
     SELECT o.id, o.restaurant_id, r.latitude AS restaurant_lat, r.longitude AS restaurant_lng,
            o.dropoff_lat, o.dropoff_lng, extract(epoch FROM o.placed_at) AS placed_at,
            extract(epoch FROM coalesce(least(o.ready_at, o.ready_estimate_at), o.ready_estimate_at)) AS ready_at,
-           o.courier_status, o.driver_id, o.job_id, o.cancelled
+           o.courier_status, o.driver_id, o.job_id, o.cancelled, o.eta
     FROM orders o JOIN restaurants r ON r.id = o.restaurant_id
 """
 #: Every order of a cell still to be delivered ($1, $2: the cell's range of restaurant cells).
@@ -135,8 +137,11 @@ def cell_handles(namespace: str = NAMESPACE) -> dict[str, object]:
 
 
 def live_order(row) -> LiveOrder:
-    """The live order of a :data:`LIVE_ORDER_SELECT` row."""
-    return _live_order(row, float(row["placed_at"]), float(row["ready_at"]))
+    """The live order of a :data:`LIVE_ORDER_SELECT` row, with the estimate its customer holds."""
+    order = _live_order(row, float(row["placed_at"]), float(row["ready_at"]))
+    if row["eta"] is not None:
+        order.estimate = Estimate.from_json(row["eta"])
+    return order
 
 
 def stored_order(row) -> StoredOrder:
@@ -181,7 +186,7 @@ class CellActor:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.cell_id = cell_id
         self.dsn = dsn
-        self.core = CellCore(cell_id, params)
+        self.core = CellCore(cell_id, params, live_calibration().scaled(1.0 / (params or CellParams()).eta_time_scale))
         self.tick_s = tick_s
         self.sweep_s = sweep_s
         self.pool = None
@@ -191,7 +196,7 @@ class CellActor:
         self.started: asyncio.Task | None = None
         self.freezer: asyncio.Task | None = None
         self.metrics = CellMetrics(cell_id)
-        self.stats = {"borrowed": 0, "lent": 0, "writes_failed": 0}
+        self.stats = {"borrowed": 0, "lent": 0, "writes_failed": 0, "estimates_given": 0}
         self.last_poll: dict[str, float] = {}
         self._lock = None
         # Drivers that left this cell: fixes still routed here are ignored until the front door follows.
@@ -232,6 +237,7 @@ class CellActor:
                 if self.pool is None:  # kept when the rebuild below fails (Postgres down): the next call retries
                     self.pool = await create_pool(self.dsn, min_size=0, max_size=3, idle_close_s=10.0)
                 await self._rebuild(time.time())
+                await asyncio.to_thread(warm_up)
                 loop = asyncio.get_running_loop()
                 self.started = loop.create_task(self._run())
                 # As in the front door: the collector would otherwise pause ticks and GPS batches
@@ -417,6 +423,8 @@ class CellActor:
                 errors += await self._execute(self.core.assignment_persisted(command.job_id, error is None, reason))
                 if error is not None and not isinstance(error, StoreError):
                     errors.append(UNAVAILABLE)
+            elif isinstance(command, GiveEstimate):
+                continue  # given together below
             elif isinstance(command, PersistOrderEvent):
                 # Only the cell's own decisions come here (a lost driver's orders, repairs); a failed one is
                 # found again by the next sweep, which comes early after a failure.
@@ -425,7 +433,40 @@ class CellActor:
                 if isinstance(error, StoreError):
                     log.warning("cell %s: %s on order %s refused: %s", self.cell_id, command.event,
                                 command.order_id, error.message)
+        estimates = [c for c in commands if isinstance(c, GiveEstimate)]
+        if estimates:
+            await self._give_estimates(estimates)
         return errors
+
+    async def _give_estimates(self, estimates: list[GiveEstimate]) -> bool:
+        """Store the estimates (``estimate`` events, one transaction): only then are they given. One attempt: an
+        estimate not stored is simply not given, and the next pass works it out again."""
+        from store.orders import apply_event_on
+
+        given: list[GiveEstimate] = []
+
+        async def record(conn) -> None:
+            given.clear()
+            for command in estimates:
+                estimate = command.estimate.to_json()
+                try:
+                    await apply_event_on(conn, command.order_id, Event.ESTIMATE, actor=Actor.SYSTEM,
+                                         actor_label=f"system:{actor_name(self.cell_id)}", arguments=(estimate,),
+                                         payload=estimate)
+                except StoreError:  # finished meanwhile (delivered, cancelled): nothing more to promise
+                    continue
+                given.append(command)
+
+        try:
+            await asyncio.wait_for(self._transaction(lambda conn, _retried: record(conn), False), WRITE_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - Postgres unavailable: given at a later pass
+            log.warning("cell %s: estimates of %d orders not stored (%s: %s)", self.cell_id, len(estimates),
+                        type(exc).__name__, exc)
+            self.stats["writes_failed"] += 1
+            return False
+        self.core.estimates_given(given)
+        self.stats["estimates_given"] += len(given)
+        return True
 
     def _send(self, driver_id: str, message: wire.ServerFrame | Rehome) -> None:
         if isinstance(message, wire.OfferFrame):
@@ -619,12 +660,16 @@ class CellActor:
             return [wire.error_frame("illegal_transition", str(exc))]
         return await self._execute(commands)
 
-    async def add_order(self, order: dict) -> None:
-        """A newly placed order (idempotent); matched at once so the offer goes out without waiting."""
+    async def add_order(self, order: dict) -> dict | None:
+        """A newly placed order (idempotent); its delivery estimate is stored and returned (the promise; None if it
+        could not be stored, or was given before), and it is matched at once so the offer goes out without waiting."""
         await self._open()
         self._touch([order["id"]])
         self.core.add_order(LiveOrder(**order))
+        estimates = self.core.estimates(time.time(), only=order["id"])
+        promise = estimates[0].estimate.to_json() if estimates and await self._give_estimates(estimates) else None
         await self._tick()
+        return promise
 
     async def cancel_order(self, order_id: int, reason: str) -> None:
         await self._open()

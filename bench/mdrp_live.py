@@ -48,12 +48,13 @@ from bench.catalog import admin_dsn, free_port, fresh_database
 from bench.mdrp_fleet import (
     Clock, Kitchens, LiveCourier, Projection, World, jobs_from_audit, live_solution,
 )
-from bench.replay import load_instance, markdown_table, write_solution
+from bench.replay import eta_table, load_instance, markdown_table, write_solution
 from dispatch.cell import CellParams
+from dispatch.eta import error_summary
 from dispatch.feasibility import check_solution
 from dispatch.matcher import MatchParams
 from dispatch.mdrp import Instance
-from dispatch.metrics import solution_metrics
+from dispatch.metrics import ETA_MOMENTS, solution_metrics
 from dispatch.movement import MovementParams
 from dispatch.simulator import Solution, mdrp_match_params, replay
 from server.cli import parser_for
@@ -104,6 +105,9 @@ def live_cell_params(instance: Instance, speedup: float, gps_interval_s: float) 
         "offer_ttl_s": max(defaults.offer_ttl_s, instance.dropoff_service / 2 * 60 / speedup + 5.0),
         "heartbeat_ttl_s": max(defaults.heartbeat_ttl_s, 5 * gps_interval_s),
         "borrow_after_s": defaults.borrow_after_s / speedup,
+        "eta_every_s": defaults.eta_every_s / speedup,
+        "eta_revise_s": defaults.eta_revise_s / speedup,
+        "eta_time_scale": speedup,
         "match": {name: getattr(match, name) / speedup for name in MINUTE_FIELDS},
     }
 
@@ -279,6 +283,58 @@ def delivery_audit(instance: Instance, events: dict[int, list[dict]], counts: di
     }
 
 
+def live_eta_errors(clock: Clock, events: dict[int, list[dict]]) -> tuple[dict, dict[str, np.ndarray]]:
+    """The drop-off estimates the server gave (its audit trail's ``estimate`` events) against each delivered
+    order's recorded drop-off (its ``deliver`` event), in instance minutes: at placement (the first estimate: the
+    promise), at assignment (the first from the courier's plan) and at pickup (the first with the food on board);
+    with the share of drop-offs inside the promise's range. Also returns the errors per moment (for the plot)."""
+    estimated: dict[str, list[float]] = {m: [] for m in ETA_MOMENTS}
+    actual: dict[str, list[float]] = {m: [] for m in ETA_MOMENTS}
+    inside = []
+    first_of = {"placement": lambda g: True, "assignment": lambda g: g["basis"] == "job",
+                "pickup": lambda g: g["basis"] == "on_board"}
+    for trail in events.values():
+        deliver = next((e for e in trail if e["event"] == "deliver"), None)
+        given = [e["payload"] for e in trail if e["event"] == "estimate"]
+        if deliver is None or not given:
+            continue
+        done = clock.minutes(deliver["at"])
+        for moment in ETA_MOMENTS:
+            estimate = next((g for g in given if first_of[moment](g)), None)
+            if estimate is not None:
+                estimated[moment].append(clock.minutes(estimate["dropoff_at"]))
+                actual[moment].append(done)
+        inside.append(clock.minutes(given[0]["dropoff_early"]) <= done <= clock.minutes(given[0]["dropoff_late"]))
+    result: dict = {m: error_summary(np.array(estimated[m]), np.array(actual[m])) for m in ETA_MOMENTS}
+    result["placement_range_coverage"] = float(np.mean(inside)) if inside else math.nan
+    errors = {m: np.array(estimated[m]) - np.array(actual[m]) for m in ETA_MOMENTS}
+    return result, errors
+
+
+def plot_eta_errors(errors: dict[str, np.ndarray], title: str, path: Path) -> None:
+    """Distribution of drop-off estimate errors (estimate minus actual) per moment."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for moment, values in errors.items():
+        values = np.sort(values[~np.isnan(values)])
+        if len(values):
+            ax.step(values, np.arange(1, len(values) + 1) / len(values), where="post", linewidth=1.5,
+                    label=f"at {moment} (n={len(values)}, p90 |error| {np.percentile(np.abs(values), 90):.1f} min)")
+    for edge in (-5, 5):
+        ax.axvline(edge, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("drop-off estimate minus actual (instance minutes; dashed: +/-5)")
+    ax.set_ylabel("share of delivered orders")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _stats(values) -> dict:
     values = np.asarray([v for v in values if not math.isnan(v)], np.float64)
     if not len(values):
@@ -368,6 +424,11 @@ def markdown_report(figures: dict) -> str:
         f"day {figures['run_s']:.0f} s wall on {figures['machine']['cpus']} CPUs, load average "
         f"{figures['machine']['load_average_1min'][0]:.1f} at the start, {figures['machine']['load_average_1min'][1]:.1f} "
         f"at the end",
+        "",
+        "Drop-off estimates the server gave (stored `estimate` events) against the recorded drop-off (instance "
+        "minutes; placement: the promise in the order's response):",
+        "",
+        eta_table([{"instance": figures["instance"], "policy": "slack (live)", "eta": live["eta"]}]),
     ]
     return "\n".join(lines)
 
@@ -462,6 +523,7 @@ def main(argv: list[str]) -> int:
     live_metrics = solution_metrics(live)
     live_metrics.update(replay_seconds=run["run_s"], epoch_minutes=tick_s * args.speedup / 60, feasible=not problems,
                         violations=problems[:20])
+    live_metrics["eta"], eta_errors = live_eta_errors(world.clock, run["events"])
     off_metrics, off = offline(instance, 1.0, "slack (offline)")
     tick_metrics, _ = offline(instance, tick_s * args.speedup / 60, "slack (offline, live tick)")
     # For scale: no lookahead, no order held for a driver finishing its job.
@@ -496,6 +558,7 @@ def main(argv: list[str]) -> int:
     report = markdown_report(figures)
     (args.out / "mdrp_live.md").write_text(report + "\n")
     plot_click_to_door(instance, live, off, idle, args.out / "click_to_door.png")
+    plot_eta_errors(eta_errors, f"{instance.name}: the live server's drop-off estimates", args.out / "eta_error.png")
     json_path = args.json or args.out / "mdrp_live.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(figures, indent=2, default=str) + "\n")

@@ -20,6 +20,7 @@ import numpy as np
 
 from bench.replay import calibration_for, eta_table, find_instances, markdown_table, run_replay
 from dispatch.matcher import POLICIES
+from dispatch.eta import LIVE_CALIBRATION_PATH
 from dispatch.metrics import ETA_MOMENTS, P99_TARGET, eta_metrics, held_out_calibrations
 from server.cli import parser_for
 
@@ -152,6 +153,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/quality"))
     parser.add_argument("--policy", action="append", choices=POLICIES)
     parser.add_argument("--epoch", type=float, default=1.0)
+    parser.add_argument("--live-calibration", type=lambda v: None if v == "none" else Path(v), default=LIVE_CALIBRATION_PATH,
+                        help="where to write the calibration fitted on every day, which live servers promise with "
+                             "(default: the one in dispatch/; 'none' to leave it)")
     args = parser.parse_args(argv)
     folders = [f for f in find_instances([args.instances])
                if INSTANCE_PATTERN in f.name and f.name.endswith("p100") and f.name.startswith(tuple("012345"))]
@@ -175,6 +179,8 @@ def main(argv: list[str]) -> int:
         m["eta"] = eta_metrics(solution, calibration_for(m["instance"], calibrations))
     (args.out / "eta_calibration.json").write_text(
         json.dumps({day: c.to_json() for day, c in calibrations.items()}, indent=2) + "\n")
+    if "all" in calibrations and args.live_calibration is not None:  # what a live server promises with
+        args.live_calibration.write_text(json.dumps(calibrations["all"].to_json(), indent=1) + "\n")
     report = "\n".join([markdown_table(rows), "", *target_checks(rows), "",
                         "Drop-off estimates of `slack` against actual drop-off (minutes; placement calibrated on "
                         "the other days):", "", eta_table([m for m, _ in slack])])

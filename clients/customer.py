@@ -64,7 +64,13 @@ class CustomerClient:
             self.changed.set()
 
     def statuses(self, order_id: int) -> list[str]:
-        return [e["status"] for e in self.events[order_id]]
+        """The order's statuses, one per lifecycle event (``estimate`` events change none)."""
+        return [e["status"] for e in self.events[order_id] if e["event"] != "estimate"]
+
+    def eta(self, order_id: int) -> dict | None:
+        """The order's latest delivery estimate (``{dropoff_at, dropoff_early, dropoff_late, ...}``), if any."""
+        events = self.events[order_id]
+        return events[-1].get("eta") if events else None
 
     async def wait_for(self, predicate, timeout_s: float = 30.0) -> None:
         """Wait until ``predicate(self)`` holds."""

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -42,6 +42,7 @@ import numpy as np
 import wire
 
 from dispatch import kernels
+from dispatch.eta import EXPECTED_WINDOW, EtaCalibration, Estimate, expected_orders, forecast, plan_estimate, queue_estimates
 from dispatch.lifecycle import (
     DISPATCHABLE, FINISHING_COURIER, HOLDING_ORDERS, Courier, DriverEvent, DriverStatus, Event, OrderPhase, PhaseEvent, apply_driver,
     apply_phase, rebuilt_phase,
@@ -72,11 +73,23 @@ class CellParams:
     departed_fix_grace_s: float = 5.0
     """After a driver leaves (lent to a neighbour, or handed over), fixes still routed here (sent before its front
     door learnt of the move) are ignored this long, so the driver is never registered in two cells."""
+    eta_every_s: float = 15.0
+    """How often the delivery estimates of the cell's orders are worked out again (and at once when an order
+    is placed, assigned or picked up)."""
+    eta_time_scale: float = 1.0
+    """Real minutes per minute of this cell's clock: 1, except in a bench replaying a day k times faster (k), where
+    the live calibration's minutes (``dispatch.eta.live_calibration``, measured on real days) shrink by k."""
+    eta_revise_s: float = 120.0
+    """A customer is given a new estimate when its drop-off time moved at least this much (or its basis changed:
+    a courier assigned, the food on board): small wobbles would only make the promise look unreliable."""
     idle_retire_s: float = 300.0
     """A cell empty (no online driver, order, offer or job) and quiet this long retires: its actor exits and
     gives its process back; the next fix or order in the cell creates it anew (``dispatch.retirement``)."""
     match: MatchParams = field(default_factory=MatchParams)
 
+
+#: Most recent placements a cell replays as the orders to expect (bounds the forecast's work at extreme rates).
+MAX_EXPECTED_ORDERS = 1000
 
 #: Why a pending order is not offered yet, charged per order (``LiveOrder.waited_s``, sent with each offer):
 #: ``queued``: not yet considered by a tick (placement, transport, a tick's cap on orders);
@@ -115,6 +128,8 @@ class LiveOrder:
     wait_reason: str = "queued"
     wait_since: float | None = None
     """When ``wait_reason`` was last decided (``None``: not yet, the wait runs from ``placed_at``)."""
+    estimate: Estimate | None = None
+    """The delivery estimate last given to the customer (stored in Postgres), None before the first."""
 
     def note_wait(self, now: float, reason: str) -> None:
         """Charge the time since the last decision to the reason then in force; ``reason`` holds from ``now``."""
@@ -476,7 +491,16 @@ class PersistOrderEvent:
     reason: str = ""
 
 
-Command = SendToDriver | PersistAssignment | PersistOrderEvent
+@dataclass(frozen=True)
+class GiveEstimate:
+    """Record a delivery estimate for an order (an ``estimate`` event): once stored, it is given to the customer.
+    The actor reports which were stored (:meth:`CellCore.estimates_given`)."""
+
+    order_id: int
+    estimate: Estimate
+
+
+Command = SendToDriver | PersistAssignment | PersistOrderEvent | GiveEstimate
 
 
 class CellError(Exception):
@@ -491,9 +515,13 @@ class CellError(Exception):
 class CellCore:
     """The drivers, orders, offers and jobs of one cell; see the module docstring."""
 
-    def __init__(self, cell_id: str, params: CellParams | None = None):
+    def __init__(self, cell_id: str, params: CellParams | None = None, calibration: EtaCalibration | None = None):
         self.cell_id = cell_id
         self.params = params or CellParams()
+        self.calibration = calibration or EtaCalibration()
+        #: Orders placed here lately, newest last: the orders to expect (``dispatch.eta.expected_orders``).
+        self.recent: deque[LiveOrder] = deque(maxlen=MAX_EXPECTED_ORDERS)
+        self._next_estimates_at = -math.inf
         self.travel = TravelModel.great_circle(self.params.speed_kmh)
         self.drivers: dict[str, LiveDriver] = {}
         self.orders: dict[int, LiveOrder] = {}
@@ -608,7 +636,9 @@ class CellCore:
 
     def add_order(self, order: LiveOrder) -> None:
         """A new order to dispatch (idempotent: a known order is left as it is)."""
-        self.orders.setdefault(order.id, order)
+        if order.id not in self.orders:
+            self.orders[order.id] = order
+            self.recent.append(order)
 
     def revise_ready(self, order_id: int, ready_at: float) -> None:
         order = self.orders.get(order_id)
@@ -763,6 +793,7 @@ class CellCore:
             for order_id in job.order_ids:
                 order = self.orders[order_id]
                 order.phase = apply_phase(order.phase, PhaseEvent.CONFIRM)
+            self._next_estimates_at = -math.inf  # the customers hear of their courier's plan at the next tick
             orders = [self._order_view(self.orders[i]) for i in job.order_ids]
             return [SendToDriver(job.driver_id, wire.Assigned(job.id, orders))]
         del self.jobs[job_id]
@@ -828,6 +859,7 @@ class CellCore:
             for order_id in self.jobs[job_id].order_ids:
                 order = self.orders[order_id]
                 order.phase = apply_phase(order.phase, PhaseEvent.PICK_UP)
+            self._next_estimates_at = -math.inf
         return commands
 
     def check_delivered(self, driver_id: str, order_id: int) -> list[PersistOrderEvent]:
@@ -863,6 +895,8 @@ class CellCore:
         for driver in [d for d in self.drivers.values() if now - d.last_seen > self.params.heartbeat_ttl_s]:
             commands += self._lose(driver)
         commands += self._match(now)
+        if now >= self._next_estimates_at:
+            commands += self.estimates(now)
         return commands
 
     def _lose(self, driver: LiveDriver) -> list[Command]:
@@ -894,13 +928,7 @@ class CellCore:
         pending = [o for o in self.orders.values() if o.phase is OrderPhase.PENDING]
         if not pending:
             return []
-        idle_status, ttl_s = DriverStatus.IDLE, self.params.heartbeat_ttl_s
-        idle = [d for d in self.drivers.values() if d.status is idle_status]
-        # A silent driver keeps its food (see _lose) but no order waits for it. Only drivers with a
-        # job can be busy (_job_end needs one): testing job_id first skips the rest cheaply.
-        busy = [(d, end) for d in self.drivers.values()
-                if d.job_id is not None and d.status in HOLDING_ORDERS and now - d.last_seen <= ttl_s
-                and (end := self._job_end(d, now)) is not None]
+        idle, busy = self._matchable_drivers(now)
         if not idle and not busy:
             for order in pending:
                 order.note_wait(now, "unmatched")
@@ -937,6 +965,17 @@ class CellCore:
                                 "deferred" if commit_window < order.urgency < math.inf else "unmatched")
         return commands
 
+    def _matchable_drivers(self, now: float) -> tuple[list[LiveDriver], list[tuple[LiveDriver, tuple[float, float, float]]]]:
+        """Idle drivers, and busy ones with when and where (:meth:`_job_end`) they will be free."""
+        idle_status, ttl_s = DriverStatus.IDLE, self.params.heartbeat_ttl_s
+        idle = [d for d in self.drivers.values() if d.status is idle_status]
+        # A silent driver keeps its food (see _lose) but no order waits for it. Only drivers with a
+        # job can be busy (_job_end needs one): testing job_id first skips the rest cheaply.
+        busy = [(d, end) for d in self.drivers.values()
+                if d.job_id is not None and d.status in HOLDING_ORDERS and now - d.last_seen <= ttl_s
+                and (end := self._job_end(d, now)) is not None]
+        return idle, busy
+
     def _job_end(self, driver: LiveDriver, now: float) -> tuple[float, float, float] | None:
         """When (minutes) and where (lng, lat) a busy driver will be free: the rest of its job from its
         last fix, by the matcher's travel model (:func:`dispatch.matcher.job_times`)."""
@@ -959,10 +998,75 @@ class CellCore:
         for order in orders:
             order.phase = apply_phase(order.phase, PhaseEvent.OFFER)
             order.note_wait(now, "offered")
+        # When this driver would reach the restaurant, for the driver to weigh and the kitchen to time the food.
+        arrival = now + 60.0 * self.travel.minutes(driver.lng, driver.lat, orders[0].restaurant_lng,
+                                                   orders[0].restaurant_lat)
         return SendToDriver(driver.id, wire.OfferFrame(
             offer.id, offer.expires_at,
-            [{**self._order_view(o), "waited_s": {k: round(v, 3) for k, v in o.waited_s.items()}} for o in orders],
+            [{**self._order_view(o), "waited_s": {k: round(v, 3) for k, v in o.waited_s.items()},
+              "courier_arrival_at": round(arrival, 1)} for o in orders],
         ))
+
+    # Delivery estimates -------------------------------------------------------
+
+    def estimates(self, now: float, only: int | None = None) -> list[GiveEstimate]:
+        """Work out every live order's delivery estimate (only order ``only``'s, when given) and give those that
+        moved (:meth:`dispatch.eta.Estimate.moved`) or were never given.
+
+        Orders no courier has yet: :func:`dispatch.eta.forecast` of the cell's queue (the orders placed in the
+        last :data:`~dispatch.eta.EXPECTED_WINDOW` minutes replayed as the orders to expect), calibrated. Orders
+        with a courier: its plan from its last fix (:func:`dispatch.matcher.job_times`). Orders out to a driver
+        or being assigned keep the estimate they have until that settles."""
+        self._next_estimates_at = now + self.params.eta_every_s
+        fresh: dict[int, Estimate] = {}
+        pending = [o for o in self.orders.values() if o.phase is OrderPhase.PENDING]
+        if pending and (only is None or only in self.orders and self.orders[only].phase is OrderPhase.PENDING):
+            fresh.update(zip((o.id for o in pending), self._queue_estimates(now, pending)))
+        for job in self.jobs.values():
+            if only is None or only in job.order_ids:
+                fresh.update(self._plan_estimates(now, job))
+        given = []
+        for order_id, estimate in fresh.items():
+            order = self.orders[order_id]
+            if (only is None or order_id == only) and (
+                    order.estimate is None or estimate.moved(order.estimate, self.params.eta_revise_s)):
+                given.append(GiveEstimate(order_id, estimate))
+        return given
+
+    def estimates_given(self, given: list[GiveEstimate]) -> None:
+        """These estimates were stored: they are what the customers now hold."""
+        for command in given:
+            order = self.orders.get(command.order_id)
+            if order is not None:
+                order.estimate = command.estimate
+
+    def _queue_estimates(self, now: float, pending: list[LiveOrder]) -> list[Estimate]:
+        window_s = EXPECTED_WINDOW * 60.0
+        while self.recent and self.recent[0].placed_at <= now - window_s:
+            self.recent.popleft()
+        idle, busy = self._matchable_drivers(now)
+        expected = expected_orders(self._order_arrays(list(self.recent)), now / 60.0, EXPECTED_WINDOW)
+        raw = forecast(now / 60.0, self._driver_arrays(idle, busy, now), self._order_arrays(pending), self.travel,
+                       self.params.match, expected)
+        return queue_estimates(now, raw, self.calibration, self.params.match.dropoff_service / 2)
+
+    def _plan_estimates(self, now: float, job: Job) -> dict[int, Estimate]:
+        """The estimates of a job's undelivered orders from its driver's plan (none while it is being assigned)."""
+        orders = [self.orders[i] for i in job.order_ids if i not in job.delivered and i in self.orders]
+        driver = self.drivers.get(job.driver_id)
+        if not orders or driver is None or any(o.phase not in (OrderPhase.ASSIGNED, OrderPhase.PICKED_UP)
+                                               for o in orders):
+            return {}
+        first, start = orders[0], now / 60.0
+        picked_up = driver.status is DriverStatus.DELIVERING
+        times = job_times(start, driver.lng, driver.lat, (first.restaurant_lng, first.restaurant_lat),
+                          max(o.ready_at for o in orders) / 60.0, [(o.dropoff_lng, o.dropoff_lat) for o in orders],
+                          self.travel, self.params.match, picked_up=picked_up)
+        arrival = None if picked_up else start + self.travel.minutes(driver.lng, driver.lat, first.restaurant_lng,
+                                                                     first.restaurant_lat)
+        pickup = None if picked_up else times.pickup
+        handover = self.params.match.dropoff_service / 2
+        return {o.id: plan_estimate(now, door + handover, pickup, arrival) for o, door in zip(orders, times.arrivals)}
 
     @staticmethod
     def _driver_arrays(idle: list[LiveDriver], busy: list[tuple[LiveDriver, tuple[float, float, float]]],

@@ -26,7 +26,9 @@ Once an order is committed, its times are the job's own plan, :func:`dispatch.ma
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 
@@ -44,6 +46,13 @@ LOAD_BANDS = (0.0, 1.0)
 lookahead: from 1 on, the matcher counts drivers as scarce)."""
 MIN_BAND_ORDERS = 50
 """A band with fewer calibration residuals than this borrows the pooled residuals of every band."""
+LIVE_CALIBRATION_PATH = Path(__file__).with_name("eta_calibration.json")
+"""The calibration live cells promise with: fitted on every o100t100*p100 day of days 0-5 (written by
+``python -m bench.mdrp_quality``)."""
+JOB_SPREAD = 0.2
+"""Once a courier has the order, the range is the plan's remaining minutes +/- this share (plus
+:data:`JOB_SPREAD_FLOOR`): what is left to go wrong is the drive, not the queue."""
+JOB_SPREAD_FLOOR = 1.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,13 @@ def forecast(now: float, drivers: Drivers, orders: Orders, travel: TravelModel,
     )
     return Forecast(arrival=arrival[:n_pending], pickup=pickup[:n_pending], door=door[:n_pending],
                     ready=ready[:n_pending], load=load)
+
+
+def warm_up() -> None:
+    """Load (or compile) the forecast kernel, so that a cell's first promise does not wait for it."""
+    one = np.zeros(1)
+    forecast(0.0, Drivers(one, one, one, np.ones(1, np.int64), np.ones(1)),
+             Orders(one, one, one, one, one, one, np.zeros(1, np.int64)), TravelModel.great_circle())
 
 
 def expected_orders(recent: Orders, now: float, window: float) -> Orders:
@@ -156,6 +172,10 @@ class EtaCalibration:
         table = np.asarray(self.offsets, np.float64)[band_of(courier_delay, load)]
         return Promise(door=door + table[:, 1], door_p10=door + table[:, 0], door_p90=door + table[:, 2])
 
+    def scaled(self, factor: float) -> "EtaCalibration":
+        """The same residuals with every minute multiplied by ``factor`` (a day replayed k times faster: 1/k)."""
+        return EtaCalibration(tuple(tuple(v * factor for v in o) for o in self.offsets))
+
     def to_json(self) -> dict:
         return {"load_bands": list(LOAD_BANDS), "delay_bands": list(DELAY_BANDS),
                 "offsets_p10_mean_p90": [list(o) for o in self.offsets]}
@@ -188,3 +208,70 @@ def error_summary(estimate: np.ndarray, actual: np.ndarray) -> dict[str, float]:
     absolute = np.abs(error)
     return {"orders": int(len(error)), "mae": float(absolute.mean()), "p90_abs": float(np.percentile(absolute, 90)),
             "within_5": float((absolute <= 5.0).mean()), "bias": float(error.mean())}
+
+
+def live_calibration(path: Path = LIVE_CALIBRATION_PATH) -> EtaCalibration:
+    """The calibration a live cell promises with (:data:`LIVE_CALIBRATION_PATH`)."""
+    return EtaCalibration.from_json(json.loads(path.read_text()))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One delivery-time estimate given for an order, in unix seconds.
+
+    ``basis`` says what it rests on: ``queue`` (a forecast of the cell's queue: no courier yet),
+    ``job`` (the assigned courier's plan, food not picked up), ``on_board`` (food picked up)."""
+
+    given_at: float
+    basis: str
+    dropoff_at: float
+    dropoff_early: float
+    dropoff_late: float
+    pickup_at: float | None
+    courier_arrival_at: float | None
+
+    def to_json(self) -> dict:
+        """The estimate as the API, status events and the audit trail carry it (times rounded to 0.1 s)."""
+        def t(v: float | None) -> float | None:
+            return None if v is None or v != v else round(v, 1)
+
+        return {"given_at": t(self.given_at), "basis": self.basis, "dropoff_at": t(self.dropoff_at),
+                "dropoff_early": t(self.dropoff_early), "dropoff_late": t(self.dropoff_late),
+                "pickup_at": t(self.pickup_at), "courier_arrival_at": t(self.courier_arrival_at)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Estimate":
+        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+
+    def moved(self, other: "Estimate", threshold_s: float) -> bool:
+        """Whether a customer holding ``other`` should be told this one: a new basis, or a drop-off
+        time at least ``threshold_s`` away."""
+        return self.basis != other.basis or abs(self.dropoff_at - other.dropoff_at) >= threshold_s
+
+
+def queue_estimates(now_s: float, raw: Forecast, calibration: EtaCalibration, handover: float = 0.0) -> list[Estimate]:
+    """Calibrated estimates (unix seconds) of the orders of :func:`forecast` made at ``now_s``
+    (its times in minutes). An order no courier can take gets the earliest its food allows.
+    The drop-off is ``handover`` minutes after arriving at the door (the MDRP's: half the drop-off service)."""
+    promise = calibration.promise(raw.door + handover, raw.courier_delay, np.full(len(raw.door), raw.load))
+    # Nothing arrives before the food is ready and driven there, whatever the residuals of other days say.
+    floor = np.maximum(raw.ready, now_s / 60.0) + (raw.door + handover - raw.pickup)
+    door, early = np.maximum(promise.door, floor), np.maximum(promise.door_p10, floor)
+    late = np.maximum(promise.door_p90, door)
+    seconds = 60.0
+    return [Estimate(given_at=now_s, basis="queue", dropoff_at=float(door[i]) * seconds,
+                     dropoff_early=float(early[i]) * seconds, dropoff_late=float(late[i]) * seconds,
+                     pickup_at=float(raw.pickup[i]) * seconds,
+                     courier_arrival_at=None if np.isnan(raw.arrival[i]) else float(raw.arrival[i]) * seconds)
+            for i in range(len(raw.door))]
+
+
+def plan_estimate(now_s: float, dropoff_min: float, pickup_min: float | None, arrival_min: float | None) -> Estimate:
+    """The estimate from an assigned courier's plan (minutes; ``pickup_min`` None once the food is on board),
+    with a range of :data:`JOB_SPREAD` of the plan's remaining minutes."""
+    dropoff_s = dropoff_min * 60.0
+    spread = (JOB_SPREAD * max(0.0, dropoff_s - now_s) / 60.0 + JOB_SPREAD_FLOOR) * 60.0
+    return Estimate(given_at=now_s, basis="on_board" if pickup_min is None else "job", dropoff_at=dropoff_s,
+                    dropoff_early=max(now_s, dropoff_s - spread), dropoff_late=dropoff_s + spread,
+                    pickup_at=None if pickup_min is None else pickup_min * 60.0,
+                    courier_arrival_at=None if arrival_min is None else arrival_min * 60.0)

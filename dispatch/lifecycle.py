@@ -79,6 +79,7 @@ class Event(str, Enum):
     DELIVER = "deliver"
     UNASSIGN = "unassign"
     CANCEL = "cancel"
+    ESTIMATE = "estimate"
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,8 @@ TRANSITIONS: dict[Event, Transition] = {
     Event.CANCEL: Transition(
         _STAFF | {A.CUSTOMER, A.RESTAURANT}, courier_from=_BEFORE_PICKUP, cancels=True
     ),
+    # A new delivery estimate (``dispatch.eta``) changes no state; any time until the order is finished.
+    Event.ESTIMATE: Transition(_STAFF),
 }
 
 # Customers may cancel (withdrawing the order, or recalling its driver) only

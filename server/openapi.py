@@ -94,6 +94,8 @@ _ITEM = {"id": 7, "restaurant_id": 42, "name": "Margherita", "description": "", 
          "available": True, "updated_at": _AT}
 _ORDER_IN = {"restaurant_id": 42, "items": [{"item_id": 7, "quantity": 2}],
              "dropoff": {"lat": 41.8831, "lng": -87.6248}, "dropoff_address": "5 Lake St"}
+_PROMISE = {"given_at": 1764763200.0, "basis": "queue", "dropoff_at": 1764765120.0, "dropoff_early": 1764764700.0,
+            "dropoff_late": 1764765780.0, "pickup_at": 1764764520.0, "courier_arrival_at": 1764764280.0}
 _ORDER = {"id": 1001, "customer_id": "customer-3", "restaurant_id": 42,
           "items": [{"item_id": 7, "name": "Margherita", "unit_price_cents": 1250, "quantity": 2,
                      "line_total_cents": 2500}],
@@ -101,7 +103,8 @@ _ORDER = {"id": 1001, "customer_id": "customer-3", "restaurant_id": 42,
           "dropoff": {"lat": 41.8831, "lng": -87.6248, "address": "5 Lake St"}, "notes": "",
           "status": "placed", "kitchen_status": "placed", "courier_status": "unassigned", "driver_id": None,
           "version": 1, "placed_at": _AT, "ready_estimate_at": "2026-12-03T12:12:00.000000Z", "ready_at": None,
-          "assigned_at": None, "picked_up_at": None, "delivered_at": None, "cancelled_at": None}
+          "assigned_at": None, "picked_up_at": None, "delivered_at": None, "cancelled_at": None,
+          "promise": _PROMISE, "eta": _PROMISE}
 
 
 def _order(**changes) -> dict:
@@ -109,7 +112,7 @@ def _order(**changes) -> dict:
 
 
 _EVENT = {"order_id": 1001, "seq": 1, "event": "placed", "status": "placed", "kitchen_status": "placed",
-          "courier_status": "unassigned", "payload": {}, "actor": "customer", "at": 1764763200.0}
+          "courier_status": "unassigned", "payload": {}, "actor": "customer", "at": 1764763200.0, "eta": None}
 _KITCHEN = (Role.RESTAURANT, Role.ADMIN)
 _OWNER_ERRORS = (401, 403, 404)
 _LIFECYCLE_ERRORS = (401, 403, 404, 409)

@@ -20,7 +20,7 @@ ORDER_COLUMNS = """
     o.total_cents, o.dropoff_lat, o.dropoff_lng, o.dropoff_address, o.notes, o.status,
     o.kitchen_status, o.courier_status, o.cancelled, o.driver_id, o.version, o.placed_at,
     o.ready_estimate_at, o.ready_at, o.assigned_at, o.picked_up_at, o.delivered_at,
-    o.cancelled_at, o.updated_at, o.job_id
+    o.cancelled_at, o.updated_at, o.job_id, o.promise, o.eta
 """
 
 #: The one SQL predicate of an order still in play (not :attr:`dispatch.lifecycle.OrderState.terminal`: neither
@@ -28,12 +28,15 @@ ORDER_COLUMNS = """
 #: migration 0001 spells it, so the planner can use that index.
 ACTIVE_ORDER = f"NOT o.cancelled AND o.courier_status <> '{lifecycle.FINISHING_COURIER.value}'"
 
-EVENT_COLUMNS = "id, order_id, seq, type, status, kitchen_status, courier_status, payload, actor, at"
+EVENT_COLUMNS = "id, order_id, seq, type, status, kitchen_status, courier_status, payload, actor, at, eta"
 #: The audit trail's insert, before its VALUES or SELECT.
-INSERT_EVENT = "INSERT INTO order_events (order_id, seq, type, status, kitchen_status, courier_status, payload, actor)"
+#: Every event carries the order's delivery estimate current when it was written (``orders.eta``).
+INSERT_EVENT = ("INSERT INTO order_events (order_id, seq, type, status, kitchen_status, courier_status, payload, "
+                "actor, eta)")
 
 # Which timestamps (and other columns) each event stamps, as SQL assignments.
-# $7, $8 are the event's arguments: (driver id, job id) for ASSIGN, (seconds until ready,) for REVISE_READY.
+# $7, $8 are the event's arguments: (driver id, job id) for ASSIGN, (seconds until ready,) for REVISE_READY,
+# (the estimate,) for ESTIMATE: the first one given is the order's promise.
 EVENT_EFFECTS: dict[Event, str] = {
     Event.ACCEPT: "",
     Event.START_PREPARING: "",
@@ -45,6 +48,7 @@ EVENT_EFFECTS: dict[Event, str] = {
     Event.DELIVER: "delivered_at = now()",
     Event.UNASSIGN: "driver_id = NULL, job_id = NULL, assigned_at = NULL",
     Event.CANCEL: "cancelled_at = now()",
+    Event.ESTIMATE: "eta = $7::jsonb, promise = coalesce(promise, $7::jsonb)",
 }
 assert set(EVENT_EFFECTS) == set(lifecycle.TRANSITIONS), "every lifecycle event needs its effects"
 
@@ -141,7 +145,7 @@ async def _insert_order(conn, principal: Principal, key: str, request_hash: str,
             ), e AS (
                 {INSERT_EVENT}
                 SELECT id, version, 'placed', status, kitchen_status, courier_status,
-                    jsonb_build_object('total_cents', total_cents), $15 FROM o
+                    jsonb_build_object('total_cents', total_cents), $15, eta FROM o
             )
             SELECT {ORDER_COLUMNS}, $13::float8 AS restaurant_lat, $14::float8 AS restaurant_lng FROM o""",
         principal.sub, order.restaurant_id, key, request_hash, lines, subtotal, fee,
@@ -178,9 +182,9 @@ async def _priced_lines(conn, order) -> list[dict]:
 
 async def _append_event(conn, row, event_type: str, payload: dict, actor: str) -> None:
     await conn.execute(
-        f"{INSERT_EVENT} VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        f"{INSERT_EVENT} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         row["id"], row["version"], event_type, row["status"], row["kitchen_status"], row["courier_status"], payload,
-        actor,
+        actor, row["eta"],
     )
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import wire
 from dispatch import lifecycle
 from dispatch.cell import (
-    CellCore, CellError, CellParams, Command, LiveOrder, PersistAssignment, PersistOrderEvent, SendToDriver,
+    CellCore, CellError, CellParams, Command, GiveEstimate, LiveOrder, PersistAssignment, PersistOrderEvent,
+    SendToDriver,
 )
 from dispatch.lifecycle import Actor, DriverEvent, Event, IllegalTransition, OrderState
 
@@ -50,6 +51,7 @@ class Pair:
         self.now = now
         self.orders: dict[int, OrderState] = {}
         self.trail: dict[int, list[wire.Status]] = {}
+        self.eta: dict[int, dict] = {}  # the estimate each order's events carry
         self.drivers: dict[str, App] = {}
         self.customers: dict[int, App] = {}
         self.hold_writes = False
@@ -61,9 +63,11 @@ class Pair:
         """Apply ``event`` to the order (``IllegalTransition`` if it does not fit) and append its status event."""
         state = lifecycle.apply(self.orders[order_id], event, actor)
         self.orders[order_id] = state
+        if event is Event.ESTIMATE:
+            self.eta[order_id] = payload
         trail = self.trail.setdefault(order_id, [])
         status = wire.Status(order_id, len(trail) + 1, event.value, state.status.value, state.kitchen.value,
-                             state.courier.value, payload or {}, self.now)
+                             state.courier.value, payload or {}, self.now, self.eta.get(order_id))
         trail.append(status)
         if order_id in self.customers:
             self.customers[order_id].take(status)
@@ -78,6 +82,7 @@ class Pair:
         self.record_placed(order_id)
         self.core.add_order(LiveOrder(order_id, order_id, LAT + dlat, LNG, LAT + dlat + 0.01, LNG + 0.01,
                                       self.now, self.now + ready_in_s))
+        self.run(self.core.estimates(self.now, only=order_id))  # the promise, as the cell actor gives it
         return self.customers[order_id]
 
     def record_placed(self, order_id: int) -> None:
@@ -117,6 +122,12 @@ class Pair:
                 self.run(self.core.assignment_persisted(command.job_id, *self._assign(command)))
             elif isinstance(command, PersistOrderEvent):
                 self.record(command.order_id, Event(command.event), Actor.SYSTEM, {"driver_id": command.driver_id})
+            elif isinstance(command, GiveEstimate):
+                try:
+                    self.record(command.order_id, Event.ESTIMATE, Actor.SYSTEM, command.estimate.to_json())
+                except IllegalTransition:  # finished meanwhile: nothing more to promise
+                    continue
+                self.core.estimates_given([command])
 
     def _assign(self, command: PersistAssignment) -> tuple[bool, str]:
         """Record the assignment of every order of the job, or of none (as one transaction)."""

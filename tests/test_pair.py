@@ -7,6 +7,7 @@ from hypothesis import given, settings, strategies as st
 import wire
 from dispatch.cell import CellParams
 from dispatch.lifecycle import DriverStatus, Event
+from tests.events import gapless, lifecycle
 from tests.pair import Pair
 from tests.test_cell import check_invariants
 
@@ -26,13 +27,19 @@ def test_offer_accept_and_the_whole_delivery():
     assert app.last("ack") == {"type": "ack", "of": "accept", "re": "m1", "offer_id": offer["offer_id"],
                                "job_id": None, "order_id": None}
     job_id = app.last("assigned")["job_id"]
+    pair.advance(0.1)
     for frame in (wire.AtRestaurant(job_id=job_id), wire.PickedUp(job_id=job_id), wire.Delivered(order_id=1)):
         pair.send("a", frame)
         assert app.inbox[-1]["type"] == "ack", app.inbox[-1]
-    assert [(s["event"], s["status"]) for s in customer.of("status")] == [
+        pair.advance(0.1)
+    assert [(s["event"], s["status"]) for s in lifecycle(customer.of("status"))] == [
         ("placed", "placed"), ("assign", "driver_assigned"), ("arrive", "at_restaurant"),
         ("pick_up", "picked_up"), ("deliver", "delivered")]
-    assert [s["seq"] for s in customer.of("status")] == [1, 2, 3, 4, 5]
+    assert gapless(customer.of("status"))
+    estimates = [s for s in customer.of("status") if s["event"] == "estimate"]
+    # The promise at placement, the courier's plan once assigned, the food on board once picked up.
+    assert [s["eta"]["basis"] for s in estimates] == ["queue", "job", "on_board"]
+    assert all(s["eta"] == s["payload"] for s in estimates)
 
 
 def test_an_unanswered_offer_expires_after_its_ttl_and_goes_to_the_next_driver():
@@ -117,7 +124,7 @@ def test_a_cancellation_racing_an_accept_withdraws_the_job_and_frees_the_driver(
     assert pair.drivers["a"].last("cancelled") == {"type": "cancelled", "order_id": 1, "reason": "cancelled"}
     assert not pair.drivers["a"].of("assigned"), "the refused assignment must not reach the driver"
     assert pair.core.drivers["a"].status is DriverStatus.IDLE and not pair.core.jobs
-    assert [s["event"] for s in customer.of("status")] == ["placed", "cancel"]
+    assert [s["event"] for s in lifecycle(customer.of("status"))] == ["placed", "cancel"]
 
 
 def test_a_restarted_app_resyncs_from_welcome():

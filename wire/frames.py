@@ -264,6 +264,8 @@ class Status(ServerFrame):
     courier_status: str | None
     payload: dict
     at: float
+    eta: dict | None = None
+    """The order's delivery estimate when the event was written (``dispatch.eta.Estimate.to_json``)."""
 
 
 @dataclass(frozen=True, slots=True)

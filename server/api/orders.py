@@ -46,9 +46,12 @@ async def place_order(request: Request) -> JSONResponse:
     row, created = await orders.place_order(
         request.app.state.pool, principal, key, request_fingerprint(order), order
     )
+    view = order_view(row)
     if created and gateway is not None:
-        gateway.order_placed(placed_order(row))
-    return JSONResponse(order_view(row), status_code=201 if created else 200)
+        promise = await gateway.order_placed(placed_order(row))
+        if promise is not None:
+            view["promise"] = view["eta"] = promise
+    return JSONResponse(view, status_code=201 if created else 200)
 
 
 async def get_order(request: Request) -> JSONResponse:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field
@@ -73,6 +74,8 @@ def order_view(row: asyncpg.Record) -> dict:
         "picked_up_at": row["picked_up_at"],
         "delivered_at": row["delivered_at"],
         "cancelled_at": row["cancelled_at"],
+        "promise": row["promise"],
+        "eta": row["eta"],
     }
 
 
@@ -87,6 +90,7 @@ def event_view(row: asyncpg.Record) -> dict:
         "payload": row["payload"],
         "actor": row["actor"],
         "at": row["at"].timestamp(),
+        "eta": row["eta"],
     }
 
 
@@ -168,6 +172,21 @@ class DropoffView(View):
     address: str
 
 
+class EstimateView(View):
+    """A delivery estimate (``dispatch.eta.Estimate``); times in unix seconds."""
+
+    given_at: float
+    basis: Literal["queue", "job", "on_board"] = Field(
+        description="queue: no courier yet (a forecast of the cell's queue); job: the assigned courier's plan; "
+                    "on_board: the food is picked up")
+    dropoff_at: float = Field(description="expected arrival at the customer's door")
+    dropoff_early: float = Field(description="the range's early end (p10)")
+    dropoff_late: float = Field(description="the range's late end (p90)")
+    pickup_at: float | None = Field(description="expected pickup (null once picked up)")
+    courier_arrival_at: float | None = Field(
+        description="the courier's expected arrival at the restaurant (null: no courier can be foreseen, or picked up)")
+
+
 class OrderView(View):
     id: int
     customer_id: str
@@ -190,6 +209,9 @@ class OrderView(View):
     picked_up_at: datetime | None
     delivered_at: datetime | None
     cancelled_at: datetime | None
+    promise: EstimateView | None = Field(description="the delivery estimate given at placement, as it was given "
+                                         "(null: none could be given yet)")
+    eta: EstimateView | None = Field(description="the latest delivery estimate given")
 
 
 class OrderPage(View):
@@ -209,6 +231,8 @@ class EventView(View):
     payload: dict
     actor: str
     at: float = Field(description="unix seconds")
+    eta: EstimateView | None = Field(description="the order's delivery estimate when the event was written "
+                                     "(for an `estimate` event, the new one)")
 
 
 class EventList(View):

@@ -81,7 +81,7 @@ class StatusFeed:
         if not after:
             return
         rows = await self.pool.fetch(
-            """SELECT e.order_id, e.seq, e.type, e.status, e.kitchen_status, e.courier_status, e.payload, e.actor, e.at
+            """SELECT e.order_id, e.seq, e.type, e.status, e.kitchen_status, e.courier_status, e.payload, e.actor, e.at, e.eta
                FROM order_events e JOIN unnest($1::bigint[], $2::bigint[]) AS f(order_id, after_seq)
                  ON e.order_id = f.order_id AND e.seq > f.after_seq
                ORDER BY e.order_id, e.seq""",
@@ -121,7 +121,7 @@ class StatusFeed:
         customer.last_seq[order_id] = seq
         customer.outbox.send(wire.Status(
             order_id, seq, event["type"], event["status"], event.get("kitchen_status"), event.get("courier_status"),
-            event.get("payload") or {}, unix_seconds(event["at"])))
+            event.get("payload") or {}, unix_seconds(event["at"]), event.get("eta")))
         self.stats["status_out"] += 1
         return True
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import h3.api.basic_int as h3
@@ -33,17 +34,24 @@ class OrderIntake:
             self.count_refusal(refusal.code)
             raise ApiError(422 if refusal.code == "outside_service_area" else 503, refusal.code, refusal.message)
 
-    def order_placed(self, order: LiveOrder) -> None:
-        """A new order (committed): to its cell at once, without reading it back from Postgres."""
-        self._spawn(self._add_order(order))
-
-    async def _add_order(self, order: LiveOrder) -> None:
+    async def order_placed(self, order: LiveOrder) -> dict | None:
+        """A new order (committed): to its cell at once, without reading it back from Postgres. Returns the delivery
+        promise the cell gave and stored (``dispatch.eta.Estimate.to_json``), or None if it gave none within
+        ``promise_timeout_s`` (the cell goes on with the order all the same)."""
+        told = self._spawn(self._add_order(order))
         try:
-            await self.call_cell(cell_of_point(order.restaurant_lat, order.restaurant_lng, self.params.cell_res),
-                                 "add_order", {name: getattr(order, name) for name in NEW_ORDER_FIELDS})
+            return await asyncio.wait_for(asyncio.shield(told), self.params.promise_timeout_s)
+        except asyncio.TimeoutError:
+            return None
+
+    async def _add_order(self, order: LiveOrder) -> dict | None:
+        try:
+            return await self.call_cell(cell_of_point(order.restaurant_lat, order.restaurant_lng, self.params.cell_res),
+                                        "add_order", {name: getattr(order, name) for name in NEW_ORDER_FIELDS})
         except Exception:
             # The cell's periodic sweep of Postgres will still pick the order up.
             log.warning("telling the cell about new order %s failed", order.id, exc_info=True)
+            return None
 
     async def order_changed(self, order_id: int, change: str) -> None:
         """Tell the order's cell about a new ready estimate (``ready``) or a cancellation (``cancelled``)."""

@@ -52,4 +52,7 @@ class GatewayParams:
     census_s: float = 5.0
     """How often the deployment's cell actors are counted (Ray's named actors) for ``max_cells``."""
     reopen_timeout_s: float = 30.0
+    promise_timeout_s: float = 2.0
+    """How long an order placement waits for its cell's delivery promise. Past it, the order is placed and
+    dispatched all the same, without a promise in the response; its first estimate follows as a status event."""
     """How long a call keeps re-opening a cell that retired under it before giving up."""
