@@ -186,7 +186,7 @@ class CellActor:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.cell_id = cell_id
         self.dsn = dsn
-        self.core = CellCore(cell_id, params, live_calibration().scaled(1.0 / (params or CellParams()).eta_time_scale))
+        self.core = CellCore(cell_id, params, live_calibration())
         self.tick_s = tick_s
         self.sweep_s = sweep_s
         self.pool = None
@@ -202,6 +202,7 @@ class CellActor:
         # Drivers that left this cell: fixes still routed here are ignored until the front door follows.
         self.neighbours: dict[str, object] = {}
         self.writing: set[int] = set()  # orders with a write to Postgres in flight
+        self.giving: asyncio.Task | None = None  # the batch of delivery estimates being stored
         self._touched: set[int] | None = None  # orders written or changed while a sweep reads Postgres
         self.next_sweep = time.time() + sweep_s
         self.repair_failures = 0
@@ -434,8 +435,10 @@ class CellActor:
                     log.warning("cell %s: %s on order %s refused: %s", self.cell_id, command.event,
                                 command.order_id, error.message)
         estimates = [c for c in commands if isinstance(c, GiveEstimate)]
-        if estimates:
-            await self._give_estimates(estimates)
+        # Off the tick's path: a slow or unreachable Postgres must not hold up matching. One batch at a time;
+        # estimates skipped meanwhile were not given and are worked out again at the next pass.
+        if estimates and (self.giving is None or self.giving.done()):
+            self.giving = asyncio.get_running_loop().create_task(self._give_estimates(estimates))
         return errors
 
     async def _give_estimates(self, estimates: list[GiveEstimate]) -> bool:

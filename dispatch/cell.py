@@ -78,7 +78,8 @@ class CellParams:
     is placed, assigned or picked up)."""
     eta_time_scale: float = 1.0
     """Real minutes per minute of this cell's clock: 1, except in a bench replaying a day k times faster (k), where
-    the live calibration's minutes (``dispatch.eta.live_calibration``, measured on real days) shrink by k."""
+    the estimates' real-minute constants (the live calibration, measured on real days, and the window of orders to
+    expect) shrink by k."""
     eta_revise_s: float = 120.0
     """A customer is given a new estimate when its drop-off time moved at least this much (or its basis changed:
     a courier assigned, the food on board): small wobbles would only make the promise look unreliable."""
@@ -88,6 +89,8 @@ class CellParams:
     match: MatchParams = field(default_factory=MatchParams)
 
 
+#: An estimate reuses the drivers (idle, and busy with their jobs' ends) worked out by a tick this recent.
+ESTIMATE_DRIVERS_REUSE_S = 1.0
 #: Most recent placements a cell replays as the orders to expect (bounds the forecast's work at extreme rates).
 MAX_EXPECTED_ORDERS = 1000
 
@@ -522,6 +525,7 @@ class CellCore:
         #: Orders placed here lately, newest last: the orders to expect (``dispatch.eta.expected_orders``).
         self.recent: deque[LiveOrder] = deque(maxlen=MAX_EXPECTED_ORDERS)
         self._next_estimates_at = -math.inf
+        self._matchable: tuple[float, list[LiveDriver], list] | None = None
         self.travel = TravelModel.great_circle(self.params.speed_kmh)
         self.drivers: dict[str, LiveDriver] = {}
         self.orders: dict[int, LiveOrder] = {}
@@ -965,8 +969,23 @@ class CellCore:
                                 "deferred" if commit_window < order.urgency < math.inf else "unmatched")
         return commands
 
-    def _matchable_drivers(self, now: float) -> tuple[list[LiveDriver], list[tuple[LiveDriver, tuple[float, float, float]]]]:
+    def _recent_matchable_drivers(self, now: float) -> tuple[
+            list[LiveDriver], list[tuple[LiveDriver, tuple[float, float, float]]]]:
+        """:meth:`_matchable_drivers` as a tick at most :data:`ESTIMATE_DRIVERS_REUSE_S` ago worked them out (an
+        estimate need not pay for every busy driver's plan again), else afresh."""
+        if self._matchable is not None and 0.0 <= now - self._matchable[0] <= ESTIMATE_DRIVERS_REUSE_S:
+            return self._matchable[1], self._matchable[2]
+        return self._matchable_drivers(now)
+
+    def _matchable_drivers(self, now: float) -> tuple[
+            list[LiveDriver], list[tuple[LiveDriver, tuple[float, float, float]]]]:
         """Idle drivers, and busy ones with when and where (:meth:`_job_end`) they will be free."""
+        idle, busy = self._work_out_matchable_drivers(now)
+        self._matchable = (now, idle, busy)
+        return idle, busy
+
+    def _work_out_matchable_drivers(self, now: float) -> tuple[
+            list[LiveDriver], list[tuple[LiveDriver, tuple[float, float, float]]]]:
         idle_status, ttl_s = DriverStatus.IDLE, self.params.heartbeat_ttl_s
         idle = [d for d in self.drivers.values() if d.status is idle_status]
         # A silent driver keeps its food (see _lose) but no order waits for it. Only drivers with a
@@ -1041,14 +1060,15 @@ class CellCore:
                 order.estimate = command.estimate
 
     def _queue_estimates(self, now: float, pending: list[LiveOrder]) -> list[Estimate]:
-        window_s = EXPECTED_WINDOW * 60.0
-        while self.recent and self.recent[0].placed_at <= now - window_s:
+        window = EXPECTED_WINDOW / self.params.eta_time_scale  # minutes of this cell's clock
+        while self.recent and self.recent[0].placed_at <= now - window * 60.0:
             self.recent.popleft()
-        idle, busy = self._matchable_drivers(now)
-        expected = expected_orders(self._order_arrays(list(self.recent)), now / 60.0, EXPECTED_WINDOW)
+        idle, busy = self._recent_matchable_drivers(now)
+        expected = expected_orders(self._order_arrays(list(self.recent)), now / 60.0, window)
         raw = forecast(now / 60.0, self._driver_arrays(idle, busy, now), self._order_arrays(pending), self.travel,
                        self.params.match, expected)
-        return queue_estimates(now, raw, self.calibration, self.params.match.dropoff_service / 2)
+        return queue_estimates(now, raw, self.calibration, self.params.match.dropoff_service / 2,
+                               self.params.eta_time_scale)
 
     def _plan_estimates(self, now: float, job: Job) -> dict[int, Estimate]:
         """The estimates of a job's undelivered orders from its driver's plan (none while it is being assigned)."""
@@ -1066,7 +1086,8 @@ class CellCore:
                                                                      first.restaurant_lat)
         pickup = None if picked_up else times.pickup
         handover = self.params.match.dropoff_service / 2
-        return {o.id: plan_estimate(now, door + handover, pickup, arrival) for o, door in zip(orders, times.arrivals)}
+        return {o.id: plan_estimate(now, door + handover, pickup, arrival, self.params.eta_time_scale)
+                for o, door in zip(orders, times.arrivals)}
 
     @staticmethod
     def _driver_arrays(idle: list[LiveDriver], busy: list[tuple[LiveDriver, tuple[float, float, float]]],

@@ -172,10 +172,6 @@ class EtaCalibration:
         table = np.asarray(self.offsets, np.float64)[band_of(courier_delay, load)]
         return Promise(door=door + table[:, 1], door_p10=door + table[:, 0], door_p90=door + table[:, 2])
 
-    def scaled(self, factor: float) -> "EtaCalibration":
-        """The same residuals with every minute multiplied by ``factor`` (a day replayed k times faster: 1/k)."""
-        return EtaCalibration(tuple(tuple(v * factor for v in o) for o in self.offsets))
-
     def to_json(self) -> dict:
         return {"load_bands": list(LOAD_BANDS), "delay_bands": list(DELAY_BANDS),
                 "offsets_p10_mean_p90": [list(o) for o in self.offsets]}
@@ -249,11 +245,16 @@ class Estimate:
         return self.basis != other.basis or abs(self.dropoff_at - other.dropoff_at) >= threshold_s
 
 
-def queue_estimates(now_s: float, raw: Forecast, calibration: EtaCalibration, handover: float = 0.0) -> list[Estimate]:
+def queue_estimates(now_s: float, raw: Forecast, calibration: EtaCalibration, handover: float = 0.0,
+                    time_scale: float = 1.0) -> list[Estimate]:
     """Calibrated estimates (unix seconds) of the orders of :func:`forecast` made at ``now_s``
     (its times in minutes). An order no courier can take gets the earliest its food allows.
-    The drop-off is ``handover`` minutes after arriving at the door (the MDRP's: half the drop-off service)."""
-    promise = calibration.promise(raw.door + handover, raw.courier_delay, np.full(len(raw.door), raw.load))
+    The drop-off is ``handover`` minutes after arriving at the door (the MDRP's: half the drop-off service).
+    ``time_scale``: real minutes per forecast minute (a day replayed k times faster: k), since the calibration's
+    bands and residuals are real minutes."""
+    real = calibration.promise((raw.door + handover) * time_scale, raw.courier_delay * time_scale,
+                               np.full(len(raw.door), raw.load))
+    promise = Promise(real.door / time_scale, real.door_p10 / time_scale, real.door_p90 / time_scale)
     # Nothing arrives before the food is ready and driven there, whatever the residuals of other days say.
     floor = np.maximum(raw.ready, now_s / 60.0) + (raw.door + handover - raw.pickup)
     door, early = np.maximum(promise.door, floor), np.maximum(promise.door_p10, floor)
@@ -266,11 +267,12 @@ def queue_estimates(now_s: float, raw: Forecast, calibration: EtaCalibration, ha
             for i in range(len(raw.door))]
 
 
-def plan_estimate(now_s: float, dropoff_min: float, pickup_min: float | None, arrival_min: float | None) -> Estimate:
+def plan_estimate(now_s: float, dropoff_min: float, pickup_min: float | None, arrival_min: float | None,
+                  time_scale: float = 1.0) -> Estimate:
     """The estimate from an assigned courier's plan (minutes; ``pickup_min`` None once the food is on board),
-    with a range of :data:`JOB_SPREAD` of the plan's remaining minutes."""
+    with a range of :data:`JOB_SPREAD` of the plan's remaining minutes (``time_scale`` as in :func:`queue_estimates`)."""
     dropoff_s = dropoff_min * 60.0
-    spread = (JOB_SPREAD * max(0.0, dropoff_s - now_s) / 60.0 + JOB_SPREAD_FLOOR) * 60.0
+    spread = (JOB_SPREAD * max(0.0, dropoff_s - now_s) / 60.0 + JOB_SPREAD_FLOOR / time_scale) * 60.0
     return Estimate(given_at=now_s, basis="on_board" if pickup_min is None else "job", dropoff_at=dropoff_s,
                     dropoff_early=max(now_s, dropoff_s - spread), dropoff_late=dropoff_s + spread,
                     pickup_at=None if pickup_min is None else pickup_min * 60.0,

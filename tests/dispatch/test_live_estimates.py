@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
+from bench.mdrp_live import MINUTE_FIELDS
 from dispatch.cell import CellCore, CellParams, GiveEstimate, LiveOrder, SendToDriver
 from dispatch.eta import JOB_SPREAD, JOB_SPREAD_FLOOR, EtaCalibration, Estimate, live_calibration, plan_estimate
 from dispatch.lifecycle import Actor, Courier, DriverEvent, Event, Kitchen, OrderState, allowed, apply
+from dispatch.matcher import MatchParams
 
 T0 = 1_800_000_000.0
 LAT, LNG = 41.88, -87.63
@@ -130,3 +134,26 @@ def test_an_estimate_changes_no_state_and_fits_every_unfinished_order(courier):
     else:
         assert apply(state, Event.ESTIMATE, Actor.SYSTEM) == state
     assert allowed(OrderState(), Event.ESTIMATE, Actor.CUSTOMER) is not None, "only dispatch gives estimates"
+
+
+@pytest.mark.parametrize("speedup", [5.0, 20.0])
+def test_a_day_replayed_k_times_faster_gets_the_same_estimates_k_times_sooner(speedup):
+    """``eta_time_scale`` (the live MDRP bench): travel k times faster, minute knobs and ready times k times
+    shorter, and every estimate (calibrated point, range, pickup, courier arrival) lands k times sooner."""
+    match = MatchParams(pickup_lead=2.0, pickup_exit=2.0, dropoff_service=4.0)
+    fast_match = dataclasses.replace(match, **{name: getattr(match, name) / speedup for name in MINUTE_FIELDS})
+    days = {1.0: CellParams(match=match), speedup: CellParams(speed_kmh=25.0 * speedup, eta_time_scale=speedup,
+                                                              match=fast_match)}
+    given = {}
+    for scale, params in days.items():
+        core = CellCore("test", params, live_calibration())
+        for i, km in enumerate((0.5, 1.5, 3.0)):
+            core.driver_seen(f"d{i}", LAT - km * KM_LAT, LNG, T0)
+        for i, ready_min in enumerate((3.0, 8.0, 8.0, 12.0, 25.0)):
+            core.add_order(LiveOrder(i, 7, LAT, LNG + 0.01 * i, LAT + 0.02, LNG, T0 - 120 / scale,
+                                     T0 + ready_min * 60 / scale))
+        given[scale] = {c.order_id: c.estimate for c in core.estimates(T0)}
+    for order_id, real in given[1.0].items():
+        fast = given[speedup][order_id]
+        for name in ("dropoff_at", "dropoff_early", "dropoff_late", "pickup_at", "courier_arrival_at"):
+            assert (getattr(fast, name) - T0) * speedup == pytest.approx(getattr(real, name) - T0, abs=0.05), name

@@ -124,14 +124,7 @@ async def test_assignment_while_postgres_is_down_is_rolled_back_then_made(settin
         api = ApiClient(server.url, token("customer", f"c-{uuid.uuid4().hex[:8]}"))
         async with DriverClient(server.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) as driver:
             await driver.next("welcome", timeout_s=30)
-
-            async def heartbeat() -> None:
-                while True:
-                    await driver.gps(spot[0] + 0.001, spot[1])
-                    await asyncio.sleep(1.0)
-
-            beating = asyncio.get_running_loop().create_task(heartbeat())
-            try:
+            async with streaming_gps(driver, lambda: (spot[0] + 0.001, spot[1])):
                 order = await api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
                 offer = await driver.next("offer", timeout_s=60)
                 await asyncio.to_thread(private_postgres.stop)
@@ -155,8 +148,6 @@ async def test_assignment_while_postgres_is_down_is_rolled_back_then_made(settin
                 assert driver.link.connections == 1  # the failed accept did not cost the driver its socket
                 cell = ray.get_actor(actor_name(cell_of_point(*spot)), namespace=NAMESPACE)
                 assert (await cell.load.remote())["writes_failed"] >= 1
-            finally:
-                beating.cancel()
         events = await fetch(dsn, "SELECT type, payload->>'job_id' AS job_id FROM order_events WHERE order_id = $1"
                                   " AND type <> 'estimate' ORDER BY seq", order["id"])
         assert [e["type"] for e in events] == ["placed", "assign"]  # assigned once, to this job
@@ -174,14 +165,7 @@ async def test_sweep_releases_an_assignment_only_postgres_holds(live, spot, pool
     driver_id = f"d-{uuid.uuid4().hex[:8]}"
     async with DriverClient(live.url, token("driver", driver_id)) as driver:
         await driver.next("welcome", timeout_s=30)
-
-        async def heartbeat() -> None:
-            while True:
-                await driver.gps(spot[0] + 0.001, spot[1])
-                await asyncio.sleep(1.0)
-
-        beating = asyncio.get_running_loop().create_task(heartbeat())
-        try:
+        async with streaming_gps(driver, lambda: (spot[0] + 0.001, spot[1])):
             order = await api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
             offer = await driver.next("offer", timeout_s=60)
             await apply_event(pool, order["id"], Event.ASSIGN, actor=Actor.SYSTEM, actor_label="system:test",
@@ -197,8 +181,6 @@ async def test_sweep_releases_an_assignment_only_postgres_holds(live, spot, pool
                 reply = await driver.next("assigned", "job_withdrawn", timeout_s=60)
                 if reply["type"] == "assigned":
                     break
-        finally:
-            beating.cancel()
     events = await pool.fetch("SELECT type, payload FROM order_events WHERE order_id = $1 AND type <> 'estimate' ORDER BY seq", order["id"])
     assert [e["type"] for e in events] == ["placed", "assign", "unassign", "assign"]
     assert events[2]["payload"]["reason"] == "assignment not confirmed"
