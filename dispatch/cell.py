@@ -1036,7 +1036,8 @@ class CellCore:
         last :data:`~dispatch.eta.EXPECTED_WINDOW` minutes replayed as the orders to expect), calibrated. Orders
         with a courier: its plan from its last fix (:func:`dispatch.matcher.job_times`). Orders out to a driver
         or being assigned keep the estimate they have until that settles."""
-        self._next_estimates_at = now + self.params.eta_every_s
+        if only is None:  # one order's promise does not put off everyone else's revision
+            self._next_estimates_at = now + self.params.eta_every_s
         fresh: dict[int, Estimate] = {}
         pending = [o for o in self.orders.values() if o.phase is OrderPhase.PENDING]
         if pending and (only is None or only in self.orders and self.orders[only].phase is OrderPhase.PENDING):

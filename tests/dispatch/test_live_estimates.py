@@ -157,3 +157,16 @@ def test_a_day_replayed_k_times_faster_gets_the_same_estimates_k_times_sooner(sp
         fast = given[speedup][order_id]
         for name in ("dropoff_at", "dropoff_early", "dropoff_late", "pickup_at", "courier_arrival_at"):
             assert (getattr(fast, name) - T0) * speedup == pytest.approx(getattr(real, name) - T0, abs=0.05), name
+
+
+def test_placements_do_not_put_off_the_revision_of_everyone_else():
+    core = cell_with_driver(CellParams(eta_every_s=15.0))
+    core.add_order(order(1, ready_in_s=900.0))
+    give(core, core.estimates(T0))
+    core.revise_ready(1, T0 + 900.0 + 600.0)  # the kitchen is 10 minutes late
+    revised = []
+    for i in range(2, 40):  # an order a second, each promised at once
+        core.add_order(order(i, ready_in_s=900.0, at=T0 + i))
+        give(core, core.estimates(T0 + i, only=i))
+        revised += [T0 + i + 0.5 for c in give(core, core.tick(T0 + i + 0.5)) if c.order_id == 1]
+    assert revised and revised[0] - T0 <= 15.0 + 1.0, "revised at the first pass eta_every_s after the last"
