@@ -36,6 +36,7 @@ import numpy as np
 from clients.customer import CustomerClient
 from clients.driver import DriverClient, StepRefused
 from clients.http import ApiClient, ApiError
+from dispatch.eta import error_summary
 from dispatch.geo import EARTH_RADIUS_M, haversine_m
 from dispatch.lifecycle import TERMINAL_STATUSES
 
@@ -558,6 +559,17 @@ def assigned_while_held(events: list[dict]) -> list[dict]:
     return doubled
 
 
+def promise_outcome(events: list[dict]) -> tuple[float, bool] | None:
+    """A delivered order's promise (its first ``estimate`` event) against its ``deliver`` event: (promised minus
+    actual drop-off, minutes; whether the drop-off fell inside the promised range), or None."""
+    promise = next((e["payload"] for e in events if e["event"] == "estimate"), None)
+    deliver = next((e for e in events if e["event"] == "deliver"), None)
+    if promise is None or deliver is None:
+        return None
+    done = unix_time(deliver["at"])
+    return (promise["dropoff_at"] - done) / 60.0, promise["dropoff_early"] <= done <= promise["dropoff_late"]
+
+
 def missed_events(events: list[dict], seen_seqs, until: float) -> list[dict]:
     """An order's status events at or before ``until`` (unix s) whose ``seq`` its customer never received."""
     seen = set(seen_seqs)
@@ -572,12 +584,14 @@ async def audit(admin: ApiClient, placed: list[int], seen_seqs: dict[int, list[i
     cancelled, plus status events a customer never received (when
     ``followed_until`` says when a customer left, only events at least
     :data:`DELIVERY_GRACE_S` older than that count); an order assigned while
-    it was already held by a driver is a double assignment.
+    it was already held by a driver is a double assignment. ``promise`` scores the delivery promises
+    (:func:`promise_outcome`; minutes, and the share of drop-offs inside the promised range).
     """
     followed_until = followed_until or {}
     counts = {"delivered": 0, "cancelled": 0, "in_flight": 0, "missing": 0, "double_assigned": 0,
               "lost_status_events": 0}
     gate = asyncio.Semaphore(concurrency)
+    promises: list[tuple[float, bool]] = []
 
     async def check(order_id: int) -> None:
         async with gate:
@@ -591,7 +605,12 @@ async def audit(admin: ApiClient, placed: list[int], seen_seqs: dict[int, list[i
         counts["double_assigned"] += len(assigned_while_held(events))
         until = followed_until.get(order_id, float("inf")) - DELIVERY_GRACE_S
         counts["lost_status_events"] += len(missed_events(events, seen_seqs.get(order_id, ()), until))
+        if (outcome := promise_outcome(events)) is not None:
+            promises.append(outcome)
 
     await asyncio.gather(*(check(order_id) for order_id in placed))
     counts["lost"] = counts["missing"] + counts["in_flight"] + counts["lost_status_events"]
+    errors = np.array([error for error, _ in promises])
+    counts["promise"] = {**error_summary(errors, np.zeros(len(errors))),
+                         "inside_range": float(np.mean([inside for _, inside in promises])) if promises else math.nan}
     return counts
