@@ -583,7 +583,7 @@ class CellActor:
         if event is None:
             core.delivered(driver_id, fields["order_id"])
         else:
-            core.job_event(driver_id, fields["job_id"], event)
+            core.job_event(driver_id, fields["job_id"], event, now=time.time())
         return []
 
     # Calls from front doors ------------------------------------------------------

@@ -283,17 +283,18 @@ def delivery_audit(instance: Instance, events: dict[int, list[dict]], counts: di
     }
 
 
-def live_eta_errors(clock: Clock, events: dict[int, list[dict]]) -> tuple[dict, dict[str, np.ndarray]]:
+def live_eta_errors(clock: Clock, events: dict[int, list[dict]]) -> tuple[dict, dict[str, np.ndarray], list[dict]]:
     """The drop-off estimates the server gave (its audit trail's ``estimate`` events) against each delivered
     order's recorded drop-off (its ``deliver`` event), in instance minutes: at placement (the first estimate: the
     promise), at assignment (the first from the courier's plan) and at pickup (the first with the food on board);
-    with the share of drop-offs inside the promise's range. Also returns the errors per moment (for the plot)."""
+    with the share of drop-offs inside the promise's range. Also returns the errors per moment (for the plot) and,
+    per delivered order, its estimates and drop-off in instance minutes (for the report's JSON)."""
     estimated: dict[str, list[float]] = {m: [] for m in ETA_MOMENTS}
     actual: dict[str, list[float]] = {m: [] for m in ETA_MOMENTS}
-    inside = []
+    inside, orders = [], []
     first_of = {"placement": lambda g: True, "assignment": lambda g: g["basis"] == "job",
                 "pickup": lambda g: g["basis"] == "on_board"}
-    for trail in events.values():
+    for index, trail in events.items():
         deliver = next((e for e in trail if e["event"] == "deliver"), None)
         given = [e["payload"] for e in trail if e["event"] == "estimate"]
         if deliver is None or not given:
@@ -305,10 +306,15 @@ def live_eta_errors(clock: Clock, events: dict[int, list[dict]]) -> tuple[dict, 
                 estimated[moment].append(clock.minutes(estimate["dropoff_at"]))
                 actual[moment].append(done)
         inside.append(clock.minutes(given[0]["dropoff_early"]) <= done <= clock.minutes(given[0]["dropoff_late"]))
+        orders.append({"index": index, "placed": clock.minutes(trail[0]["at"]), "dropoff": done,
+                       "estimates": [{"basis": g["basis"], **{k: clock.minutes(g[k]) for k in (
+                           "given_at", "dropoff_at", "dropoff_early", "dropoff_late") if g.get(k) is not None},
+                                      **{k: clock.minutes(g[k]) for k in ("pickup_at", "courier_arrival_at")
+                                         if g.get(k) is not None}} for g in given]})
     result: dict = {m: error_summary(np.array(estimated[m]), np.array(actual[m])) for m in ETA_MOMENTS}
     result["placement_range_coverage"] = float(np.mean(inside)) if inside else math.nan
     errors = {m: np.array(estimated[m]) - np.array(actual[m]) for m in ETA_MOMENTS}
-    return result, errors
+    return result, errors, orders
 
 
 def plot_eta_errors(errors: dict[str, np.ndarray], title: str, path: Path) -> None:
@@ -523,7 +529,7 @@ def main(argv: list[str]) -> int:
     live_metrics = solution_metrics(live)
     live_metrics.update(replay_seconds=run["run_s"], epoch_minutes=tick_s * args.speedup / 60, feasible=not problems,
                         violations=problems[:20])
-    live_metrics["eta"], eta_errors = live_eta_errors(world.clock, run["events"])
+    live_metrics["eta"], eta_errors, eta_orders = live_eta_errors(world.clock, run["events"])
     off_metrics, off = offline(instance, 1.0, "slack (offline)")
     tick_metrics, _ = offline(instance, tick_s * args.speedup / 60, "slack (offline, live tick)")
     # For scale: no lookahead, no order held for a driver finishing its job.
@@ -553,6 +559,7 @@ def main(argv: list[str]) -> int:
                   "placement_errors": stats.placement_errors[:20], "kitchen_errors": stats.kitchen_errors[:20],
                   "task_failures": run["task_failures"][:20]},
         "setup_s": run["setup_s"], "run_s": run["run_s"], "machine": run["machine"],
+        "estimates_per_order": eta_orders,
     }
     figures["target_met"] = bool(abs(gap) <= TARGET_GAP_MIN)
     report = markdown_report(figures)

@@ -47,7 +47,7 @@ from dispatch.lifecycle import (
     DISPATCHABLE, FINISHING_COURIER, HOLDING_ORDERS, Courier, DriverEvent, DriverStatus, Event, OrderPhase, PhaseEvent, apply_driver,
     apply_phase, rebuilt_phase,
 )
-from dispatch.matcher import Drivers, MatchParams, Orders, TravelModel, job_times, match
+from dispatch.matcher import Drivers, JobTimes, MatchParams, Orders, TravelModel, job_times, match
 
 
 @dataclass(frozen=True)
@@ -211,6 +211,8 @@ class Job:
     driver_id: str
     order_ids: list[int]
     delivered: set[int] = field(default_factory=set)
+    picked_up_at: float | None = None
+    """When the driver reported the pickup (None: not yet, or not known after a rebuild)."""
 
 
 # The spatial index of a cell's drivers. ---------------------------------------
@@ -854,12 +856,13 @@ class CellCore:
         order_event = {DriverEvent.ARRIVE: "arrive", DriverEvent.PICK_UP: "pick_up"}[event]
         return [PersistOrderEvent(i, order_event, driver_id) for i in job.order_ids]
 
-    def job_event(self, driver_id: str, job_id: str, event: DriverEvent) -> list[Command]:
-        """The driver reports ``ARRIVE`` or ``PICK_UP`` for its job."""
+    def job_event(self, driver_id: str, job_id: str, event: DriverEvent, now: float | None = None) -> list[Command]:
+        """The driver reports ``ARRIVE`` or ``PICK_UP`` for its job (at ``now``, when known)."""
         commands = self.check_job_event(driver_id, job_id, event)
         driver = self.drivers[driver_id]
         driver.status = apply_driver(driver.status, event)
         if event is DriverEvent.PICK_UP:
+            self.jobs[job_id].picked_up_at = now
             for order_id in self.jobs[job_id].order_ids:
                 order = self.orders[order_id]
                 order.phase = apply_phase(order.phase, PhaseEvent.PICK_UP)
@@ -996,18 +999,30 @@ class CellCore:
         return idle, busy
 
     def _job_end(self, driver: LiveDriver, now: float) -> tuple[float, float, float] | None:
-        """When (minutes) and where (lng, lat) a busy driver will be free: the rest of its job from its
-        last fix, by the matcher's travel model (:func:`dispatch.matcher.job_times`)."""
+        """When (minutes) and where (lng, lat) a busy driver will be free (:meth:`_rest_of_job`)."""
+        rest = self._rest_of_job(driver, now)
+        if rest is None:
+            return None
+        times = rest[2]
+        # A job running late still ends after now: the matcher commits only to drivers free now.
+        return max(times.free_at, math.nextafter(now / 60.0, math.inf)), times.free_x, times.free_y
+
+    def _rest_of_job(self, driver: LiveDriver, now: float) -> tuple[Job, list[LiveOrder], JobTimes] | None:
+        """The driver's job, its undelivered orders and the plan for them from its last fix, by the matcher's travel
+        model (:func:`dispatch.matcher.job_times`); None without a job. With the food on board the drive starts once
+        the pickup's exit time (``pickup_exit`` after the reported pickup) has passed."""
         job = self.jobs.get(driver.job_id) if driver.job_id else None
         orders = [self.orders[i] for i in job.order_ids if i not in job.delivered and i in self.orders] if job else []
         if not orders:
             return None
-        first = orders[0]
-        times = job_times(now / 60.0, driver.lng, driver.lat, (first.restaurant_lng, first.restaurant_lat),
+        first, start = orders[0], now / 60.0
+        picked_up = driver.status is DriverStatus.DELIVERING
+        if picked_up and job.picked_up_at is not None:
+            start = max(start, job.picked_up_at / 60.0 + self.params.match.pickup_exit)
+        times = job_times(start, driver.lng, driver.lat, (first.restaurant_lng, first.restaurant_lat),
                           max(o.ready_at for o in orders) / 60.0, [(o.dropoff_lng, o.dropoff_lat) for o in orders],
-                          self.travel, self.params.match, picked_up=driver.status is DriverStatus.DELIVERING)
-        # A job running late still ends after now: the matcher commits only to drivers free now.
-        return max(times.free_at, math.nextafter(now / 60.0, math.inf)), times.free_x, times.free_y
+                          self.travel, self.params.match, picked_up=picked_up)
+        return job, orders, times
 
     def _offer(self, driver: LiveDriver, orders: list[LiveOrder], now: float) -> SendToDriver:
         offer = Offer(self._next_id("offer", now), driver.id, [o.id for o in orders], now + self.params.offer_ttl_s)
@@ -1073,18 +1088,16 @@ class CellCore:
 
     def _plan_estimates(self, now: float, job: Job) -> dict[int, Estimate]:
         """The estimates of a job's undelivered orders from its driver's plan (none while it is being assigned)."""
-        orders = [self.orders[i] for i in job.order_ids if i not in job.delivered and i in self.orders]
         driver = self.drivers.get(job.driver_id)
-        if not orders or driver is None or any(o.phase not in (OrderPhase.ASSIGNED, OrderPhase.PICKED_UP)
-                                               for o in orders):
+        rest = self._rest_of_job(driver, now) if driver is not None else None
+        if rest is None or rest[0] is not job or any(o.phase not in (OrderPhase.ASSIGNED, OrderPhase.PICKED_UP)
+                                                     for o in rest[1]):
             return {}
-        first, start = orders[0], now / 60.0
+        _, orders, times = rest
+        first = orders[0]
         picked_up = driver.status is DriverStatus.DELIVERING
-        times = job_times(start, driver.lng, driver.lat, (first.restaurant_lng, first.restaurant_lat),
-                          max(o.ready_at for o in orders) / 60.0, [(o.dropoff_lng, o.dropoff_lat) for o in orders],
-                          self.travel, self.params.match, picked_up=picked_up)
-        arrival = None if picked_up else start + self.travel.minutes(driver.lng, driver.lat, first.restaurant_lng,
-                                                                     first.restaurant_lat)
+        arrival = None if picked_up else now / 60.0 + self.travel.minutes(driver.lng, driver.lat, first.restaurant_lng,
+                                                                          first.restaurant_lat)
         pickup = None if picked_up else times.pickup
         handover = self.params.match.dropoff_service / 2
         return {o.id: plan_estimate(now, door + handover, pickup, arrival, self.params.eta_time_scale)

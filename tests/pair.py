@@ -178,7 +178,7 @@ class Pair:
         if isinstance(message, (wire.AtRestaurant, wire.PickedUp)):
             # As the actor does: recorded first, then applied (the writes it returns are the ones recorded).
             self._record_reports(core.check_job_event(driver_id, message.job_id, REPORTS[message.type]))
-            core.job_event(driver_id, message.job_id, REPORTS[message.type])
+            core.job_event(driver_id, message.job_id, REPORTS[message.type], now=self.now)
         elif isinstance(message, wire.Delivered):
             self._record_reports(core.check_delivered(driver_id, message.order_id))
             core.delivered(driver_id, message.order_id)

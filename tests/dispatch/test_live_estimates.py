@@ -170,3 +170,16 @@ def test_placements_do_not_put_off_the_revision_of_everyone_else():
         give(core, core.estimates(T0 + i, only=i))
         revised += [T0 + i + 0.5 for c in give(core, core.tick(T0 + i + 0.5)) if c.order_id == 1]
     assert revised and revised[0] - T0 <= 15.0 + 1.0, "revised at the first pass eta_every_s after the last"
+
+
+def test_after_the_pickup_the_drive_starts_once_the_pickups_exit_time_has_passed():
+    core = cell_with_driver(CellParams(match=MatchParams(pickup_exit=2.0)))
+    core.add_order(order(ready_in_s=0.0))
+    offer = next(c for c in core.tick(T0) if isinstance(c, SendToDriver)).message
+    [persist] = core.accept("d1", offer.offer_id, T0 + 1)
+    core.assignment_persisted(persist.job_id, True)
+    core.driver_seen("d1", LAT, LNG, T0 + 200)
+    core.job_event("d1", persist.job_id, DriverEvent.ARRIVE, now=T0 + 200)
+    core.job_event("d1", persist.job_id, DriverEvent.PICK_UP, now=T0 + 200)
+    [on_board] = give(core, core.tick(T0 + 201))
+    assert on_board.estimate.dropoff_at == pytest.approx(T0 + 200 + 120 + 60 * 2.0 / 25 * 60, abs=2.0)
