@@ -527,7 +527,9 @@ def forecast_jobs(now, sequence, driver_x, driver_y, driver_free_at, driver_shif
 
     Returns (driver, arrival at the restaurant, pickup, arrival at the door) per order; an order no
     driver can pick up before its shift ends has driver -1, arrival NaN, and the earliest pickup and
-    door times its food allows.
+    door times its food allows. Then each driver's state once all of it is served: when (``free_at``)
+    and where (``at_x``, ``at_y``: its last door, or where it started) it is free again
+    (:func:`dispatch.eta_quote.availability`).
     """
     n_orders = ready.shape[0]
     n_drivers = driver_x.shape[0]
@@ -593,4 +595,4 @@ def forecast_jobs(now, sequence, driver_x, driver_y, driver_free_at, driver_shif
         job_first_ready[best] = ready[o]
         job_arrival[best] = best_arrival
         job_pickup[best] = pickup[o]
-    return chosen, arrival, pickup, door
+    return chosen, arrival, pickup, door, free_at, at_x, at_y

@@ -1,0 +1,143 @@
+"""Delivery-time quotes at search (dispatch.eta_quote): couriers' availability after the virtual dispatch, and
+per-restaurant quotes, with numbers checkable by hand; the kernel's final driver states equal its twin's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dispatch import kernels
+from dispatch.cell import CellCore, LiveOrder
+from dispatch.eta import EtaCalibration, virtual_dispatch
+from dispatch.eta_quote import CourierAvailability, availability, quote_restaurants
+from dispatch.jit import load_twin
+from dispatch.matcher import Drivers, MatchParams, Orders, TravelModel
+from tests.dispatch.test_eta import random_state
+
+twin = load_twin(kernels)
+# MDRP metres: 100 m a minute, so 1,000 m is 10 minutes of driving (ceil of metres / speed).
+TRAVEL = TravelModel.mdrp(100.0)
+PARAMS = MatchParams(pickup_lead=2.0, pickup_exit=1.0, dropoff_service=4.0)
+
+
+def drivers(x, y, free_at, shift_end=None) -> Drivers:
+    n = len(x)
+    return Drivers(x=np.asarray(x, float), y=np.asarray(y, float), free_at=np.asarray(free_at, float),
+                   capacity=np.full(n, 2), shift_end=np.full(n, np.inf) if shift_end is None else np.asarray(shift_end, float))
+
+
+def orders(restaurant, drop, ready, placed=None) -> Orders:
+    n = len(ready)
+    return Orders(restaurant_x=np.array([p[0] for p in restaurant], float),
+                  restaurant_y=np.array([p[1] for p in restaurant], float),
+                  drop_x=np.array([p[0] for p in drop], float), drop_y=np.array([p[1] for p in drop], float),
+                  placed_at=np.asarray(ready, float) - 10 if placed is None else np.asarray(placed, float),
+                  ready_at=np.asarray(ready, float), restaurant_id=np.arange(n))
+
+
+NO_ORDERS = orders([], [], [])
+
+
+def test_one_idle_courier_at_a_known_distance_gives_known_minutes():
+    # Courier at the origin, free now (t=100); restaurant 1,000 m east (10 min), searcher 500 m further (5 min).
+    basis = availability(100.0, drivers([0.0], [0.0], [100.0]), NO_ORDERS, TRAVEL, PARAMS)
+    assert basis.free_at.tolist() == [100.0] and basis.x.tolist() == [0.0] and basis.at == 100.0
+    quote = quote_restaurants(100.0, basis, [1000.0], [0.0], [5.0], 1500.0, 0.0, TRAVEL, PARAMS)
+    # arrival 110, pickup max(110 + 2, 105) = 112, door 112 + 1 + 5 + 4 / 2 = 120
+    assert quote.door.tolist() == [120.0] and quote.door_p10.tolist() == [120.0] and quote.door_p90.tolist() == [120.0]
+    # A long prep: the food decides, not the courier (pickup at 100 + 30).
+    quote = quote_restaurants(100.0, basis, [1000.0], [0.0], [30.0], 1500.0, 0.0, TRAVEL, PARAMS)
+    assert quote.door.tolist() == [130.0 + 1 + 5 + 2]
+
+
+def test_a_pending_order_delays_the_courier_and_moves_it():
+    # The courier first serves an order ready at 100 at (0, 0) for a door 2,000 m north: picked up at
+    # max(100 + 0 + 2, 100) = 102, at the door at 102 + 1 + 20 = 123, free at 123 + 4 = 127 there.
+    basis = availability(100.0, drivers([0.0], [0.0], [100.0]), orders([(0.0, 0.0)], [(0.0, 2000.0)], [100.0]),
+                         TRAVEL, PARAMS)
+    assert basis.free_at.tolist() == [127.0] and (basis.x[0], basis.y[0]) == (0.0, 2000.0)
+    assert basis.load == 1.0
+    # From there to a restaurant at (0, 1000): 10 min, arrival 137, pickup 139, door 139 + 1 + 0 + 2 = 142.
+    quote = quote_restaurants(100.0, basis, [0.0], [1000.0], [5.0], 0.0, 1000.0, TRAVEL, PARAMS)
+    assert quote.door.tolist() == [142.0]
+
+
+def test_the_nearest_courier_in_time_wins_and_the_calibration_applies():
+    # Two couriers: one free now 3,000 m away (30 min), one free in 5 min 500 m away (5 min): the second.
+    basis = availability(0.0, drivers([3000.0, 500.0], [0.0, 0.0], [0.0, 5.0]), NO_ORDERS, TRAVEL, PARAMS)
+    assert basis.free_at.tolist() == [0.0, 5.0]
+    calibration = EtaCalibration(tuple((-2.0, 1.0, 6.0) for _ in EtaCalibration().offsets))
+    quote = quote_restaurants(0.0, basis, [0.0], [0.0], [1.0], 0.0, 0.0, TRAVEL, PARAMS, calibration)
+    # arrival 10, pickup 12, door 12 + 1 + 0 + 2 = 15; calibrated 16 (13 to 21)
+    assert (quote.door_p10[0], quote.door[0], quote.door_p90[0]) == (13.0, 16.0, 21.0)
+
+
+def test_no_courier_quotes_nothing_and_keep_caps_the_earliest_free():
+    empty = availability(0.0, drivers([], [], []), NO_ORDERS, TRAVEL, PARAMS)
+    assert len(empty) == 0
+    quote = quote_restaurants(0.0, empty, [0.0, 1.0], [0.0, 1.0], [5.0, 5.0], 0.0, 0.0, TRAVEL, PARAMS)
+    assert np.isnan(quote.door).all() and np.isnan(quote.door_p10).all() and np.isnan(quote.door_p90).all()
+    many = availability(0.0, drivers(np.arange(10.0), np.zeros(10), np.arange(10.0)[::-1]), NO_ORDERS, TRAVEL,
+                        PARAMS, keep=3)
+    assert many.free_at.tolist() == [0.0, 1.0, 2.0] and many.x.tolist() == [9.0, 8.0, 7.0]
+    # A courier whose shift is over before it is free is no courier; one free before now is free now.
+    ended = availability(10.0, drivers([0.0, 0.0], [0.0, 0.0], [2.0, 30.0], shift_end=[50.0, 20.0]), NO_ORDERS,
+                         TRAVEL, PARAMS)
+    assert ended.free_at.tolist() == [10.0]
+
+
+def test_availability_round_trips_as_lists_and_merges():
+    basis = availability(0.0, drivers([0.0, 1.0], [0.0, 1.0], [0.0, 3.0]), NO_ORDERS, TRAVEL, PARAMS)
+    again = CourierAvailability.from_lists(basis.to_lists())
+    assert again.to_lists() == basis.to_lists()
+    other = CourierAvailability(np.array([7.0]), np.array([5.0]), np.array([5.0]), 2.5, -1.0)
+    both = CourierAvailability.merged([basis, other])
+    assert both.free_at.tolist() == [0.0, 3.0, 7.0] and both.load == 2.5 and both.at == -1.0
+    assert len(CourierAvailability.merged([])) == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 30), st.integers(0, 12),
+       st.sampled_from([kernels.MDRP_EUCLIDEAN, kernels.GREAT_CIRCLE]))
+def test_final_driver_states_equal_the_twins_and_follow_the_orders(seed, n_orders, n_drivers, model):
+    drivers_, orders_, travel = random_state(seed, n_orders, n_drivers, model)
+    now = 5.0
+    sequence = np.lexsort((np.arange(n_orders), orders_.ready_at)).astype(np.int64)
+    args = (now, sequence, drivers_.x, drivers_.y, drivers_.free_at, drivers_.shift_end, orders_.restaurant_id,
+            orders_.restaurant_x, orders_.restaurant_y, orders_.drop_x, orders_.drop_y, orders_.ready_at, 2.0, 2.0,
+            4.0, model, travel.metres_per_minute, 10.0, 1.0, 1.0, 2, 20.0, 10.0)
+    jitted, plain = kernels.forecast_jobs(*args), twin.forecast_jobs(*args)
+    assert len(jitted) == len(plain) == 7
+    for a, b in zip(jitted, plain):
+        assert np.array_equal(a, b, equal_nan=True)
+    chosen, _, _, door, free_at, at_x, at_y = jitted
+    for d in range(n_drivers):
+        mine = np.flatnonzero(chosen == d)
+        if len(mine) == 0:  # untouched
+            assert (free_at[d], at_x[d], at_y[d]) == (drivers_.free_at[d], drivers_.x[d], drivers_.y[d])
+        else:  # free at its last door, after the drop-off service
+            last = mine[np.argmax(door[mine])]
+            assert free_at[d] == pytest.approx(door[mine].max() + 4.0)
+            assert (at_x[d], at_y[d]) == (orders_.drop_x[last], orders_.drop_y[last])
+    # availability() is that state, earliest first, never before now.
+    params = MatchParams(pickup_lead=2.0, pickup_exit=2.0, dropoff_service=4.0)
+    basis = availability(now, drivers_, orders_, travel, params)
+    *_, (*_, free_at2, _, _) = virtual_dispatch(now, drivers_, orders_, travel, params)
+    serving = np.maximum(free_at2, now) <= drivers_.shift_end
+    assert sorted(basis.free_at.tolist()) == basis.free_at.tolist()
+    assert basis.free_at.tolist() == sorted(np.maximum(free_at2, now)[serving].tolist())
+
+
+def test_a_cell_quotes_from_its_idle_and_busy_couriers():
+    cell = CellCore("c")
+    now = 6_000.0  # unix seconds: minute 100
+    cell.driver_seen("d1", 0.0, 0.0, now)
+    basis = cell.courier_availability(now)
+    assert basis.free_at.tolist() == [100.0] and basis.at == 100.0 and basis.load == 0.0
+    cell.add_order(LiveOrder(id=1, restaurant_id=7, restaurant_lat=0.0, restaurant_lng=0.0, dropoff_lat=0.01,
+                             dropoff_lng=0.0, placed_at=now, ready_at=now + 300.0))
+    busy = cell.courier_availability(now)
+    # The courier serves the pending order first (ready at minute 105), then is free at its door.
+    assert busy.free_at[0] > 105.0 and busy.y[0] == pytest.approx(0.01) and busy.load == 1.0
