@@ -85,7 +85,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         gc_watch = app.state.gc_watch
         # This process's own health, beside the gateway's counters (admin stats and the stats file).
         app.state.process_counters = lambda: {"loop_guard_waits": guard.waits, **gc_watch.stats()}
-        app.state.gateway = None
+        app.state.gateway = app.state.eta_board = None
         if settings.use_ray:
             from server.gateway import Gateway
 
@@ -94,6 +94,10 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                                         replica=app.state.catalog.replica)
             await app.state.gateway.start()
             stack.push_async_callback(app.state.gateway.stop)
+            from server.gateway.eta_board import EtaBoard  # delivery-time quotes at search
+
+            app.state.eta_board = EtaBoard(app.state.gateway).start()
+            stack.callback(app.state.eta_board.stop)
             app.state.ops_feed = stack.enter_context(ops.ops_feed())
             if settings.stats_file:
                 gateway, process_counters = app.state.gateway, app.state.process_counters

@@ -1,0 +1,131 @@
+"""Delivery-time quotes at search: every cell's courier availability, kept fresh by one task per front door.
+
+Every ``eta_board_s`` the board asks every cell of the deployment (the census, and the cells this front door
+opened) for :meth:`actors.cell.CellActor.eta_basis`, concurrently and each within ``eta_basis_timeout_s``;
+a cell that fails, times out or has retired drops out until it answers again. ``GET /v1/restaurants/nearby``
+then quotes each restaurant on its page from the couriers of the restaurant's cell, or, when that cell has
+none, of its ring-1 neighbours (a cell borrows drivers from its neighbours): :meth:`EtaBoard.quotes`
+(``dispatch.eta_quote.quote_restaurants``). Nothing is asked of a cell at search time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+
+import h3
+
+from actors.cell import NAMESPACE, actor_name, cell_of_point
+from dispatch.eta import EtaCalibration
+from dispatch.eta_quote import CourierAvailability, quote_restaurants
+from dispatch.matcher import TravelModel
+
+log = logging.getLogger("hexdispatch.gateway")
+
+
+class EtaBoard:
+    """Cell id -> :class:`~dispatch.eta_quote.CourierAvailability`, refreshed by :meth:`run` (see the module)."""
+
+    def __init__(self, gateway, calibration: EtaCalibration | None = None):
+        self.gateway = gateway
+        params = gateway.params
+        self.interval_s, self.timeout_s, self.res = params.eta_board_s, params.eta_basis_timeout_s, params.cell_res
+        self.travel = TravelModel.great_circle(params.cell.speed_kmh)
+        self.match = params.cell.match
+        self.calibration = calibration or EtaCalibration()
+        #: The cells' latest availabilities (hex cell id ->), replaced whole at each refresh.
+        self.cells: dict[str, CourierAvailability] = {}
+        self.refreshes = 0
+        self._pools: dict[str, CourierAvailability | None] = {}
+        self._handles: dict[str, object] = {}
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> "EtaBoard":
+        self._task = asyncio.get_running_loop().create_task(self.run())
+        return self
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception:
+                log.warning("refreshing the delivery-time board failed; retrying", exc_info=True)
+            await asyncio.sleep(self.interval_s)
+
+    async def refresh(self) -> None:
+        """Ask every cell of the deployment for its availability at once; keep those that answered."""
+        cell_ids = sorted(self.gateway.census | self.gateway.cells.keys())
+        answers = await asyncio.gather(*(self._basis(cell_id) for cell_id in cell_ids))
+        self.cells = {cell_id: basis for cell_id, basis in zip(cell_ids, answers) if basis is not None}
+        self._pools = {}
+        self.refreshes += 1
+        for gone in self._handles.keys() - self.cells.keys():
+            del self._handles[gone]
+
+    async def _basis(self, cell_id: str) -> CourierAvailability | None:
+        try:
+            handle = self.gateway.cells.get(cell_id) or self._handles.get(cell_id)
+            if handle is None:  # opened by another front door: look it up, never open it
+                import ray
+
+                handle = self._handles[cell_id] = await asyncio.to_thread(
+                    ray.get_actor, actor_name(cell_id), namespace=NAMESPACE)
+            data = await asyncio.wait_for(_awaited(handle.eta_basis.remote()), self.timeout_s)
+            return CourierAvailability.from_lists(data)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # retired, dead, slow, or gone since the census: out until it answers
+            log.debug("cell %s gave no courier availability: %r", cell_id, exc)
+            self._handles.pop(cell_id, None)
+            return None
+
+    def pool(self, cell_id: str) -> CourierAvailability | None:
+        """The couriers quoting for restaurants of ``cell_id``: its own, or else its neighbours'; None: none."""
+        if cell_id in self._pools:
+            return self._pools[cell_id]
+        own = self.cells.get(cell_id)
+        if own is not None and len(own):
+            found: CourierAvailability | None = own
+        else:
+            near = [basis for c in h3.grid_disk(cell_id, 1) if c != cell_id and (basis := self.cells.get(c))
+                    is not None and len(basis)]
+            found = CourierAvailability.merged(near) if near else None
+        self._pools[cell_id] = found
+        return found
+
+    def quotes(self, now_s: float, restaurants, searcher_lat: float, searcher_lng: float) -> list[dict | None]:
+        """The ``delivery_eta`` of each restaurant (``(lat, lng, prep_minutes)``) for the searcher's point at
+        ``now_s`` (unix seconds): ``{"minutes_low", "minutes", "minutes_high", "as_of"}`` (minutes from now to
+        the drop-off: p10 floored, point rounded, p90 ceiled; ``as_of``: unix seconds of the couriers' data),
+        or None when its cell and their neighbours have no courier data."""
+        found: list[dict | None] = [None] * len(restaurants)
+        if not self.cells:
+            return found
+        groups: dict[str, list[int]] = {}
+        for i, (lat, lng, _) in enumerate(restaurants):
+            groups.setdefault(cell_of_point(lat, lng, self.res), []).append(i)
+        now = now_s / 60.0
+        for cell_id, members in groups.items():
+            basis = self.pool(cell_id)
+            if basis is None:
+                continue
+            rows = [restaurants[i] for i in members]
+            promise = quote_restaurants(now, basis, [r[1] for r in rows], [r[0] for r in rows], [r[2] for r in rows],
+                                        searcher_lng, searcher_lat, self.travel, self.match, self.calibration)
+            as_of = round(basis.at * 60.0, 3)
+            for i, low, point, high in zip(members, promise.door_p10.tolist(), promise.door.tolist(),
+                                           promise.door_p90.tolist()):
+                if math.isnan(point):
+                    continue
+                found[i] = {"minutes_low": max(0, math.floor(low - now)), "minutes": max(0, round(point - now)),
+                            "minutes_high": max(0, math.ceil(high - now)), "as_of": as_of}
+        return found
+
+
+async def _awaited(ref):
+    return await ref
