@@ -85,7 +85,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         gc_watch = app.state.gc_watch
         # This process's own health, beside the gateway's counters (admin stats and the stats file).
         app.state.process_counters = lambda: {"loop_guard_waits": guard.waits, **gc_watch.stats()}
-        app.state.gateway = app.state.eta_board = None
+        app.state.gateway = None
         if settings.use_ray:
             from server.gateway import Gateway
 
@@ -96,7 +96,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             stack.push_async_callback(app.state.gateway.stop)
             from server.gateway.eta_board import EtaBoard  # delivery-time quotes at search
 
-            app.state.eta_board = EtaBoard(app.state.gateway).start()
+            app.state.eta_board = EtaBoard(settings.gateway, app.state.gateway).start()
             stack.callback(app.state.eta_board.stop)
             app.state.ops_feed = stack.enter_context(ops.ops_feed())
             if settings.stats_file:
@@ -180,4 +180,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     middleware=[Middleware(RequestMetrics)])
     app.state.settings = settings or Settings.from_env()
     app.state.metrics = FrontDoorMetrics(app)
+    #: Delivery-time quotes at search (``server.gateway.eta_board``): started with live dispatch (Ray).
+    app.state.eta_board = None
     return app

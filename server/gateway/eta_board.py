@@ -27,9 +27,10 @@ log = logging.getLogger("hexdispatch.gateway")
 class EtaBoard:
     """Cell id -> :class:`~dispatch.eta_quote.CourierAvailability`, refreshed by :meth:`run` (see the module)."""
 
-    def __init__(self, gateway, calibration: EtaCalibration | None = None):
+    def __init__(self, params, gateway=None, calibration: EtaCalibration | None = None):
+        """``params``: the front door's ``GatewayParams``; ``gateway``: whose cells :meth:`refresh` asks (None: the
+        board holds what is put in :attr:`cells`, as benchmarks do)."""
         self.gateway = gateway
-        params = gateway.params
         self.interval_s, self.timeout_s, self.res = params.eta_board_s, params.eta_basis_timeout_s, params.cell_res
         self.travel = TravelModel.great_circle(params.cell.speed_kmh)
         self.match = params.cell.match

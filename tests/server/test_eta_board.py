@@ -40,7 +40,7 @@ def basis(lat: float, lng: float, free_in_min: float = 0.0, load: float = 0.0) -
 
 def board_of(cells: dict) -> EtaBoard:
     gateway = SimpleNamespace(params=GatewayParams(eta_basis_timeout_s=0.2), census=set(cells), cells=cells)
-    return EtaBoard(gateway)
+    return EtaBoard(gateway.params, gateway)
 
 
 async def test_a_refresh_keeps_the_cells_that_answer():
