@@ -56,12 +56,19 @@ class CourierAvailability:
 
     @classmethod
     def merged(cls, parts: list["CourierAvailability"]) -> "CourierAvailability":
-        """Every courier of ``parts`` (cells lending to each other), at the busiest load and the oldest ``at``
-        of them (the wider, more cautious range)."""
+        """Every courier of ``parts`` (cells lending to each other), in their order, at the busiest load and the
+        oldest ``at`` of them (the wider, more cautious range)."""
         if not parts:
             return cls(np.empty(0), np.empty(0), np.empty(0), 0.0, float("nan"))
-        return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("free_at", "x", "y")),
-                   max(p.load for p in parts), min(p.at for p in parts))
+        if len(parts) == 1:
+            return parts[0]
+        free_at, x, y = (np.concatenate([getattr(p, k) for p in parts]) for k in ("free_at", "x", "y"))
+        return cls(free_at, x, y, max(p.load for p in parts), min(p.at for p in parts))
+
+    def earliest_first(self) -> "CourierAvailability":
+        """The same couriers sorted by ``free_at`` (as :func:`availability` returns them)."""
+        order = np.argsort(self.free_at, kind="stable")
+        return CourierAvailability(self.free_at[order], self.x[order], self.y[order], self.load, self.at)
 
 
 def availability(now: float, drivers: Drivers, orders: Orders, travel: TravelModel,
@@ -77,32 +84,34 @@ def availability(now: float, drivers: Drivers, orders: Orders, travel: TravelMod
     return CourierAvailability(free_at[first], x[first], y[first], float(load), float(now))
 
 
-def quote_restaurants(now: float, basis: CourierAvailability, restaurant_x, restaurant_y, prep_minutes,
-                      searcher_x: float, searcher_y: float, travel: TravelModel,
-                      params: MatchParams = MatchParams(),
-                      calibration: EtaCalibration = EtaCalibration()) -> Promise:
+def quote_restaurants(now: float, basis, restaurant_x, restaurant_y, prep_minutes, searcher_x: float,
+                      searcher_y: float, travel: TravelModel, params: MatchParams = MatchParams(),
+                      calibration: EtaCalibration = EtaCalibration(), basis_of_row=None) -> Promise:
     """Door time (point, p10, p90; minutes, origin of ``now``) of an order placed at ``now`` at each restaurant
-    for the searcher's point, from the couriers of ``basis``; NaN for all when it has none.
+    for the searcher's point; NaN where no courier can quote it.
 
-    Courier arrival: the earliest over couriers of ``max(now, free_at) + travel`` to the restaurant; pickup:
+    ``basis`` is a :class:`CourierAvailability` quoting every row, or a list of them, one per cell, with
+    ``basis_of_row`` saying which quotes each row (-1: none), so that a whole search page is one call.
+    Courier arrival: the earliest over the couriers of ``max(now, free_at) + travel`` to the restaurant; pickup:
     ``max(arrival + pickup_lead, now + prep)``; door: pickup + ``pickup_exit`` + travel to the searcher +
-    half the ``dropoff_service``, then calibrated by its courier delay (pickup minus ready) and the load.
+    half the ``dropoff_service``, then calibrated by its courier delay (pickup minus ready) and its basis' load.
     """
     rx = np.ascontiguousarray(restaurant_x, np.float64)
     ry = np.ascontiguousarray(restaurant_y, np.float64)
-    n, m = len(rx), len(basis)
-    if m == 0 or n == 0:
-        nothing = np.full(n, np.nan)
-        return Promise(door=nothing, door_p10=nothing.copy(), door_p90=nothing.copy())
-    shape = (m, n)
-    drive = kernels.travel_minutes_each(
-        travel.kind, travel.metres_per_minute,
-        *(np.broadcast_to(np.asarray(a, np.float64)[:, None], shape).ravel() for a in (basis.x, basis.y)),
-        np.broadcast_to(rx, shape).ravel(), np.broadcast_to(ry, shape).ravel()).reshape(shape)
-    arrival = (np.maximum(basis.free_at, now)[:, None] + drive).min(axis=0)
+    n = len(rx)
+    bases = [basis] if isinstance(basis, CourierAvailability) else list(basis)
+    which = np.zeros(n, np.int64) if basis_of_row is None else np.asarray(basis_of_row, np.int64)
+    sizes = np.array([len(b) for b in bases], np.int64)
+    ends = np.cumsum(sizes)
+    first = np.where(which >= 0, (ends - sizes)[which] if len(bases) else 0, 0)
+    stop = np.where(which >= 0, ends[which] if len(bases) else 0, 0)
+    couriers = CourierAvailability.merged(bases)
+    arrival = kernels.earliest_arrival(float(now), couriers.free_at, couriers.x, couriers.y, first, stop, rx, ry,
+                                       travel.kind, travel.metres_per_minute)
     ready = now + np.asarray(prep_minutes, np.float64)
     pickup = np.maximum(arrival + params.pickup_lead, ready)
     leg = kernels.travel_minutes_each(travel.kind, travel.metres_per_minute, rx, ry, np.full(n, float(searcher_x)),
                                       np.full(n, float(searcher_y)))
     door = pickup + params.pickup_exit + leg + params.dropoff_service / 2
-    return calibration.promise(door, pickup - ready, np.full(n, basis.load))
+    load = np.array([b.load for b in bases] + [0.0])[which]  # -1 (no basis): the last, unused
+    return calibration.promise(door, pickup - ready, load)

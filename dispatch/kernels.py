@@ -596,3 +596,26 @@ def forecast_jobs(now, sequence, driver_x, driver_y, driver_free_at, driver_shif
         job_arrival[best] = best_arrival
         job_pickup[best] = pickup[o]
     return chosen, arrival, pickup, door, free_at, at_x, at_y
+
+
+# Delivery-time quotes at search (``dispatch.eta_quote``) -------------------------------------------
+
+
+@kernel
+def earliest_arrival(now, free_at, x, y, first, stop, restaurant_x, restaurant_y, model, metres_per_minute):
+    """For each restaurant ``i``, the earliest ``max(now, free_at[c]) + travel`` from courier ``c`` to it over the
+    couriers ``first[i]:stop[i]`` (each run sorted by ``free_at``); NaN for an empty run."""
+    n = restaurant_x.shape[0]
+    arrival = np.full(n, np.nan)
+    for i in range(n):
+        best = np.inf
+        for c in range(first[i], stop[i]):
+            start = max(now, free_at[c])
+            if start >= best:
+                break  # later couriers of the run are free later still
+            reach = start + travel_minutes(model, metres_per_minute, x[c], y[c], restaurant_x[i], restaurant_y[i])
+            if reach < best:
+                best = reach
+        if best < np.inf:
+            arrival[i] = best
+    return arrival

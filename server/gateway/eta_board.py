@@ -23,6 +23,9 @@ from dispatch.matcher import TravelModel
 
 log = logging.getLogger("hexdispatch.gateway")
 
+#: Restaurants' cells remembered (about 100 bytes each); past it the memory starts again.
+OWNERS_KEPT = 500_000
+
 
 class EtaBoard:
     """Cell id -> :class:`~dispatch.eta_quote.CourierAvailability`, refreshed by :meth:`run` (see the module)."""
@@ -40,6 +43,8 @@ class EtaBoard:
         self.refreshes = 0
         self._pools: dict[str, CourierAvailability | None] = {}
         self._handles: dict[str, object] = {}
+        #: (lat, lng) of a restaurant -> its cell: restaurants do not move, and the lookup costs more than a quote.
+        self._owners: dict[tuple[float, float], str] = {}
         self._task: asyncio.Task | None = None
 
     def start(self) -> "EtaBoard":
@@ -95,7 +100,7 @@ class EtaBoard:
         else:
             near = [basis for c in h3.grid_disk(cell_id, 1) if c != cell_id and (basis := self.cells.get(c))
                     is not None and len(basis)]
-            found = CourierAvailability.merged(near) if near else None
+            found = CourierAvailability.merged(near).earliest_first() if near else None
         self._pools[cell_id] = found
         return found
 
@@ -105,26 +110,37 @@ class EtaBoard:
         the drop-off: p10 floored, point rounded, p90 ceiled; ``as_of``: unix seconds of the couriers' data),
         or None when its cell and their neighbours have no courier data."""
         found: list[dict | None] = [None] * len(restaurants)
-        if not self.cells:
+        if not self.cells or not restaurants:
             return found
-        groups: dict[str, list[int]] = {}
-        for i, (lat, lng, _) in enumerate(restaurants):
-            groups.setdefault(cell_of_point(lat, lng, self.res), []).append(i)
+        bases: list[CourierAvailability] = []
+        index_of: dict[str, int] = {}
+        basis_of_row = []
+        owners = self._owners
+        if len(owners) > OWNERS_KEPT:
+            owners.clear()
+        for lat, lng, _ in restaurants:
+            cell_id = owners.get((lat, lng))
+            if cell_id is None:
+                cell_id = owners[lat, lng] = cell_of_point(lat, lng, self.res)
+            index = index_of.get(cell_id)
+            if index is None:
+                basis = self.pool(cell_id)
+                index = index_of[cell_id] = -1 if basis is None else len(bases)
+                if basis is not None:
+                    bases.append(basis)
+            basis_of_row.append(index)
+        if not bases:
+            return found
         now = now_s / 60.0
-        for cell_id, members in groups.items():
-            basis = self.pool(cell_id)
-            if basis is None:
-                continue
-            rows = [restaurants[i] for i in members]
-            promise = quote_restaurants(now, basis, [r[1] for r in rows], [r[0] for r in rows], [r[2] for r in rows],
-                                        searcher_lng, searcher_lat, self.travel, self.match, self.calibration)
-            as_of = round(basis.at * 60.0, 3)
-            for i, low, point, high in zip(members, promise.door_p10.tolist(), promise.door.tolist(),
-                                           promise.door_p90.tolist()):
-                if math.isnan(point):
-                    continue
+        lat, lng, prep = zip(*restaurants)
+        promise = quote_restaurants(now, bases, lng, lat, prep, searcher_lng, searcher_lat, self.travel, self.match,
+                                    self.calibration, basis_of_row)
+        as_of = [round(b.at * 60.0, 3) for b in bases]
+        for i, (which, low, point, high) in enumerate(zip(basis_of_row, promise.door_p10.tolist(),
+                                                          promise.door.tolist(), promise.door_p90.tolist())):
+            if which >= 0 and not math.isnan(point):
                 found[i] = {"minutes_low": max(0, math.floor(low - now)), "minutes": max(0, round(point - now)),
-                            "minutes_high": max(0, math.ceil(high - now)), "as_of": as_of}
+                            "minutes_high": max(0, math.ceil(high - now)), "as_of": as_of[which]}
         return found
 
 

@@ -15,6 +15,7 @@ from dispatch.eta_quote import CourierAvailability, availability, quote_restaura
 from dispatch.jit import load_twin
 from dispatch.matcher import Drivers, MatchParams, Orders, TravelModel
 from tests.dispatch.test_eta import random_state
+from tests.dispatch.test_kernels import random_points
 
 twin = load_twin(kernels)
 # MDRP metres: 100 m a minute, so 1,000 m is 10 minutes of driving (ceil of metres / speed).
@@ -141,3 +142,36 @@ def test_a_cell_quotes_from_its_idle_and_busy_couriers():
     busy = cell.courier_availability(now)
     # The courier serves the pending order first (ready at minute 105), then is free at its door.
     assert busy.free_at[0] > 105.0 and busy.y[0] == pytest.approx(0.01) and busy.load == 1.0
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 12), st.integers(0, 40),
+       st.sampled_from([kernels.MDRP_EUCLIDEAN, kernels.GREAT_CIRCLE]))
+def test_earliest_arrival_equals_its_twin_and_the_plain_minimum(seed, n_rows, n_couriers, model):
+    rng = np.random.default_rng(seed)
+    x, y = random_points(seed, n_couriers, model)
+    rx, ry = random_points(seed + 1, n_rows, model)
+    free_at = np.sort(rng.uniform(0.0, 30.0, n_couriers))
+    cut = np.sort(rng.integers(0, n_couriers + 1, 2))  # two runs of couriers, and rows quoted by neither
+    first = rng.choice([0, cut[0], 0], n_rows).astype(np.int64)
+    stop = np.where(first == 0, cut[0], cut[1]).astype(np.int64)
+    empty = rng.random(n_rows) < 0.2
+    stop[empty] = first[empty]
+    speed = 320.0 if model == kernels.MDRP_EUCLIDEAN else 300.0
+    args = (10.0, free_at, x, y, first, stop, rx, ry, model, speed)
+    jitted, plain = kernels.earliest_arrival(*args), twin.earliest_arrival(*args)
+    assert np.array_equal(jitted, plain, equal_nan=True)
+    for i in range(n_rows):
+        run = range(first[i], stop[i])
+        expected = min((max(10.0, free_at[c]) + kernels.travel_minutes(model, speed, x[c], y[c], rx[i], ry[i])
+                        for c in run), default=np.nan)
+        assert jitted[i] == pytest.approx(expected, nan_ok=True)
+
+
+def test_one_call_quotes_rows_from_several_cells_or_none():
+    near = availability(0.0, drivers([0.0], [0.0], [0.0]), NO_ORDERS, TRAVEL, PARAMS)
+    late = CourierAvailability(np.array([20.0]), np.array([0.0]), np.array([0.0]), 3.0, 0.0)
+    quote = quote_restaurants(0.0, [near, late], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], 0.0, 0.0, TRAVEL,
+                              PARAMS, basis_of_row=[1, -1, 0])
+    # Courier at the restaurant: pickup max(0 + 2, 1) = 2 (free now) or 22 (free at 20); door + 1 + 0 + 2.
+    assert quote.door[0] == 25.0 and np.isnan(quote.door[1]) and quote.door[2] == 5.0
