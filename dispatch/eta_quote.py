@@ -101,17 +101,14 @@ def quote_restaurants(now: float, basis, restaurant_x, restaurant_y, prep_minute
     n = len(rx)
     bases = [basis] if isinstance(basis, CourierAvailability) else list(basis)
     which = np.zeros(n, np.int64) if basis_of_row is None else np.asarray(basis_of_row, np.int64)
-    sizes = np.array([len(b) for b in bases], np.int64)
-    ends = np.cumsum(sizes)
-    first = np.where(which >= 0, (ends - sizes)[which] if len(bases) else 0, 0)
-    stop = np.where(which >= 0, ends[which] if len(bases) else 0, 0)
+    starts = np.cumsum([0] + [len(b) for b in bases], dtype=np.int64)  # basis b's couriers: starts[b]:starts[b + 1]
+    first = np.where(which >= 0, starts[which], 0)  # -1 (no basis): an empty run
+    stop = np.where(which >= 0, starts[which + 1], 0)
     couriers = CourierAvailability.merged(bases)
-    arrival = kernels.earliest_arrival(float(now), couriers.free_at, couriers.x, couriers.y, first, stop, rx, ry,
-                                       travel.kind, travel.metres_per_minute)
-    ready = now + np.asarray(prep_minutes, np.float64)
-    pickup = np.maximum(arrival + params.pickup_lead, ready)
-    leg = kernels.travel_minutes_each(travel.kind, travel.metres_per_minute, rx, ry, np.full(n, float(searcher_x)),
-                                      np.full(n, float(searcher_y)))
-    door = pickup + params.pickup_exit + leg + params.dropoff_service / 2
+    door, courier_delay = kernels.quote_doors(
+        float(now), couriers.free_at, couriers.x, couriers.y, first, stop, rx, ry,
+        np.ascontiguousarray(prep_minutes, np.float64), float(searcher_x), float(searcher_y),
+        float(params.pickup_lead), float(params.pickup_exit), float(params.dropoff_service), travel.kind,
+        travel.metres_per_minute)
     load = np.array([b.load for b in bases] + [0.0])[which]  # -1 (no basis): the last, unused
-    return calibration.promise(door, pickup - ready, load)
+    return calibration.promise(door, courier_delay, load)

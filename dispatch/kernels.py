@@ -602,11 +602,16 @@ def forecast_jobs(now, sequence, driver_x, driver_y, driver_free_at, driver_shif
 
 
 @kernel
-def earliest_arrival(now, free_at, x, y, first, stop, restaurant_x, restaurant_y, model, metres_per_minute):
-    """For each restaurant ``i``, the earliest ``max(now, free_at[c]) + travel`` from courier ``c`` to it over the
-    couriers ``first[i]:stop[i]`` (each run sorted by ``free_at``); NaN for an empty run."""
+def quote_doors(now, free_at, x, y, first, stop, restaurant_x, restaurant_y, prep, searcher_x, searcher_y,
+                pickup_lead, pickup_exit, dropoff_service, model, metres_per_minute):
+    """Door time and courier delay (pickup minus ready) of an order placed at ``now`` at each restaurant ``i``,
+    for the searcher's point, quoted from the couriers ``first[i]:stop[i]`` (each run sorted by ``free_at``):
+    the courier arriving first (``max(now, free_at) + travel``), pickup once it is there (``pickup_lead``) and
+    the food ready (``now + prep``), then ``pickup_exit``, the drive and half the ``dropoff_service``
+    (see :func:`dispatch.eta_quote.quote_restaurants`). NaN for both where the run is empty."""
     n = restaurant_x.shape[0]
-    arrival = np.full(n, np.nan)
+    door = np.full(n, np.nan)
+    delay = np.full(n, np.nan)
     for i in range(n):
         best = np.inf
         for c in range(first[i], stop[i]):
@@ -617,5 +622,9 @@ def earliest_arrival(now, free_at, x, y, first, stop, restaurant_x, restaurant_y
             if reach < best:
                 best = reach
         if best < np.inf:
-            arrival[i] = best
-    return arrival
+            ready = now + prep[i]
+            pickup = max(best + pickup_lead, ready)
+            leg = travel_minutes(model, metres_per_minute, restaurant_x[i], restaurant_y[i], searcher_x, searcher_y)
+            door[i] = pickup + pickup_exit + leg + dropoff_service / 2
+            delay[i] = pickup - ready
+    return door, delay

@@ -15,6 +15,7 @@ import logging
 import math
 
 import h3
+import numpy as np
 
 from actors.cell import NAMESPACE, actor_name, cell_of_point
 from dispatch.eta import EtaCalibration
@@ -136,11 +137,13 @@ class EtaBoard:
         promise = quote_restaurants(now, bases, lng, lat, prep, searcher_lng, searcher_lat, self.travel, self.match,
                                     self.calibration, basis_of_row)
         as_of = [round(b.at * 60.0, 3) for b in bases]
-        for i, (which, low, point, high) in enumerate(zip(basis_of_row, promise.door_p10.tolist(),
-                                                          promise.door.tolist(), promise.door_p90.tolist())):
-            if which >= 0 and not math.isnan(point):
-                found[i] = {"minutes_low": max(0, math.floor(low - now)), "minutes": max(0, round(point - now)),
-                            "minutes_high": max(0, math.ceil(high - now)), "as_of": as_of[which]}
+        low = np.floor(promise.door_p10 - now).clip(0).tolist()
+        point = np.round(promise.door - now).clip(0).tolist()
+        high = np.ceil(promise.door_p90 - now).clip(0).tolist()
+        for i, which in enumerate(basis_of_row):
+            if which >= 0 and not math.isnan(point[i]):
+                found[i] = {"minutes_low": int(low[i]), "minutes": int(point[i]), "minutes_high": int(high[i]),
+                            "as_of": as_of[which]}
         return found
 
 

@@ -147,25 +147,31 @@ def test_a_cell_quotes_from_its_idle_and_busy_couriers():
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(0, 12), st.integers(0, 40),
        st.sampled_from([kernels.MDRP_EUCLIDEAN, kernels.GREAT_CIRCLE]))
-def test_earliest_arrival_equals_its_twin_and_the_plain_minimum(seed, n_rows, n_couriers, model):
+def test_quote_doors_equals_its_twin_and_the_plain_minimum(seed, n_rows, n_couriers, model):
     rng = np.random.default_rng(seed)
     x, y = random_points(seed, n_couriers, model)
     rx, ry = random_points(seed + 1, n_rows, model)
+    sx, sy = random_points(seed + 2, 1, model)
     free_at = np.sort(rng.uniform(0.0, 30.0, n_couriers))
+    prep = rng.uniform(0.0, 40.0, n_rows)
     cut = np.sort(rng.integers(0, n_couriers + 1, 2))  # two runs of couriers, and rows quoted by neither
-    first = rng.choice([0, cut[0], 0], n_rows).astype(np.int64)
+    first = rng.choice([0, cut[0]], n_rows).astype(np.int64)
     stop = np.where(first == 0, cut[0], cut[1]).astype(np.int64)
     empty = rng.random(n_rows) < 0.2
     stop[empty] = first[empty]
     speed = 320.0 if model == kernels.MDRP_EUCLIDEAN else 300.0
-    args = (10.0, free_at, x, y, first, stop, rx, ry, model, speed)
-    jitted, plain = kernels.earliest_arrival(*args), twin.earliest_arrival(*args)
-    assert np.array_equal(jitted, plain, equal_nan=True)
+    args = (10.0, free_at, x, y, first, stop, rx, ry, prep, sx[0], sy[0], 2.0, 1.0, 4.0, model, speed)
+    jitted, plain = kernels.quote_doors(*args), twin.quote_doors(*args)
+    for a, b in zip(jitted, plain):
+        assert np.array_equal(a, b, equal_nan=True)
+    door, delay = jitted
+    travel = lambda *p: kernels.travel_minutes(model, speed, *p)  # noqa: E731
     for i in range(n_rows):
-        run = range(first[i], stop[i])
-        expected = min((max(10.0, free_at[c]) + kernels.travel_minutes(model, speed, x[c], y[c], rx[i], ry[i])
-                        for c in run), default=np.nan)
-        assert jitted[i] == pytest.approx(expected, nan_ok=True)
+        arrival = min((max(10.0, free_at[c]) + travel(x[c], y[c], rx[i], ry[i]) for c in range(first[i], stop[i])),
+                      default=np.nan)
+        pickup = max(arrival + 2.0, 10.0 + prep[i])
+        assert door[i] == pytest.approx(pickup + 1.0 + travel(rx[i], ry[i], sx[0], sy[0]) + 2.0, nan_ok=True)
+        assert delay[i] == pytest.approx(pickup - 10.0 - prep[i], nan_ok=True)
 
 
 def test_one_call_quotes_rows_from_several_cells_or_none():
