@@ -106,12 +106,14 @@ def synthetic_eta_board(couriers_per_cell: int, now_s: float, seed: int = 7):
     rng = np.random.default_rng(seed)
     board = EtaBoard(params)
     now = now_s / 60.0
+    availability = {}
     for cell in sorted(cells):
         lat, lng = h3.cell_to_latlng(cell)
-        board.cells[cell] = CourierAvailability(
+        availability[cell] = CourierAvailability(
             np.sort(now + rng.uniform(0.0, 30.0, couriers_per_cell)),
             lng + rng.uniform(-0.03, 0.03, couriers_per_cell), lat + rng.uniform(-0.02, 0.02, couriers_per_cell),
             float(rng.uniform(0.0, 2.0)), now)
+    board.install(availability)
     return board
 
 

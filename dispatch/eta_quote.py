@@ -3,7 +3,8 @@
 Pure, like :mod:`dispatch.eta`. A cell summarises its couriers once (:func:`availability`: when and where each
 is free again once the cell's pending orders, and the orders to expect, are served: the final driver states of
 the same virtual dispatch :func:`dispatch.eta.forecast` runs); a front door keeps every cell's summary and
-quotes each restaurant of a search page from it (:func:`quote_restaurants`)::
+quotes each restaurant of a search page from it (:func:`quote_restaurants`; :class:`QuoteBoard` for every
+cell's couriers at once, as a front door holds them)::
 
     basis = availability(now, drivers, pending_orders, travel, params, expected)   # in the cell
     promise = quote_restaurants(now, basis, rx, ry, prep, lng, lat, travel, params, calibration)
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dispatch import kernels
-from dispatch.eta import EtaCalibration, Promise, virtual_dispatch
+from dispatch.eta import DELAY_BANDS, EtaCalibration, Promise, band_of, virtual_dispatch
 from dispatch.matcher import Drivers, MatchParams, Orders, TravelModel
 
 KEEP_COURIERS = 128
@@ -84,31 +85,79 @@ def availability(now: float, drivers: Drivers, orders: Orders, travel: TravelMod
     return CourierAvailability(free_at[first], x[first], y[first], float(load), float(now))
 
 
-def quote_restaurants(now: float, basis, restaurant_x, restaurant_y, prep_minutes, searcher_x: float,
-                      searcher_y: float, travel: TravelModel, params: MatchParams = MatchParams(),
-                      calibration: EtaCalibration = EtaCalibration(), basis_of_row=None) -> Promise:
+def quote_restaurants(now: float, basis: CourierAvailability, restaurant_x, restaurant_y, prep_minutes,
+                      searcher_x: float, searcher_y: float, travel: TravelModel, params: MatchParams = MatchParams(),
+                      calibration: EtaCalibration = EtaCalibration()) -> Promise:
     """Door time (point, p10, p90; minutes, origin of ``now``) of an order placed at ``now`` at each restaurant
-    for the searcher's point; NaN where no courier can quote it.
+    for the searcher's point, from the couriers of ``basis``; NaN for all when it has none.
 
-    ``basis`` is a :class:`CourierAvailability` quoting every row, or a list of them, one per cell, with
-    ``basis_of_row`` saying which quotes each row (-1: none), so that a whole search page is one call.
     Courier arrival: the earliest over the couriers of ``max(now, free_at) + travel`` to the restaurant; pickup:
     ``max(arrival + pickup_lead, now + prep)``; door: pickup + ``pickup_exit`` + travel to the searcher +
-    half the ``dropoff_service``, then calibrated by its courier delay (pickup minus ready) and its basis' load.
+    half the ``dropoff_service``, then calibrated by its courier delay (pickup minus ready) and the load
+    (:meth:`~dispatch.eta.EtaCalibration.promise`). :class:`QuoteBoard` quotes from many cells at once.
     """
-    rx = np.ascontiguousarray(restaurant_x, np.float64)
-    ry = np.ascontiguousarray(restaurant_y, np.float64)
-    n = len(rx)
-    bases = [basis] if isinstance(basis, CourierAvailability) else list(basis)
-    which = np.zeros(n, np.int64) if basis_of_row is None else np.asarray(basis_of_row, np.int64)
-    starts = np.cumsum([0] + [len(b) for b in bases], dtype=np.int64)  # basis b's couriers: starts[b]:starts[b + 1]
-    first = np.where(which >= 0, starts[which], 0)  # -1 (no basis): an empty run
-    stop = np.where(which >= 0, starts[which + 1], 0)
-    couriers = CourierAvailability.merged(bases)
-    door, courier_delay = kernels.quote_doors(
-        float(now), couriers.free_at, couriers.x, couriers.y, first, stop, rx, ry,
-        np.ascontiguousarray(prep_minutes, np.float64), float(searcher_x), float(searcher_y),
-        float(params.pickup_lead), float(params.pickup_exit), float(params.dropoff_service), travel.kind,
-        travel.metres_per_minute)
-    load = np.array([b.load for b in bases] + [0.0])[which]  # -1 (no basis): the last, unused
-    return calibration.promise(door, courier_delay, load)
+    board = QuoteBoard({"basis": basis}, travel, params, calibration)
+    n = len(np.asarray(restaurant_x))
+    return board.quote(now, np.full(n, board.pool_of("basis"), np.int64), restaurant_x, restaurant_y, prep_minutes,
+                       searcher_x, searcher_y)
+
+
+class QuoteBoard:
+    """Every cell's couriers (``cells``: cell id -> :class:`CourierAvailability`) in one set of arrays, ready to
+    quote a whole search page in one kernel call (:func:`dispatch.kernels.quote_page`).
+
+    The couriers quoting for a restaurant are its cell's, or, when that cell has none, its ring-1 neighbours'
+    (a cell borrows drivers from its neighbours), at the busiest of their loads: :meth:`pool_of`. Built once
+    per refresh of ``cells``, so a search only looks its cells up."""
+
+    def __init__(self, cells: dict[str, CourierAvailability], travel: TravelModel,
+                 params: MatchParams = MatchParams(), calibration: EtaCalibration = EtaCalibration()):
+        import h3
+
+        self.travel, self.params = travel, params
+        self.offsets = np.ascontiguousarray(calibration.offsets, np.float64)
+        self.delay_edges = np.asarray(DELAY_BANDS, np.float64)
+        staffed = {cell: basis for cell, basis in cells.items() if len(basis)}
+        pools: dict[str, CourierAvailability] = dict(staffed)
+        for cell in staffed:
+            for near in h3.grid_disk(cell, 1) if _is_h3(cell) else ():
+                if near not in pools:
+                    lenders = [staffed[c] for c in h3.grid_disk(near, 1) if c != near and c in staffed]
+                    pools[near] = CourierAvailability.merged(lenders).earliest_first()
+        self._pool: dict[str, int] = {cell: p for p, cell in enumerate(pools)}
+        every = CourierAvailability.merged(list(pools.values()))
+        self.free_at, self.x, self.y = (np.ascontiguousarray(a, np.float64) for a in (every.free_at, every.x, every.y))
+        ends = np.cumsum([0] + [len(b) for b in pools.values()], dtype=np.int64)
+        self.pool_first, self.pool_stop = ends[:-1].copy(), ends[1:].copy()
+        loads = np.array([b.load for b in pools.values()], np.float64)
+        self.pool_band = band_of(np.zeros(len(loads)), loads).astype(np.int64)  # the load band's first band
+        #: When each pool's couriers were read (minutes; its oldest cell's).
+        self.pool_at = [b.at for b in pools.values()]
+
+    def __len__(self) -> int:
+        return len(self._pool)
+
+    def pool_of(self, cell_id: str) -> int:
+        """The pool quoting for restaurants of ``cell_id`` (-1: no courier there nor around)."""
+        return self._pool.get(cell_id, -1)
+
+    def quote(self, now: float, pool_of_row, restaurant_x, restaurant_y, prep_minutes, searcher_x: float,
+              searcher_y: float) -> Promise:
+        """:func:`quote_restaurants` for each restaurant from its pool (``pool_of_row``, from :meth:`pool_of`)."""
+        door, p10, p90 = kernels.quote_page(
+            float(now), self.free_at, self.x, self.y, self.pool_first, self.pool_stop, self.pool_band,
+            np.ascontiguousarray(pool_of_row, np.int64), np.ascontiguousarray(restaurant_x, np.float64),
+            np.ascontiguousarray(restaurant_y, np.float64), np.ascontiguousarray(prep_minutes, np.float64),
+            float(searcher_x), float(searcher_y), float(self.params.pickup_lead), float(self.params.pickup_exit),
+            float(self.params.dropoff_service), self.travel.kind, self.travel.metres_per_minute, self.delay_edges,
+            self.offsets)
+        return Promise(door=door, door_p10=p10, door_p90=p90)
+
+
+def _is_h3(cell_id: str) -> bool:
+    import h3
+
+    try:
+        return bool(h3.is_valid_cell(cell_id))
+    except (TypeError, ValueError):
+        return False

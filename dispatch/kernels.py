@@ -602,29 +602,46 @@ def forecast_jobs(now, sequence, driver_x, driver_y, driver_free_at, driver_shif
 
 
 @kernel
-def quote_doors(now, free_at, x, y, first, stop, restaurant_x, restaurant_y, prep, searcher_x, searcher_y,
-                pickup_lead, pickup_exit, dropoff_service, model, metres_per_minute):
-    """Door time and courier delay (pickup minus ready) of an order placed at ``now`` at each restaurant ``i``,
-    for the searcher's point, quoted from the couriers ``first[i]:stop[i]`` (each run sorted by ``free_at``):
-    the courier arriving first (``max(now, free_at) + travel``), pickup once it is there (``pickup_lead``) and
-    the food ready (``now + prep``), then ``pickup_exit``, the drive and half the ``dropoff_service``
-    (see :func:`dispatch.eta_quote.quote_restaurants`). NaN for both where the run is empty."""
+def quote_page(now, free_at, x, y, pool_first, pool_stop, pool_band, pool_of_row, restaurant_x, restaurant_y, prep,
+               searcher_x, searcher_y, pickup_lead, pickup_exit, dropoff_service, model, metres_per_minute,
+               delay_edges, offsets):
+    """Calibrated door time (point, p10, p90) of an order placed at ``now`` at each restaurant ``i`` for the
+    searcher's point, quoted from the couriers of its pool ``p = pool_of_row[i]`` (``pool_first[p]:pool_stop[p]``,
+    sorted by ``free_at``; -1: none, NaN): the courier arriving first (``max(now, free_at) + travel``), pickup
+    once it is there (``pickup_lead``) and the food ready (``now + prep``), then ``pickup_exit``, the drive and
+    half the ``dropoff_service`` (see :func:`dispatch.eta_quote.quote_restaurants`); then the offsets of its
+    calibration band (:meth:`dispatch.eta.EtaCalibration.promise`): the pool's load band (``pool_band``) plus the
+    band of its courier delay (pickup minus ready) among ``delay_edges``, as :func:`dispatch.eta.band_of`."""
     n = restaurant_x.shape[0]
     door = np.full(n, np.nan)
-    delay = np.full(n, np.nan)
+    p10 = np.full(n, np.nan)
+    p90 = np.full(n, np.nan)
     for i in range(n):
+        p = pool_of_row[i]
+        if p < 0:
+            continue
         best = np.inf
-        for c in range(first[i], stop[i]):
+        for c in range(pool_first[p], pool_stop[p]):
             start = max(now, free_at[c])
             if start >= best:
                 break  # later couriers of the run are free later still
             reach = start + travel_minutes(model, metres_per_minute, x[c], y[c], restaurant_x[i], restaurant_y[i])
             if reach < best:
                 best = reach
-        if best < np.inf:
-            ready = now + prep[i]
-            pickup = max(best + pickup_lead, ready)
-            leg = travel_minutes(model, metres_per_minute, restaurant_x[i], restaurant_y[i], searcher_x, searcher_y)
-            door[i] = pickup + pickup_exit + leg + dropoff_service / 2
-            delay[i] = pickup - ready
-    return door, delay
+        if best == np.inf:
+            continue
+        ready = now + prep[i]
+        pickup = max(best + pickup_lead, ready)
+        raw = pickup + pickup_exit + travel_minutes(model, metres_per_minute, restaurant_x[i], restaurant_y[i],
+                                                    searcher_x, searcher_y) + dropoff_service / 2
+        delay = pickup - ready
+        if delay != delay:
+            delay = 0.0
+        above = 0
+        while above < delay_edges.shape[0] and delay_edges[above] <= delay:
+            above += 1
+        band = pool_band[p] + min(max(above, 1), delay_edges.shape[0]) - 1
+        door[i] = raw + offsets[band, 1]
+        p10[i] = raw + offsets[band, 0]
+        p90[i] = raw + offsets[band, 2]
+    return door, p10, p90

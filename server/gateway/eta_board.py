@@ -19,7 +19,7 @@ import numpy as np
 
 from actors.cell import NAMESPACE, actor_name, cell_of_point
 from dispatch.eta import EtaCalibration
-from dispatch.eta_quote import CourierAvailability, quote_restaurants
+from dispatch.eta_quote import CourierAvailability, QuoteBoard
 from dispatch.matcher import TravelModel
 
 log = logging.getLogger("hexdispatch.gateway")
@@ -33,16 +33,18 @@ class EtaBoard:
 
     def __init__(self, params, gateway=None, calibration: EtaCalibration | None = None):
         """``params``: the front door's ``GatewayParams``; ``gateway``: whose cells :meth:`refresh` asks (None: the
-        board holds what is put in :attr:`cells`, as benchmarks do)."""
+        board quotes from what :meth:`install` is given, as benchmarks do)."""
         self.gateway = gateway
         self.interval_s, self.timeout_s, self.res = params.eta_board_s, params.eta_basis_timeout_s, params.cell_res
         self.travel = TravelModel.great_circle(params.cell.speed_kmh)
         self.match = params.cell.match
         self.calibration = calibration or EtaCalibration()
-        #: The cells' latest availabilities (hex cell id ->), replaced whole at each refresh.
+        #: The cells' latest availabilities (hex cell id ->), replaced whole at each refresh, and all of them
+        #: ready to quote from.
         self.cells: dict[str, CourierAvailability] = {}
+        self.board = QuoteBoard({}, self.travel, self.match, self.calibration)
+        self._as_of: list[float] = []  # unix seconds of each pool of the board
         self.refreshes = 0
-        self._pools: dict[str, CourierAvailability | None] = {}
         self._handles: dict[str, object] = {}
         #: (lat, lng) of a restaurant -> its cell: restaurants do not move, and the lookup costs more than a quote.
         self._owners: dict[tuple[float, float], str] = {}
@@ -68,8 +70,7 @@ class EtaBoard:
         """Ask every cell of the deployment for its availability at once; keep those that answered."""
         cell_ids = sorted(self.gateway.census | self.gateway.cells.keys())
         answers = await asyncio.gather(*(self._basis(cell_id) for cell_id in cell_ids))
-        self.cells = {cell_id: basis for cell_id, basis in zip(cell_ids, answers) if basis is not None}
-        self._pools = {}
+        self.install({cell_id: basis for cell_id, basis in zip(cell_ids, answers) if basis is not None})
         self.refreshes += 1
         for gone in self._handles.keys() - self.cells.keys():
             del self._handles[gone]
@@ -91,60 +92,38 @@ class EtaBoard:
             self._handles.pop(cell_id, None)
             return None
 
-    def pool(self, cell_id: str) -> CourierAvailability | None:
-        """The couriers quoting for restaurants of ``cell_id``: its own, or else its neighbours'; None: none."""
-        if cell_id in self._pools:
-            return self._pools[cell_id]
-        own = self.cells.get(cell_id)
-        if own is not None and len(own):
-            found: CourierAvailability | None = own
-        else:
-            near = [basis for c in h3.grid_disk(cell_id, 1) if c != cell_id and (basis := self.cells.get(c))
-                    is not None and len(basis)]
-            found = CourierAvailability.merged(near).earliest_first() if near else None
-        self._pools[cell_id] = found
-        return found
+    def install(self, cells: dict[str, CourierAvailability]) -> None:
+        """Quote from ``cells`` from now on."""
+        board = QuoteBoard(cells, self.travel, self.match, self.calibration)
+        self.cells, self.board, self._as_of = cells, board, [round(at * 60.0, 3) for at in board.pool_at]
 
     def quotes(self, now_s: float, restaurants, searcher_lat: float, searcher_lng: float) -> list[dict | None]:
         """The ``delivery_eta`` of each restaurant (``(lat, lng, prep_minutes)``) for the searcher's point at
         ``now_s`` (unix seconds): ``{"minutes_low", "minutes", "minutes_high", "as_of"}`` (minutes from now to
         the drop-off: p10 floored, point rounded, p90 ceiled; ``as_of``: unix seconds of the couriers' data),
-        or None when its cell and their neighbours have no courier data."""
-        found: list[dict | None] = [None] * len(restaurants)
-        if not self.cells or not restaurants:
-            return found
-        bases: list[CourierAvailability] = []
-        index_of: dict[str, int] = {}
-        basis_of_row = []
+        or None when neither its cell nor its neighbours have courier data."""
+        board, as_of = self.board, self._as_of
+        if not len(board) or not restaurants:
+            return [None] * len(restaurants)
         owners = self._owners
         if len(owners) > OWNERS_KEPT:
             owners.clear()
+        pools = []
         for lat, lng, _ in restaurants:
             cell_id = owners.get((lat, lng))
             if cell_id is None:
                 cell_id = owners[lat, lng] = cell_of_point(lat, lng, self.res)
-            index = index_of.get(cell_id)
-            if index is None:
-                basis = self.pool(cell_id)
-                index = index_of[cell_id] = -1 if basis is None else len(bases)
-                if basis is not None:
-                    bases.append(basis)
-            basis_of_row.append(index)
-        if not bases:
-            return found
+            pools.append(board.pool_of(cell_id))
         now = now_s / 60.0
-        lat, lng, prep = zip(*restaurants)
-        promise = quote_restaurants(now, bases, lng, lat, prep, searcher_lng, searcher_lat, self.travel, self.match,
-                                    self.calibration, basis_of_row)
-        as_of = [round(b.at * 60.0, 3) for b in bases]
+        rows = np.array(restaurants, np.float64)
+        promise = board.quote(now, pools, rows[:, 1], rows[:, 0], rows[:, 2], searcher_lng, searcher_lat)
         low = np.floor(promise.door_p10 - now).clip(0).tolist()
         point = np.round(promise.door - now).clip(0).tolist()
         high = np.ceil(promise.door_p90 - now).clip(0).tolist()
-        for i, which in enumerate(basis_of_row):
-            if which >= 0 and not math.isnan(point[i]):
-                found[i] = {"minutes_low": int(low[i]), "minutes": int(point[i]), "minutes_high": int(high[i]),
-                            "as_of": as_of[which]}
-        return found
+        return [None if pool < 0 or math.isnan(point[i]) else
+                {"minutes_low": int(low[i]), "minutes": int(point[i]), "minutes_high": int(high[i]),
+                 "as_of": as_of[pool]}
+                for i, pool in enumerate(pools)]
 
 
 async def _awaited(ref):

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from dispatch import kernels
 from dispatch.cell import CellCore, LiveOrder
-from dispatch.eta import EtaCalibration, virtual_dispatch
-from dispatch.eta_quote import CourierAvailability, availability, quote_restaurants
+from dispatch.eta import DELAY_BANDS, EtaCalibration, band_of, virtual_dispatch
+from dispatch.eta_quote import CourierAvailability, QuoteBoard, availability, quote_restaurants
 from dispatch.jit import load_twin
 from dispatch.matcher import Drivers, MatchParams, Orders, TravelModel
 from tests.dispatch.test_eta import random_state
@@ -147,37 +147,51 @@ def test_a_cell_quotes_from_its_idle_and_busy_couriers():
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(0, 12), st.integers(0, 40),
        st.sampled_from([kernels.MDRP_EUCLIDEAN, kernels.GREAT_CIRCLE]))
-def test_quote_doors_equals_its_twin_and_the_plain_minimum(seed, n_rows, n_couriers, model):
+def test_quote_page_equals_its_twin_and_the_plain_rules_calibrated(seed, n_rows, n_couriers, model):
     rng = np.random.default_rng(seed)
     x, y = random_points(seed, n_couriers, model)
     rx, ry = random_points(seed + 1, n_rows, model)
     sx, sy = random_points(seed + 2, 1, model)
-    free_at = np.sort(rng.uniform(0.0, 30.0, n_couriers))
+    cut = int(rng.integers(0, n_couriers + 1))
+    free_at = np.concatenate([np.sort(rng.uniform(0.0, 30.0, cut)), np.sort(rng.uniform(0.0, 30.0, n_couriers - cut))])
     prep = rng.uniform(0.0, 40.0, n_rows)
-    cut = np.sort(rng.integers(0, n_couriers + 1, 2))  # two runs of couriers, and rows quoted by neither
-    first = rng.choice([0, cut[0]], n_rows).astype(np.int64)
-    stop = np.where(first == 0, cut[0], cut[1]).astype(np.int64)
-    empty = rng.random(n_rows) < 0.2
-    stop[empty] = first[empty]
+    first, stop = np.array([0, cut], np.int64), np.array([cut, n_couriers], np.int64)  # two pools
+    loads = rng.uniform(0.0, 3.0, 2)
+    pool_band = band_of(np.zeros(2), loads).astype(np.int64)
+    pool_of_row = rng.integers(-1, 2, n_rows).astype(np.int64)
+    offsets = np.sort(rng.normal(0.0, 5.0, (len(EtaCalibration().offsets), 3)), axis=1)
+    calibration = EtaCalibration(tuple(tuple(o) for o in offsets.tolist()))
     speed = 320.0 if model == kernels.MDRP_EUCLIDEAN else 300.0
-    args = (10.0, free_at, x, y, first, stop, rx, ry, prep, sx[0], sy[0], 2.0, 1.0, 4.0, model, speed)
-    jitted, plain = kernels.quote_doors(*args), twin.quote_doors(*args)
+    args = (10.0, free_at, x, y, first, stop, pool_band, pool_of_row, rx, ry, prep, sx[0], sy[0], 2.0, 1.0, 4.0,
+            model, speed, np.asarray(DELAY_BANDS), offsets)
+    jitted, plain = kernels.quote_page(*args), twin.quote_page(*args)
     for a, b in zip(jitted, plain):
         assert np.array_equal(a, b, equal_nan=True)
-    door, delay = jitted
     travel = lambda *p: kernels.travel_minutes(model, speed, *p)  # noqa: E731
-    for i in range(n_rows):
-        arrival = min((max(10.0, free_at[c]) + travel(x[c], y[c], rx[i], ry[i]) for c in range(first[i], stop[i])),
-                      default=np.nan)
+    for i, p in enumerate(pool_of_row):
+        run = range(first[p], stop[p]) if p >= 0 else range(0)
+        arrival = min((max(10.0, free_at[c]) + travel(x[c], y[c], rx[i], ry[i]) for c in run), default=np.nan)
         pickup = max(arrival + 2.0, 10.0 + prep[i])
-        assert door[i] == pytest.approx(pickup + 1.0 + travel(rx[i], ry[i], sx[0], sy[0]) + 2.0, nan_ok=True)
-        assert delay[i] == pytest.approx(pickup - 10.0 - prep[i], nan_ok=True)
+        raw = pickup + 1.0 + travel(rx[i], ry[i], sx[0], sy[0]) + 2.0
+        expected = calibration.promise(np.array([raw]), np.array([pickup - 10.0 - prep[i]]), loads[[max(p, 0)]])
+        for got, want in zip((jitted[0][i], jitted[1][i], jitted[2][i]),
+                             (expected.door[0], expected.door_p10[0], expected.door_p90[0])):
+            assert got == pytest.approx(want, nan_ok=True)
 
 
-def test_one_call_quotes_rows_from_several_cells_or_none():
-    near = availability(0.0, drivers([0.0], [0.0], [0.0]), NO_ORDERS, TRAVEL, PARAMS)
-    late = CourierAvailability(np.array([20.0]), np.array([0.0]), np.array([0.0]), 3.0, 0.0)
-    quote = quote_restaurants(0.0, [near, late], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], 0.0, 0.0, TRAVEL,
-                              PARAMS, basis_of_row=[1, -1, 0])
-    # Courier at the restaurant: pickup max(0 + 2, 1) = 2 (free now) or 22 (free at 20); door + 1 + 0 + 2.
+def test_a_board_quotes_each_row_from_its_cells_couriers_or_its_neighbours():
+    import h3
+
+    home = h3.latlng_to_cell(41.88, -87.63, 6)
+    neighbour = next(c for c in h3.grid_disk(home, 1) if c != home)
+    far = h3.latlng_to_cell(42.88, -87.63, 6)
+    staffed = CourierAvailability(np.array([20.0]), np.array([0.0]), np.array([0.0]), 3.0, 0.0)
+    board = QuoteBoard({neighbour: staffed, home: availability(0.0, drivers([], [], []), NO_ORDERS, TRAVEL, PARAMS),
+                        "not-a-cell": availability(0.0, drivers([0.0], [0.0], [0.0]), NO_ORDERS, TRAVEL, PARAMS)},
+                       TRAVEL, PARAMS)
+    assert board.pool_of(far) == -1 and board.pool_of(home) >= 0  # home has no courier: its neighbour's
+    rows = [board.pool_of(home), board.pool_of(far), board.pool_of("not-a-cell")]
+    quote = board.quote(0.0, rows, [0.0] * 3, [0.0] * 3, [1.0] * 3, 0.0, 0.0)
+    # Courier at the restaurant: pickup max(20 + 2, 1) = 22 (free at 20) or 2 (free now); door + 1 + 0 + 2.
     assert quote.door[0] == 25.0 and np.isnan(quote.door[1]) and quote.door[2] == 5.0
+    assert board.pool_at[rows[0]] == 0.0

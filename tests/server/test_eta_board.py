@@ -77,4 +77,7 @@ async def test_a_cell_without_couriers_borrows_its_neighbours():
     [eta] = board.quotes(NOW_S, [(LAT, LNG, 0.0)], LAT, LNG)
     assert eta is not None and eta["minutes"] >= 3
     far_cell = cell_of_point(LAT + 1.0, LNG)
-    assert board.pool(far_cell) is None and board.pool(home).x.tolist() == [lng]
+    quotes = board.board
+    assert quotes.pool_of(far_cell) == -1
+    pool = quotes.pool_of(home)
+    assert quotes.x[quotes.pool_first[pool]:quotes.pool_stop[pool]].tolist() == [lng]
