@@ -18,7 +18,7 @@ import h3
 import numpy as np
 
 from actors.cell import NAMESPACE, actor_name, cell_of_point
-from dispatch.eta import EtaCalibration
+from dispatch.eta import EtaCalibration, live_calibration
 from dispatch.eta_quote import CourierAvailability, QuoteBoard
 from dispatch.matcher import TravelModel
 
@@ -38,7 +38,7 @@ class EtaBoard:
         self.interval_s, self.timeout_s, self.res = params.eta_board_s, params.eta_basis_timeout_s, params.cell_res
         self.travel = TravelModel.great_circle(params.cell.speed_kmh)
         self.match = params.cell.match
-        self.calibration = calibration or EtaCalibration()
+        self.calibration = calibration or live_calibration()  # as live cells promise at placement
         #: The cells' latest availabilities (hex cell id ->), replaced whole at each refresh, and all of them
         #: ready to quote from.
         self.cells: dict[str, CourierAvailability] = {}

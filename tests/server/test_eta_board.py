@@ -11,6 +11,7 @@ import h3
 import numpy as np
 
 from actors.cell import cell_of_point
+from dispatch.eta import EtaCalibration, live_calibration
 from dispatch.eta_quote import CourierAvailability
 from server.gateway import GatewayParams
 from server.gateway.eta_board import EtaBoard
@@ -40,7 +41,7 @@ def basis(lat: float, lng: float, free_in_min: float = 0.0, load: float = 0.0) -
 
 def board_of(cells: dict) -> EtaBoard:
     gateway = SimpleNamespace(params=GatewayParams(eta_basis_timeout_s=0.2), census=set(cells), cells=cells)
-    return EtaBoard(gateway.params, gateway)
+    return EtaBoard(gateway.params, gateway, EtaCalibration())  # the identity: quotes are the raw forecast
 
 
 async def test_a_refresh_keeps_the_cells_that_answer():
@@ -81,3 +82,7 @@ async def test_a_cell_without_couriers_borrows_its_neighbours():
     assert quotes.pool_of(far_cell) == -1
     pool = quotes.pool_of(home)
     assert quotes.x[quotes.pool_first[pool]:quotes.pool_stop[pool]].tolist() == [lng]
+
+
+def test_the_board_promises_with_the_live_calibration_by_default():
+    assert EtaBoard(GatewayParams()).calibration == live_calibration()
