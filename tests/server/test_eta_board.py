@@ -1,20 +1,27 @@
 """The front door's board of the cells' courier availability (server.gateway.eta_board), without Ray: which
-cells it keeps, which couriers quote for a restaurant (its cell's, else its neighbours'), and the quote's form."""
+cells it keeps, which couriers quote for a restaurant (its cell's, else its neighbours'), the quote's form, and
+the same quotes on nearby's replica and SQL routes."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+import random
+import uuid
 from types import SimpleNamespace
 
 import h3
 import numpy as np
+import orjson
 
 from actors.cell import cell_of_point
 from dispatch.eta import EtaCalibration, live_calibration
 from dispatch.eta_quote import CourierAvailability
+from server.api import restaurants
 from server.gateway import GatewayParams
 from server.gateway.eta_board import EtaBoard
+from tests.server.helpers import make_restaurant
+from tests.waiting import eventually
 
 LAT, LNG = 41.8781, -87.6298
 NOW_S = 1_800_000_000.0
@@ -86,3 +93,39 @@ async def test_a_cell_without_couriers_borrows_its_neighbours():
 
 def test_the_board_promises_with_the_live_calibration_by_default():
     assert EtaBoard(GatewayParams()).calibration == live_calibration()
+
+
+async def test_the_replica_and_sql_routes_quote_alike(app, as_role, monkeypatch):
+    """One piece of code quotes both routes: with a board of couriers, pages are byte-identical."""
+    base = (-35.0 + random.uniform(-3, 3), 20.0 + random.uniform(-3, 3))
+    owner, customer = as_role("restaurant"), as_role("customer")
+    tag = "q" + uuid.uuid4().hex[:8]
+    rng = random.Random(5)
+    for i in range(12):
+        await make_restaurant(owner, name=f"Q{i}", latitude=base[0] + rng.uniform(-0.04, 0.04),
+                              longitude=base[1] + rng.uniform(-0.04, 0.04), delivery_radius_m=8000,
+                              cuisine_tags=[tag], prep_minutes=rng.choice([5, 15, 30]))
+    home = cell_of_point(*base)
+    board = EtaBoard(GatewayParams())
+    board.install({home: CourierAvailability.from_lists(basis(base[0] + 0.01, base[1], free_in_min=4.0, load=1.5))})
+    monkeypatch.setattr(app.state, "eta_board", board, raising=False)
+    monkeypatch.setattr(restaurants, "time", SimpleNamespace(time=lambda: NOW_S))
+    replica = app.state.catalog.replica
+    await eventually(lambda: len(replica) and replica.ready, what="the replica")
+
+    async def page(use_replica: bool) -> bytes:
+        replica.ready = use_replica
+        try:
+            r = await customer.get("/v1/restaurants/nearby", params={"lat": base[0], "lng": base[1],
+                                                                    "radius_m": 9000, "limit": 20, "cuisine": tag})
+        finally:
+            replica.ready = True
+        assert r.status_code == 200, r.text
+        return r.content
+
+    from_sql, from_replica = await page(False), await page(True)
+    assert from_replica == from_sql
+    items = orjson.loads(from_sql)["items"]
+    quoted = [i["delivery_eta"] for i in items if i["delivery_eta"] is not None]
+    assert len(items) == 12 and quoted, "restaurants of the couriers' cell (or around it) are quoted"
+    assert all(q["minutes_low"] <= q["minutes"] <= q["minutes_high"] and q["as_of"] == NOW_S for q in quoted)
