@@ -962,7 +962,8 @@ def run_http_phases(args, dsn: str, catalog: Catalog, points, figures: dict) -> 
     tokens = customer_tokens(secret, 1000)
     bodies = order_requests(dsn, catalog, args.seed + 2, 20_000)
     phases: dict[str, PhaseResult] = {}
-    with running_server(dsn, secret, args.server_workers, args.server_mode, args.eta_couriers) as (base_urls, pids):
+    with running_server(dsn, secret, args.server_workers, args.server_mode,
+                        args.eta_couriers) as (base_urls, pids):
         figures["environment"]["server_pids"] = pids
         base_url = ",".join(base_urls)
         common = dict(worker_index=0, warmup_s=args.warmup, duration_s=args.duration, target=base_url,

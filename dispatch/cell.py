@@ -1178,8 +1178,9 @@ class CellCore:
 
         free_now = (DriverStatus.IDLE, DriverStatus.OFFERED)
         idle = [d for d in self.drivers.values() if d.status in free_now]
+        ttl_s = self.params.heartbeat_ttl_s
         busy = [(d, end) for d in self.drivers.values()
-                if d.job_id is not None and d.status in HOLDING_ORDERS and now - d.last_seen <= self.params.heartbeat_ttl_s
+                if d.job_id is not None and d.status in HOLDING_ORDERS and now - d.last_seen <= ttl_s
                 and (end := self._job_end(d, now)) is not None]
         waiting = [o for o in self.orders.values() if o.phase in (OrderPhase.PENDING, OrderPhase.OFFERED)]
         expected = expected_orders(self._order_arrays(list(self.orders.values())), now / 60.0, EXPECTED_WINDOW)

@@ -117,7 +117,7 @@ class QuoteBoard:
         self.travel, self.params = travel, params
         self.offsets = np.ascontiguousarray(calibration.offsets, np.float64)
         self.delay_edges = np.asarray(DELAY_BANDS, np.float64)
-        staffed = {cell: basis for cell, basis in cells.items() if len(basis)}
+        staffed = {cell: basis.earliest_first() for cell, basis in cells.items() if len(basis)}
         pools: dict[str, CourierAvailability] = dict(staffed)
         for cell in staffed:
             for near in h3.grid_disk(cell, 1) if _is_h3(cell) else ():

@@ -5,7 +5,7 @@ opened) for :meth:`actors.cell.CellActor.eta_basis`, concurrently and each withi
 a cell that fails, times out or has retired drops out until it answers again. ``GET /v1/restaurants/nearby``
 then quotes each restaurant on its page from the couriers of the restaurant's cell, or, when that cell has
 none, of its ring-1 neighbours (a cell borrows drivers from its neighbours): :meth:`EtaBoard.quotes`
-(``dispatch.eta_quote.quote_restaurants``). Nothing is asked of a cell at search time.
+(``dispatch.eta_quote.QuoteBoard``: the whole page in one kernel call). Nothing is asked of a cell at search time.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import asyncio
 import logging
 import math
 
-import h3
 import numpy as np
 
 from actors.cell import NAMESPACE, actor_name, cell_of_point

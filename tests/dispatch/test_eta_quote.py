@@ -25,8 +25,9 @@ PARAMS = MatchParams(pickup_lead=2.0, pickup_exit=1.0, dropoff_service=4.0)
 
 def drivers(x, y, free_at, shift_end=None) -> Drivers:
     n = len(x)
+    shift_end = np.full(n, np.inf) if shift_end is None else np.asarray(shift_end, float)
     return Drivers(x=np.asarray(x, float), y=np.asarray(y, float), free_at=np.asarray(free_at, float),
-                   capacity=np.full(n, 2), shift_end=np.full(n, np.inf) if shift_end is None else np.asarray(shift_end, float))
+                   capacity=np.full(n, 2), shift_end=shift_end)
 
 
 def orders(restaurant, drop, ready, placed=None) -> Orders:
