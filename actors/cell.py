@@ -738,6 +738,13 @@ class CellActor:
 
         return {**await self.load(), **cell_view(self.core, max_drivers)}
 
+    async def eta_basis(self) -> dict:
+        """What front doors quote delivery times at search from (``server.gateway.eta_board``):
+        ``{"cell", **CourierAvailability.to_lists()}`` (``dispatch.eta_quote``: when and where this cell's
+        couriers are free once its known work is done; minutes of unix time). Does not delay retiring."""
+        await self._open(arrival=False)
+        return {"cell": self.cell_id, **self.core.courier_availability(time.time()).to_lists()}
+
 
 def cell_actor_class():
     """The Ray actor class: restarted on failure, its calls retried across restarts."""

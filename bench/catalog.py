@@ -8,7 +8,8 @@ per core, each on its own port with an equal share of the connections) and
 drives it over loopback from a separate load generator (``bench.catalog_load``:
 wrk when installed, else aiohttp processes; closed loop, raw latencies):
 
-* nearby search   ``GET /v1/restaurants/nearby`` (3 km, 20 per page)
+* nearby search   ``GET /v1/restaurants/nearby`` (3 km, 20 per page), each restaurant quoted a delivery time
+  from a synthetic board of ``--eta-couriers`` couriers per cell (:func:`synthetic_eta_board`)
 * menu + status   ``GET /v1/restaurants/{id}/menu``
 * order placement ``POST /v1/orders`` with an Idempotency-Key; the committed
   count is checked in the database afterwards
@@ -72,11 +73,48 @@ NEIGHBOURS_PER_DROPOFF = 50
 # --------------------------------------------------------------------------- server factory
 
 
+#: Environment variable telling a bench server how many couriers per cell its delivery-time board holds.
+ETA_COURIERS_ENV = "HEXDISPATCH_BENCH_ETA_COURIERS"
+
+
 def create_bench_app():
-    """The app uvicorn runs for the bench: settings from the environment, Ray off, no migrations."""
+    """The app uvicorn runs for the bench: settings from the environment, Ray off, no migrations; with
+    :data:`ETA_COURIERS_ENV` couriers per cell on its delivery-time board (:func:`synthetic_eta_board`)."""
     from server.app import create_app
 
-    return create_app(Settings.from_env(use_ray=False, redis_url=None, migrate_on_start=False))
+    app = create_app(Settings.from_env(use_ray=False, redis_url=None, migrate_on_start=False))
+    couriers = int(os.environ.get(ETA_COURIERS_ENV, "0"))
+    if couriers:
+        app.state.eta_board = synthetic_eta_board(couriers, time.time())
+    return app
+
+
+def synthetic_eta_board(couriers_per_cell: int, now_s: float, seed: int = 7):
+    """A delivery-time board (``server.gateway.eta_board``) as live dispatch would fill it, without Ray:
+    every cell over the metro (and a ring around it) with ``couriers_per_cell`` couriers spread over the
+    cell, free within the next 30 minutes, so that nearby search pays for the quotes as it would live."""
+    import h3
+
+    from dispatch.eta_quote import CourierAvailability
+    from server.gateway import GatewayParams
+    from server.gateway.eta_board import EtaBoard
+
+    params = GatewayParams()
+    south, north, west, east = metro.metro_bounds()
+    area = h3.LatLngPoly([(south, west), (south, east), (north, east), (north, west)])
+    cells = {c for inner in h3.polygon_to_cells(area, params.cell_res) for c in h3.grid_disk(inner, 1)}
+    rng = np.random.default_rng(seed)
+    board = EtaBoard(params)
+    now = now_s / 60.0
+    availability = {}
+    for cell in sorted(cells):
+        lat, lng = h3.cell_to_latlng(cell)
+        availability[cell] = CourierAvailability(
+            np.sort(now + rng.uniform(0.0, 30.0, couriers_per_cell)),
+            lng + rng.uniform(-0.03, 0.03, couriers_per_cell), lat + rng.uniform(-0.02, 0.02, couriers_per_cell),
+            float(rng.uniform(0.0, 2.0)), now)
+    board.install(availability)
+    return board
 
 
 # --------------------------------------------------------------------------- databases
@@ -301,7 +339,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(dsn: str, jwt_secret: str, workers: int, mode: str = "ports") -> Iterator[tuple[list[str], list[int]]]:
+def running_server(dsn: str, jwt_secret: str, workers: int, mode: str = "ports",
+                   eta_couriers: int = 0) -> Iterator[tuple[list[str], list[int]]]:
     """``workers`` uvicorn processes serving :func:`create_bench_app` on loopback; yields (base URLs, pids).
 
     ``mode="ports"``: one process per port, and the load generators give each
@@ -310,7 +349,8 @@ def running_server(dsn: str, jwt_secret: str, workers: int, mode: str = "ports")
     socket, where the kernel hands each new connection to whichever worker
     accepts first (with a few long-lived connections, often unevenly).
     """
-    env = {**os.environ, "DATABASE_URL": dsn, "HEXDISPATCH_JWT_SECRET": jwt_secret, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "DATABASE_URL": dsn, "HEXDISPATCH_JWT_SECRET": jwt_secret, "PYTHONPATH": str(REPO),
+           ETA_COURIERS_ENV: str(eta_couriers)}
     env.pop("REDIS_URL", None)
     ports = [free_port() for _ in range(workers if mode == "ports" else 1)]
     per_port = 1 if mode == "ports" else workers
@@ -719,7 +759,8 @@ def environment(args, where: str, server_workers: int) -> dict:
         "server": f"uvicorn (uvloop/httptools), {server_workers} worker process(es) "
                   + ("on their own ports, connections spread evenly" if args.server_mode == "ports"
                      else "sharing one socket (uvicorn --workers)")
-                  + f", Ray off, asyncpg pool max {Settings().db_pool_max} per process, loopback",
+                  + f", Ray off, asyncpg pool max {Settings().db_pool_max} per process, loopback"
+                  + f", delivery-time board of {args.eta_couriers} couriers per cell",
         "load_generators": ("wrk (one thread per server port), closed loop" if args.load_generator == "wrk"
                             else f"{args.load_processes} spawned process(es) (aiohttp)")
                            + f"; SQL comparison: {args.load_processes} spawned asyncpg process(es), closed loop",
@@ -858,6 +899,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight for search and menu")
     parser.add_argument("--radius", type=int, default=3000, help="nearby search radius, metres")
     parser.add_argument("--limit", type=int, default=20, help="nearby search page size")
+    parser.add_argument("--eta-couriers", type=int, default=128,
+                        help="couriers per H3 cell on each server's delivery-time board, which nearby quotes "
+                             "every restaurant from (0: none, every delivery_eta null)")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"),
                         help="a Postgres where the bench may create a database (default $DATABASE_URL, "
                              "else an embedded Postgres in a temporary directory)")
@@ -918,7 +962,8 @@ def run_http_phases(args, dsn: str, catalog: Catalog, points, figures: dict) -> 
     tokens = customer_tokens(secret, 1000)
     bodies = order_requests(dsn, catalog, args.seed + 2, 20_000)
     phases: dict[str, PhaseResult] = {}
-    with running_server(dsn, secret, args.server_workers, args.server_mode) as (base_urls, pids):
+    with running_server(dsn, secret, args.server_workers, args.server_mode,
+                        args.eta_couriers) as (base_urls, pids):
         figures["environment"]["server_pids"] = pids
         base_url = ",".join(base_urls)
         common = dict(worker_index=0, warmup_s=args.warmup, duration_s=args.duration, target=base_url,

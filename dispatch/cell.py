@@ -1177,3 +1177,25 @@ class CellCore:
         by_status = Counter(driver.status for driver in self.drivers.values())  # the ops map asks every second
         pending = sum(o.phase is OrderPhase.PENDING for o in self.orders.values())
         return {"drivers": {status.value: count for status, count in by_status.items()}, "pending_orders": pending, "open_offers": len(self.offers)}
+
+    # Delivery-time quotes at search (issue 14) -------------------------------
+
+    def courier_availability(self, now: float):
+        """When and where each courier of the cell is free once its known work is done
+        (:func:`dispatch.eta_quote.availability`, in minutes): idle and offered drivers from now where they
+        are, busy ones from when and where their job ends (as :meth:`_match` has them); the orders not yet in a
+        job (pending or offered) served first, then the orders to expect (:func:`dispatch.eta.expected_orders`:
+        those placed in the last ``EXPECTED_WINDOW`` minutes that are still in the cell, again)."""
+        from dispatch.eta import EXPECTED_WINDOW, expected_orders
+        from dispatch.eta_quote import availability
+
+        free_now = (DriverStatus.IDLE, DriverStatus.OFFERED)
+        idle = [d for d in self.drivers.values() if d.status in free_now]
+        ttl_s = self.params.heartbeat_ttl_s
+        busy = [(d, end) for d in self.drivers.values()
+                if d.job_id is not None and d.status in HOLDING_ORDERS and now - d.last_seen <= ttl_s
+                and (end := self._job_end(d, now)) is not None]
+        waiting = [o for o in self.orders.values() if o.phase in (OrderPhase.PENDING, OrderPhase.OFFERED)]
+        expected = expected_orders(self._order_arrays(list(self.orders.values())), now / 60.0, EXPECTED_WINDOW)
+        return availability(now / 60.0, self._driver_arrays(idle, busy, now), self._order_arrays(waiting),
+                            self.travel, self.params.match, expected)

@@ -81,6 +81,16 @@ def forecast(now: float, drivers: Drivers, orders: Orders, travel: TravelModel,
 
     ``expected`` orders (:func:`expected_orders`) are not forecast but compete for the drivers: orders
     placed after an order but ready before it will be served first."""
+    n_pending, ready, load, (_, arrival, pickup, door, *_) = virtual_dispatch(now, drivers, orders, travel, params,
+                                                                              expected)
+    return Forecast(arrival=arrival[:n_pending], pickup=pickup[:n_pending], door=door[:n_pending],
+                    ready=ready[:n_pending], load=load)
+
+
+def virtual_dispatch(now: float, drivers: Drivers, orders: Orders, travel: TravelModel,
+                     params: MatchParams = MatchParams(), expected: Orders | None = None) -> tuple:
+    """:func:`dispatch.kernels.forecast_jobs` on a cell's state, as :func:`forecast` runs it: returns (number of
+    pending orders, ready times of the pending then the expected orders, load, the kernel's outputs)."""
     n_pending = len(orders.ready_at)
     if expected is not None and len(expected.ready_at):
         orders = Orders(*(np.concatenate([np.asarray(getattr(orders, f)), np.asarray(getattr(expected, f))])
@@ -90,7 +100,7 @@ def forecast(now: float, drivers: Drivers, orders: Orders, travel: TravelModel,
     pool = np.count_nonzero((drivers.free_at <= now + params.lookahead) & (drivers.shift_end >= now))
     load = n_pending / max(pool, 1)
     scarce = load >= params.bundle_scarcity_ratio
-    _, arrival, pickup, door = kernels.forecast_jobs(
+    outputs = kernels.forecast_jobs(
         float(now), sequence,
         *(np.ascontiguousarray(a, np.float64) for a in (drivers.x, drivers.y, drivers.free_at, drivers.shift_end)),
         np.ascontiguousarray(orders.restaurant_id, np.int64),
@@ -101,8 +111,7 @@ def forecast(now: float, drivers: Drivers, orders: Orders, travel: TravelModel,
         float(params.travel_weight), int(params.max_bundle_size), float(params.bundle_ready_window),
         float(params.bundle_max_delay_scarce if scarce else params.bundle_max_delay),
     )
-    return Forecast(arrival=arrival[:n_pending], pickup=pickup[:n_pending], door=door[:n_pending],
-                    ready=ready[:n_pending], load=load)
+    return n_pending, ready, load, outputs
 
 
 def warm_up() -> None:

@@ -527,7 +527,9 @@ def forecast_jobs(now, sequence, driver_x, driver_y, driver_free_at, driver_shif
 
     Returns (driver, arrival at the restaurant, pickup, arrival at the door) per order; an order no
     driver can pick up before its shift ends has driver -1, arrival NaN, and the earliest pickup and
-    door times its food allows.
+    door times its food allows. Then each driver's state once all of it is served: when (``free_at``)
+    and where (``at_x``, ``at_y``: its last door, or where it started) it is free again
+    (:func:`dispatch.eta_quote.availability`).
     """
     n_orders = ready.shape[0]
     n_drivers = driver_x.shape[0]
@@ -593,4 +595,53 @@ def forecast_jobs(now, sequence, driver_x, driver_y, driver_free_at, driver_shif
         job_first_ready[best] = ready[o]
         job_arrival[best] = best_arrival
         job_pickup[best] = pickup[o]
-    return chosen, arrival, pickup, door
+    return chosen, arrival, pickup, door, free_at, at_x, at_y
+
+
+# Delivery-time quotes at search (``dispatch.eta_quote``) -------------------------------------------
+
+
+@kernel
+def quote_page(now, free_at, x, y, pool_first, pool_stop, pool_band, pool_of_row, restaurant_x, restaurant_y, prep,
+               searcher_x, searcher_y, pickup_lead, pickup_exit, dropoff_service, model, metres_per_minute,
+               delay_edges, offsets):
+    """Calibrated door time (point, p10, p90) of an order placed at ``now`` at each restaurant ``i`` for the
+    searcher's point, quoted from the couriers of its pool ``p = pool_of_row[i]`` (``pool_first[p]:pool_stop[p]``,
+    sorted by ``free_at``; -1: none, NaN): the courier arriving first (``max(now, free_at) + travel``), pickup
+    once it is there (``pickup_lead``) and the food ready (``now + prep``), then ``pickup_exit``, the drive and
+    half the ``dropoff_service`` (see :func:`dispatch.eta_quote.quote_restaurants`); then the offsets of its
+    calibration band (:meth:`dispatch.eta.EtaCalibration.promise`): the pool's load band (``pool_band``) plus the
+    band of its courier delay (pickup minus ready) among ``delay_edges``, as :func:`dispatch.eta.band_of`."""
+    n = restaurant_x.shape[0]
+    door = np.full(n, np.nan)
+    p10 = np.full(n, np.nan)
+    p90 = np.full(n, np.nan)
+    for i in range(n):
+        p = pool_of_row[i]
+        if p < 0:
+            continue
+        best = np.inf
+        for c in range(pool_first[p], pool_stop[p]):
+            start = max(now, free_at[c])
+            if start >= best:
+                break  # later couriers of the run are free later still
+            reach = start + travel_minutes(model, metres_per_minute, x[c], y[c], restaurant_x[i], restaurant_y[i])
+            if reach < best:
+                best = reach
+        if best == np.inf:
+            continue
+        ready = now + prep[i]
+        pickup = max(best + pickup_lead, ready)
+        raw = pickup + pickup_exit + travel_minutes(model, metres_per_minute, restaurant_x[i], restaurant_y[i],
+                                                    searcher_x, searcher_y) + dropoff_service / 2
+        delay = pickup - ready
+        if delay != delay:
+            delay = 0.0
+        above = 0
+        while above < delay_edges.shape[0] and delay_edges[above] <= delay:
+            above += 1
+        band = pool_band[p] + min(max(above, 1), delay_edges.shape[0]) - 1
+        door[i] = raw + offsets[band, 1]
+        p10[i] = raw + offsets[band, 0]
+        p90[i] = raw + offsets[band, 2]
+    return door, p10, p90

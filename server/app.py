@@ -94,6 +94,10 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                                         replica=app.state.catalog.replica)
             await app.state.gateway.start()
             stack.push_async_callback(app.state.gateway.stop)
+            from server.gateway.eta_board import EtaBoard  # delivery-time quotes at search
+
+            app.state.eta_board = EtaBoard(settings.gateway, app.state.gateway).start()
+            stack.callback(app.state.eta_board.stop)
             app.state.ops_feed = stack.enter_context(ops.ops_feed())
             if settings.stats_file:
                 gateway, process_counters = app.state.gateway, app.state.process_counters
@@ -176,4 +180,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     middleware=[Middleware(RequestMetrics)])
     app.state.settings = settings or Settings.from_env()
     app.state.metrics = FrontDoorMetrics(app)
+    #: Delivery-time quotes at search (``server.gateway.eta_board``): started with live dispatch (Ray).
+    app.state.eta_board = None
     return app

@@ -54,6 +54,8 @@ BOX_MARGIN_M = 1.0
 #: Rows per fetch of the full load, and per step of building (between yields to the event loop).
 LOAD_CHUNK_ROWS = 5000
 BUILD_CHUNK_ROWS = 500
+#: The end of an item without a delivery-time quote.
+NO_ETA = b',"delivery_eta":null}'
 
 
 def grid_key(lat: np.ndarray | float, lng: np.ndarray | float):
@@ -154,6 +156,7 @@ class CatalogReplica:
         self._lat = np.zeros(capacity, dtype=np.float64)
         self._lng = np.zeros(capacity, dtype=np.float64)
         self._radius = np.zeros(capacity, dtype=np.float64)
+        self._prep = np.zeros(capacity, dtype=np.float64)
         self._keys = np.full(capacity, FREE_KEY, dtype=np.int64)
         #: ALWAYS_OPEN, CLOSED (its switch is off) or BY_HOURS (decided at serve time).
         self._open = np.zeros(capacity, dtype=np.int8)
@@ -190,7 +193,7 @@ class CatalogReplica:
         fresh._reindex()
         if not still_wanted():
             return False
-        for name in ("_slot_of", "_meta", "_fragments", "_ids", "_lat", "_lng", "_radius", "_keys", "_open",
+        for name in ("_slot_of", "_meta", "_fragments", "_ids", "_lat", "_lng", "_radius", "_prep", "_keys", "_open",
                      "_free", "_order", "_sorted_keys"):
             setattr(self, name, getattr(fresh, name))
         self.loaded_at = time.monotonic()
@@ -246,6 +249,7 @@ class CatalogReplica:
             self._lat[slot] = record["latitude"]
             self._lng[slot] = record["longitude"]
             self._radius[slot] = record["delivery_radius_m"]
+            self._prep[slot] = record["prep_minutes"]
             self._keys[slot] = key
             self._open[slot] = (CLOSED if not record["is_open"]
                                 else ALWAYS_OPEN if record["opening_hours"] is None else BY_HOURS)
@@ -260,6 +264,7 @@ class CatalogReplica:
         self._lat = np.concatenate([self._lat, np.zeros(extra)])
         self._lng = np.concatenate([self._lng, np.zeros(extra)])
         self._radius = np.concatenate([self._radius, np.zeros(extra)])
+        self._prep = np.concatenate([self._prep, np.zeros(extra)])
         self._keys = np.concatenate([self._keys, np.full(extra, FREE_KEY, dtype=np.int64)])
         self._open = np.concatenate([self._open, np.zeros(extra, dtype=np.int8)])
         self._free.extend(range(old + extra - 1, old - 1, -1))
@@ -342,21 +347,30 @@ class CatalogReplica:
 
     # ------------------------------------------------------------------ rendering
 
-    def page_bytes(self, found: list[tuple[int, float, bool]], limit: int) -> bytes:
+    def quote_points(self, found: list[tuple[int, float, bool]], limit: int) -> list[tuple[float, float, float]]:
+        """``(lat, lng, prep_minutes)`` of the restaurants on the page (what delivery-time quotes need)."""
+        slots = [slot for slot, _, _ in found[:limit]]
+        return list(zip(self._lat[slots].tolist(), self._lng[slots].tolist(), self._prep[slots].tolist()))
+
+    def page_bytes(self, found: list[tuple[int, float, bool]], limit: int, etas: list | None = None) -> bytes:
         """The JSON page ``{"items": [...], "next_cursor": ...}`` exactly as the SQL path renders it.
 
-        ``found`` holds one row more than ``limit`` when there is a next page.
+        ``found`` holds one row more than ``limit`` when there is a next page; ``etas`` holds each item's
+        ``delivery_eta`` (None or missing: null).
         """
-        items = [self._item(slot, distance, is_open) for slot, distance, is_open in found[:limit]]
+        etas = etas or ()
+        items = [self._item(slot, distance, is_open, etas[i] if i < len(etas) else None)
+                 for i, (slot, distance, is_open) in enumerate(found[:limit])]
         cursor = None
         if len(found) > limit:
             slot, distance, _ = found[limit - 1]
             cursor = encode_cursor(distance, int(self._ids[slot]))
         return b'{"items":[' + b",".join(items) + b'],"next_cursor":' + dumps(cursor) + b"}"
 
-    def _item(self, slot: int, distance: float, is_open: bool) -> bytes:
+    def _item(self, slot: int, distance: float, is_open: bool, eta: dict | None) -> bytes:
         prefix, suffix = self._fragments[slot]
-        return prefix + (b"true" if is_open else b"false") + suffix + dumps(round(distance, 1)) + b"}"
+        return (prefix + (b"true" if is_open else b"false") + suffix + dumps(round(distance, 1))
+                + (NO_ETA if eta is None else b',"delivery_eta":' + dumps(eta) + b"}"))
 
 
 def _fragment(record: asyncpg.Record) -> tuple[bytes, bytes]:

@@ -89,7 +89,8 @@ _RESTAURANT = {"id": 42, "name": "Trattoria Roma", "cuisine_tags": ["italian"], 
                "opening_hours": None, "timezone": "UTC", "is_open": True, "open_now": True,
                "delivery_radius_m": 5000, "delivery_fee_cents": 299, "created_at": _AT, "updated_at": _AT}
 _OWNED = {**_RESTAURANT, "owner": "restaurant-7"}
-_NEARBY = {**_RESTAURANT, "distance_m": 412.5}
+_NEARBY = {**_RESTAURANT, "distance_m": 412.5,
+           "delivery_eta": {"minutes_low": 21, "minutes": 26, "minutes_high": 34, "as_of": 1764763197.5}}
 _ITEM = {"id": 7, "restaurant_id": 42, "name": "Margherita", "description": "", "price_cents": 1250,
          "available": True, "updated_at": _AT}
 _ORDER_IN = {"restaurant_id": 42, "items": [{"item_id": 7, "quantity": 2}],
@@ -135,7 +136,11 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/v1/restaurants/nearby", "Restaurants near a point, nearest first (keyset pages)",
               "restaurants", query=s.NearbyQuery, response=v.RestaurantPage, errors=(401, 422),
               query_example={"lat": 41.8781, "lng": -87.6298, "radius_m": 3000, "cuisine": "italian"},
-              response_example={"items": [_NEARBY], "next_cursor": None}),
+              response_example={"items": [_NEARBY], "next_cursor": None},
+              description="Each item's `delivery_eta` is how long an order placed now would take to reach the "
+                          "searched point (minutes from now: p10 `minutes_low`, point `minutes`, p90 `minutes_high`), "
+                          "from the couriers of the restaurant's cell (or, when it has none, its neighbours'), "
+                          "read every few seconds (`as_of`); null without live dispatch or courier data."),
     Operation("GET", "/v1/restaurants/{restaurant_id}", "One restaurant", "restaurants", response=v.RestaurantView,
               errors=(401, 404), response_example=_RESTAURANT,
               description="`owner` is shown only to the owning account and admins."),

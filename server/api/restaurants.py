@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -132,7 +133,8 @@ async def nearby(request: Request) -> Response:
             open_now=params.open_now, after=after, limit=params.limit + 1,
             clock=OpenClock(dt.datetime.now(dt.timezone.utc)),
         )
-        return _json(cache.replica.page_bytes(found, params.limit))
+        etas = _delivery_etas(request, lambda: cache.replica.quote_points(found, params.limit), params)
+        return _json(cache.replica.page_bytes(found, params.limit, etas))
     async with request.app.state.pool.acquire() as conn:
         rows = await catalog.nearby(
             conn,
@@ -146,7 +148,22 @@ async def nearby(request: Request) -> Response:
             limit=params.limit + 1,
         )
     cursors = {row["id"]: encode_cursor(row["distance_m"], row["id"]) for row in rows}
-    return JSONResponse(page([restaurant_view(r) for r in rows], params.limit, lambda v: cursors[v["id"]]))
+    views = [restaurant_view(r) for r in rows]
+    etas = _delivery_etas(request, lambda: [(r["latitude"], r["longitude"], r["prep_minutes"])
+                                            for r in rows[:params.limit]], params)
+    for view, eta in zip(views, etas or [None] * len(views)):  # an extra row, if any, only makes the cursor
+        view["delivery_eta"] = eta
+    return JSONResponse(page(views, params.limit, lambda v: cursors[v["id"]]))
+
+
+def _delivery_etas(request: Request, restaurants, params: NearbyQuery) -> list | None:
+    """The ``delivery_eta`` of each restaurant of the page (``restaurants()``: their ``(lat, lng, prep_minutes)``)
+    for the searcher's point, from this front door's board of the cells' couriers (``server.gateway.eta_board``);
+    None (every one null) without live dispatch."""
+    board = getattr(request.app.state, "eta_board", None)
+    if board is None:
+        return None
+    return board.quotes(time.time(), restaurants(), params.lat, params.lng)
 
 
 async def get_menu(request: Request) -> Response:

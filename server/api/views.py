@@ -127,8 +127,23 @@ class RestaurantView(View):
     distance_m: float | None = None
 
 
+class DeliveryEtaView(View):
+    """How long an order placed now would take to reach the searcher's point, in minutes from now: a p10-p90
+    range and a point, from the live state of the restaurant's cell (its couriers and their work)."""
+
+    minutes_low: int = Field(description="p10, rounded down")
+    minutes: int = Field(description="the point estimate, rounded")
+    minutes_high: int = Field(description="p90, rounded up")
+    as_of: float = Field(description="unix seconds when the couriers' state it is computed from was read")
+
+
+class NearbyRestaurantView(RestaurantView):
+    delivery_eta: DeliveryEtaView | None = Field(
+        description="null when no courier data is known for the restaurant's cell or its neighbours")
+
+
 class RestaurantPage(View):
-    items: list[RestaurantView]
+    items: list[NearbyRestaurantView]
     next_cursor: str | None
 
 

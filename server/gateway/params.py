@@ -56,3 +56,8 @@ class GatewayParams:
     """How long an order placement waits for its cell's delivery promise. Past it, the order is placed and
     dispatched all the same, without a promise in the response; its first estimate follows as a status event."""
     """How long a call keeps re-opening a cell that retired under it before giving up."""
+    eta_board_s: float = 5.0
+    """How often the front door asks every cell of the deployment for its couriers' availability, which
+    delivery-time quotes at search are computed from (``server.gateway.eta_board``)."""
+    eta_basis_timeout_s: float = 2.0
+    """How long one cell may take to answer that; a cell that does not is left out until it does."""

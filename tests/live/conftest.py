@@ -38,6 +38,7 @@ LIVE_PARAMS = GatewayParams(
     movement=MovementParams(slack_m=2000.0),
     # A starved test process may take seconds to answer; tests check the promise an order placement returns.
     promise_timeout_s=30.0,
+    eta_board_s=1.0,  # delivery-time quotes at search follow the cells within a second
 )
 #: How often a test's driver app sends its position while it must look alive to its cell.
 GPS_EVERY_S = 1.0
