@@ -129,13 +129,15 @@ ETA_COLUMNS = ("instance", "policy", "estimate at", "orders", "MAE min", "p90 ab
                "p10-p90 coverage %")
 
 
-def eta_table(rows: list[dict]) -> str:
-    """Markdown table of the drop-off estimates' errors (``metrics["eta"]``), one line per moment."""
+def eta_table(rows: list[dict], moments: tuple[str, ...] = ETA_MOMENTS) -> str:
+    """Markdown table of the drop-off estimates' errors (``metrics["eta"]``), one line per moment (with the share
+    inside the p10-p90 range where ``<moment>_range_coverage`` gives it)."""
     lines = ["| " + " | ".join(ETA_COLUMNS) + " |", "|" + "---|" * len(ETA_COLUMNS)]
     for m in rows:
-        for moment in ETA_MOMENTS:
+        for moment in moments:
             e = m["eta"][moment]
-            coverage = f"{100 * m['eta']['placement_range_coverage']:.1f}" if moment == "placement" else ""
+            coverage = m["eta"].get(f"{moment}_range_coverage")
+            coverage = "" if coverage is None else f"{100 * coverage:.1f}"
             lines.append("| " + " | ".join([m["instance"], m["policy"], moment, str(e["orders"]), f"{e['mae']:.2f}",
                                             f"{e['p90_abs']:.2f}", f"{100 * e['within_5']:.1f}", f"{e['bias']:+.2f}",
                                             coverage]) + " |")

@@ -43,6 +43,7 @@ import wire
 
 from dispatch import kernels
 from dispatch.eta import EXPECTED_WINDOW, EtaCalibration, Estimate, expected_orders, forecast, plan_estimate, queue_estimates
+from dispatch.eta_quote import CourierAvailability, availability
 from dispatch.lifecycle import (
     DISPATCHABLE, FINISHING_COURIER, HOLDING_ORDERS, Courier, DriverEvent, DriverStatus, Event, OrderPhase, PhaseEvent, apply_driver,
     apply_phase, rebuilt_phase,
@@ -527,6 +528,8 @@ class CellCore:
         #: Orders placed here lately, newest last: the orders to expect (``dispatch.eta.expected_orders``).
         self.recent: deque[LiveOrder] = deque(maxlen=MAX_EXPECTED_ORDERS)
         self._next_estimates_at = -math.inf
+        #: Orders whose estimate is worked out again at the next tick (their ready time moved).
+        self._estimates_due: set[int] = set()
         self._matchable: tuple[float, list[LiveDriver], list] | None = None
         self.travel = TravelModel.great_circle(self.params.speed_kmh)
         self.drivers: dict[str, LiveDriver] = {}
@@ -647,9 +650,11 @@ class CellCore:
             self.recent.append(order)
 
     def revise_ready(self, order_id: int, ready_at: float) -> None:
+        """The kitchen's new ready time; the order's estimate is worked out again at the next tick."""
         order = self.orders.get(order_id)
         if order is not None:
             order.ready_at = ready_at
+            self._estimates_due.add(order_id)
 
     def withdraw_order(self, order_id: int, reason: str) -> list[Command]:
         """The order was cancelled: drop it, and release or recall its driver."""
@@ -904,6 +909,8 @@ class CellCore:
         commands += self._match(now)
         if now >= self._next_estimates_at:
             commands += self.estimates(now)
+        elif self._estimates_due:
+            commands += self.estimates(now, only=self._estimates_due)
         return commands
 
     def _lose(self, driver: LiveDriver) -> list[Command]:
@@ -1043,27 +1050,30 @@ class CellCore:
 
     # Delivery estimates -------------------------------------------------------
 
-    def estimates(self, now: float, only: int | None = None) -> list[GiveEstimate]:
-        """Work out every live order's delivery estimate (only order ``only``'s, when given) and give those that
-        moved (:meth:`dispatch.eta.Estimate.moved`) or were never given.
+    def estimates(self, now: float, only: int | set[int] | None = None) -> list[GiveEstimate]:
+        """Work out every live order's delivery estimate (only the order or orders ``only``, when given) and give
+        those that moved (:meth:`dispatch.eta.Estimate.moved`) or were never given.
 
         Orders no courier has yet: :func:`dispatch.eta.forecast` of the cell's queue (the orders placed in the
         last :data:`~dispatch.eta.EXPECTED_WINDOW` minutes replayed as the orders to expect), calibrated. Orders
         with a courier: its plan from its last fix (:func:`dispatch.matcher.job_times`). Orders out to a driver
         or being assigned keep the estimate they have until that settles."""
-        if only is None:  # one order's promise does not put off everyone else's revision
+        wanted = None if only is None else {only} if isinstance(only, int) else set(only)
+        if wanted is None:  # one order's promise does not put off everyone else's revision
             self._next_estimates_at = now + self.params.eta_every_s
+            self._estimates_due.clear()
+        else:
+            self._estimates_due -= wanted
         fresh: dict[int, Estimate] = {}
-        pending = [o for o in self.orders.values() if o.phase is OrderPhase.PENDING]
-        if pending and (only is None or only in self.orders and self.orders[only].phase is OrderPhase.PENDING):
-            fresh.update(zip((o.id for o in pending), self._queue_estimates(now, pending)))
+        if wanted is None or any(i in self.orders and self.orders[i].phase is OrderPhase.PENDING for i in wanted):
+            fresh.update(self._queue_estimates(now))
         for job in self.jobs.values():
-            if only is None or only in job.order_ids:
+            if wanted is None or not wanted.isdisjoint(job.order_ids):
                 fresh.update(self._plan_estimates(now, job))
         given = []
         for order_id, estimate in fresh.items():
             order = self.orders[order_id]
-            if (only is None or order_id == only) and (
+            if (wanted is None or order_id in wanted) and (
                     order.estimate is None or estimate.moved(order.estimate, self.params.eta_revise_s)):
                 given.append(GiveEstimate(order_id, estimate))
         return given
@@ -1075,16 +1085,29 @@ class CellCore:
             if order is not None:
                 order.estimate = command.estimate
 
-    def _queue_estimates(self, now: float, pending: list[LiveOrder]) -> list[Estimate]:
+    def _queue(self, now: float) -> tuple[Drivers, list[LiveOrder], Orders]:
+        """The cell's queue as the forecasts (estimates, quotes at search) see it: the drivers, free now (idle, or
+        holding an offer) or from when and where their job ends; the orders not in a job yet (pending or offered);
+        and the orders to expect (those placed in the last :data:`~dispatch.eta.EXPECTED_WINDOW` real minutes,
+        again: :func:`dispatch.eta.expected_orders`)."""
         window = EXPECTED_WINDOW / self.params.eta_time_scale  # minutes of this cell's clock
         while self.recent and self.recent[0].placed_at <= now - window * 60.0:
             self.recent.popleft()
-        idle, busy = self._recent_matchable_drivers(now)
+        _, busy = self._recent_matchable_drivers(now)
+        free = [d for d in self.drivers.values() if d.status in (DriverStatus.IDLE, DriverStatus.OFFERED)]
+        waiting = [o for o in self.orders.values() if o.phase in (OrderPhase.PENDING, OrderPhase.OFFERED)]
         expected = expected_orders(self._order_arrays(list(self.recent)), now / 60.0, window)
-        raw = forecast(now / 60.0, self._driver_arrays(idle, busy, now), self._order_arrays(pending), self.travel,
-                       self.params.match, expected)
-        return queue_estimates(now, raw, self.calibration, self.params.match.dropoff_service / 2,
-                               self.params.eta_time_scale)
+        return self._driver_arrays(free, busy, now), waiting, expected
+
+    def _queue_estimates(self, now: float) -> dict[int, Estimate]:
+        """Calibrated forecasts of the pending orders (an offered one keeps its estimate until it settles)."""
+        drivers, waiting, expected = self._queue(now)
+        if not any(o.phase is OrderPhase.PENDING for o in waiting):
+            return {}
+        raw = forecast(now / 60.0, drivers, self._order_arrays(waiting), self.travel, self.params.match, expected)
+        estimates = queue_estimates(now, raw, self.calibration, self.params.match.dropoff_service / 2,
+                                    self.params.eta_time_scale)
+        return {o.id: e for o, e in zip(waiting, estimates) if o.phase is OrderPhase.PENDING}
 
     def _plan_estimates(self, now: float, job: Job) -> dict[int, Estimate]:
         """The estimates of a job's undelivered orders from its driver's plan (none while it is being assigned)."""
@@ -1180,22 +1203,8 @@ class CellCore:
 
     # Delivery-time quotes at search (issue 14) -------------------------------
 
-    def courier_availability(self, now: float):
-        """When and where each courier of the cell is free once its known work is done
-        (:func:`dispatch.eta_quote.availability`, in minutes): idle and offered drivers from now where they
-        are, busy ones from when and where their job ends (as :meth:`_match` has them); the orders not yet in a
-        job (pending or offered) served first, then the orders to expect (:func:`dispatch.eta.expected_orders`:
-        those placed in the last ``EXPECTED_WINDOW`` minutes that are still in the cell, again)."""
-        from dispatch.eta import EXPECTED_WINDOW, expected_orders
-        from dispatch.eta_quote import availability
-
-        free_now = (DriverStatus.IDLE, DriverStatus.OFFERED)
-        idle = [d for d in self.drivers.values() if d.status in free_now]
-        ttl_s = self.params.heartbeat_ttl_s
-        busy = [(d, end) for d in self.drivers.values()
-                if d.job_id is not None and d.status in HOLDING_ORDERS and now - d.last_seen <= ttl_s
-                and (end := self._job_end(d, now)) is not None]
-        waiting = [o for o in self.orders.values() if o.phase in (OrderPhase.PENDING, OrderPhase.OFFERED)]
-        expected = expected_orders(self._order_arrays(list(self.orders.values())), now / 60.0, EXPECTED_WINDOW)
-        return availability(now / 60.0, self._driver_arrays(idle, busy, now), self._order_arrays(waiting),
-                            self.travel, self.params.match, expected)
+    def courier_availability(self, now: float) -> CourierAvailability:
+        """When and where each courier of the cell is free once its queue (:meth:`_queue`) is served
+        (:func:`dispatch.eta_quote.availability`, in minutes)."""
+        drivers, waiting, expected = self._queue(now)
+        return availability(now / 60.0, drivers, self._order_arrays(waiting), self.travel, self.params.match, expected)

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.mdrp_live import DEFAULT_INSTANCE, main, time_window
+from bench.mdrp_fleet import Clock
+from bench.mdrp_live import DEFAULT_INSTANCE, live_eta_errors, main, time_window
 from bench.replay import load_instance
 from dispatch.feasibility import check_solution
 from dispatch.mdrp import Instance
@@ -73,3 +74,32 @@ def test_live_replay_delivers_every_order_once_with_feasible_files(tmp_path, pos
     assert (out / "click_to_door.png").stat().st_size > 0
     report = (out / "mdrp_live.md").read_text()
     assert "slack (live)" in report and "slack (offline)" in report
+    # Every delivered order's promise was stored and is scored; the plot of the errors is written.
+    eta = figures["live"]["eta"]
+    assert eta["placement"]["orders"] == instance.n_orders and eta["assignment"]["orders"] == instance.n_orders
+    assert len(figures["estimates_per_order"]) == instance.n_orders
+    assert (out / "eta_error.png").stat().st_size > 0 and "| kitchen |" in report
+
+
+def test_live_estimates_are_scored_at_each_moment_from_the_audit_trail():
+    """Placement: the first estimate; kitchen: the one in force just after the kitchen's ready estimate; assignment
+    and pickup: the first of each basis. Instance minute 100 is wall time 1000; the day runs 60 times faster."""
+    clock = Clock(1000.0, 100.0, 60.0)
+
+    def at(minute: float) -> float:
+        return clock.wall(minute)
+
+    def estimate(minute: float, basis: str, dropoff: float) -> dict:
+        return {"event": "estimate", "at": at(minute), "payload": {
+            "given_at": at(minute), "basis": basis, "dropoff_at": at(dropoff), "dropoff_early": at(dropoff - 5),
+            "dropoff_late": at(dropoff + 5), "pickup_at": None, "courier_arrival_at": None}}
+
+    trail = [{"event": "placed", "at": at(100)}, estimate(100, "queue", 140),
+             {"event": "revise_ready", "at": at(100.1)}, estimate(100.2, "queue", 130),
+             {"event": "assign", "at": at(110)}, estimate(110, "job", 133), estimate(120, "on_board", 136),
+             {"event": "deliver", "at": at(135)}]
+    result, errors, orders = live_eta_errors(clock, {7: trail, 8: trail[:2]})  # order 8: not delivered
+    assert {m: round(result[m]["bias"], 6) for m in ("placement", "kitchen", "assignment", "pickup")} == {
+        "placement": 5.0, "kitchen": -5.0, "assignment": -2.0, "pickup": 1.0}
+    assert result["placement_range_coverage"] == 1.0 and result["kitchen_range_coverage"] == 1.0
+    assert [o["index"] for o in orders] == [7] and orders[0]["dropoff"] == pytest.approx(135)
