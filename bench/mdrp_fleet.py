@@ -319,13 +319,18 @@ class Kitchens:
         return ApiClient(self.world.base_url, self.world.mint(role, sub), client=self.http)
 
     async def open(self, restaurant: int) -> None:
-        """Create one restaurant (with one menu item) on the server."""
+        """Create one restaurant (with one menu item) on the server. Its usual prep time (what an order's first
+        ready estimate and promise rest on, before its kitchen revises it) is the median of its orders' in the
+        instance, in whole wall minutes (so at least one: at a speed-up k, k instance minutes)."""
         inst, world = self.world.instance, self.world
         owner = self._api("restaurant", f"mdrp-restaurant-{inst.restaurant_ids[restaurant]}")
         lat, lng = world.projection.latlng(float(inst.restaurant_x[restaurant]), float(inst.restaurant_y[restaurant]))
+        mine = inst.order_restaurant == restaurant
+        prep = float(np.median(inst.order_ready[mine] - inst.order_placed[mine])) if mine.any() else 0.0
         created = await owner.create_restaurant(
             name=f"MDRP restaurant {inst.restaurant_ids[restaurant]}", address=f"{inst.name}",
-            latitude=lat, longitude=lng, prep_minutes=1, delivery_radius_m=50_000,
+            latitude=lat, longitude=lng, prep_minutes=int(np.clip(round(prep / world.clock.speedup), 1, 240)),
+            delivery_radius_m=50_000,
         )
         item = await owner.add_item(created["id"], "Meal", 1500)
         self.restaurants[restaurant] = (created["id"], item["id"], owner)

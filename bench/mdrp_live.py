@@ -351,7 +351,7 @@ def plot_eta_errors(errors: dict[str, np.ndarray], title: str, path: Path) -> No
     ax.set_xlabel("drop-off estimate minus actual (instance minutes; dashed: +/-5)")
     ax.set_ylabel("share of delivered orders")
     ax.set_title(title)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
