@@ -108,7 +108,9 @@ async def test_postgres_restart_loses_no_status_event(settings, ray_local, priva
             await eventually(lambda: {o: seqs[o][:len(expected[o])] for o in orders} == expected, timeout_s=60,
                              what="every status event delivered")
             await asyncio.sleep(1.0)  # time for a stray duplicate to show
-            assert {o: seqs[o] for o in orders} == expected  # each seq exactly once, in order
+            # Each seq exactly once, in order (more may have come since: the cell's new delivery estimates follow
+            # the kitchen's ready estimates by a tick).
+            assert all(seqs[o] == list(range(1, len(seqs[o]) + 1)) for o in orders), dict(seqs)
             assert link.connections == 1  # the socket never dropped: no resume hid anything
             assert listener.connects >= 2
         finally:
