@@ -17,10 +17,16 @@ class ApiError(Exception):
         self.code = error.get("code")
 
 
+#: How long a call waits for its answer: a server under load answers slowly rather than not at all (an order's
+#: placement may wait up to the server's ``promise_timeout_s`` for its cell's promise).
+DEFAULT_TIMEOUT_S = 30.0
+
+
 class ApiClient:
     """One principal's calls; ``client`` shares a connection pool (the caller then closes it, not this)."""
 
-    def __init__(self, base_url: str, token: str, *, timeout_s: float = 10.0, client: httpx.AsyncClient | None = None):
+    def __init__(self, base_url: str, token: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 client: httpx.AsyncClient | None = None):
         self._owns_http = client is None
         self.http = client or httpx.AsyncClient(base_url=base_url, timeout=timeout_s)
         self.headers = {"authorization": f"Bearer {token}"}

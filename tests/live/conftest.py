@@ -36,8 +36,9 @@ LIVE_PARAMS = GatewayParams(
     cell=CellParams(offer_ttl_s=30.0, heartbeat_ttl_s=20.0, borrow_after_s=1.0),
     # Tests move drivers by up to about 1 km at once (to the restaurant, to the drop-off): not jumps.
     movement=MovementParams(slack_m=2000.0),
-    # A starved test process may take seconds to answer; tests check the promise an order placement returns.
-    promise_timeout_s=30.0,
+    # A starved cell may take seconds to answer; tests check the promise an order placement returns. Well under
+    # the HTTP clients' timeout (clients.http.DEFAULT_TIMEOUT_S), with room for the placement's own work.
+    promise_timeout_s=10.0,
     eta_board_s=1.0,  # delivery-time quotes at search follow the cells within a second
 )
 #: How often a test's driver app sends its position while it must look alive to its cell.

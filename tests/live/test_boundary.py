@@ -11,7 +11,7 @@ from clients.driver import DriverClient
 from clients.http import ApiClient
 from tests.conftest import token
 from tests.live.conftest import streaming_gps
-from tests.waiting import DEADLINE_S, eventually
+from tests.waiting import DEADLINE_S, START_DEADLINE_S, eventually
 
 
 def edge_points(spot, inset_m=400.0):
@@ -105,16 +105,17 @@ async def test_borrowed_driver_completes_the_job(live, spot):
     rest_b = await owner.create_restaurant(name="B side", address="x", latitude=in_b[0], longitude=in_b[1], prep_minutes=1)
     item_b = await owner.add_item(rest_b["id"], "b", 500)
     customer = ApiClient(live.url, token("customer", f"c-{uuid.uuid4().hex[:8]}"))
-    async with DriverClient(live.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) as driver:
-        await driver.gps(*in_a)
+    here = [in_a]
+    async with DriverClient(live.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) as driver, \
+            streaming_gps(driver, lambda: here[0]):  # alive in cell A however long cell B takes to start
         await eventually(lambda: cell_holds(live, cell_of_point(*in_a), 1), what="cell A holding the driver")
         order = await customer.place_order(rest_b["id"], [{"item_id": item_b["id"]}], (in_b[0], in_b[1] + 0.005))
-        offer = await driver.next("offer", timeout_s=DEADLINE_S)
+        offer = await driver.next("offer", timeout_s=START_DEADLINE_S)  # cell B's actor starts first
         await driver.accept(offer["offer_id"])
         job = await driver.next("assigned", timeout_s=DEADLINE_S)
         # It drives across the edge to the restaurant; cell B, which borrowed it, keeps it.
-        for position in (in_a, in_b):
-            await driver.gps(*position)
+        here[0] = in_b
+        await driver.gps(*in_b)
         await eventually(lambda: cell_holds(live, cell_of_point(*in_b), 1), what="cell B holding the driver")
         for step in ("at_restaurant", "picked_up"):
             await getattr(driver, step)(job["job_id"])

@@ -13,7 +13,7 @@ from clients.driver import DriverClient
 from clients.http import ApiClient
 from tests.conftest import token
 from tests.live.test_end_to_end import setup_restaurant
-from tests.waiting import DEADLINE_S, eventually
+from tests.waiting import DEADLINE_S, START_DEADLINE_S, eventually
 
 
 def scrape(port: int) -> str:
@@ -35,7 +35,7 @@ async def test_cell_figures_are_exported_to_ray_metrics_and_the_admin_api(live, 
     # One driver declines the order: the cell then holds one driver, one pending order and one offer made.
     async with DriverClient(live.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) as driver:
         await driver.gps(spot[0] + 0.001, spot[1])
-        offer = await driver.next("offer", timeout_s=DEADLINE_S)
+        offer = await driver.next("offer", timeout_s=START_DEADLINE_S)  # behind the cell's actor starting
         await driver.decline(offer["offer_id"])
 
         async def cell_load(fixes: int):
@@ -65,7 +65,8 @@ async def test_cell_figures_are_exported_to_ray_metrics_and_the_admin_api(live, 
             exported = {name: samples(text, name, cell) for name in METRICS}
             return exported if all(exported.values()) else None
 
-        exported = await eventually(exported_metrics, interval_s=1.0)
+        # Behind another process: the node's metrics agent.
+        exported = await eventually(exported_metrics, timeout_s=START_DEADLINE_S, interval_s=1.0)
     drivers = {re.search(r'status="(\w+)"', labels)[1]: value for labels, value in exported["hexdispatch_cell_drivers"]}
     assert sum(drivers.values()) == 1.0
     assert exported["hexdispatch_cell_gps_per_s"][0][1] >= 0.0

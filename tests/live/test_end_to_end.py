@@ -7,7 +7,7 @@ from clients.http import ApiClient
 from tests.conftest import token
 from tests.events import gapless, lifecycle
 from tests.live.conftest import streaming_gps
-from tests.waiting import DEADLINE_S, eventually
+from tests.waiting import DEADLINE_S, START_DEADLINE_S, eventually
 
 EXPECTED = ["placed", "driver_assigned", "at_restaurant", "picked_up", "delivered"]
 
@@ -81,7 +81,7 @@ async def test_customer_cancellation_recalls_the_driver(live, spot):
     async with DriverClient(live.url, token("driver", f"d-{uuid.uuid4().hex[:8]}")) as driver:
         await driver.gps(spot[0] + 0.001, spot[1])
         order = await api.place_order(rest["id"], [{"item_id": item["id"]}], (spot[0] + 0.01, spot[1]))
-        offer = await driver.next("offer", timeout_s=DEADLINE_S)
+        offer = await driver.next("offer", timeout_s=START_DEADLINE_S)  # behind the cell's actor starting
         await driver.accept(offer["offer_id"])
         job = await driver.next("assigned", timeout_s=DEADLINE_S)
         cancelled = await api.cancel(order["id"], reason="changed my mind")

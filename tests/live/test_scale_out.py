@@ -15,7 +15,7 @@ from tests.conftest import token
 from tests.events import gapless
 from tests.live.conftest import ServerProcess, redis_url, session_ray_env
 from tests.live.test_end_to_end import EXPECTED, setup_restaurant
-from tests.waiting import DEADLINE_S
+from tests.waiting import DEADLINE_S, START_DEADLINE_S
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ async def test_customer_on_one_process_follows_a_driver_on_the_other(front_doors
         dropoff = (spot[0] + 0.01, spot[1])
         async with CustomerClient(door_a.url, token("customer", customer_id)) as on_a:
             await on_a.follow(order["id"])
-            offer = await driver.next("offer", timeout_s=DEADLINE_S)
+            offer = await driver.next("offer", timeout_s=START_DEADLINE_S)  # behind the cell's actor starting
             await driver.accept(offer["offer_id"])
             job = await driver.next("assigned", timeout_s=DEADLINE_S)
             await on_a.wait_for(lambda c: "driver_assigned" in c.statuses(order["id"]), timeout_s=DEADLINE_S)
