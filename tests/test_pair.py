@@ -207,4 +207,7 @@ def test_random_days_through_the_pair_keep_the_invariants_and_deliver(seed):
         for order_id, trail in pair.trail.items():
             assert [s.seq for s in trail] == list(range(1, len(trail) + 1))
     assert delivered == sum(o.courier.value == "delivered" for o in pair.orders.values())
-    assert delivered > 0 or next_order <= 3, "no delivery in a whole day: the paths after accept never ran"
+    # A day of one driver who declines or lets most offers pass may deliver nothing (seed 53017: 5 offers, 1
+    # accepted); a day with several jobs given out must deliver, or the paths after accept never ran.
+    jobs_given = sum(len(app.of("assigned")) for app in pair.drivers.values())
+    assert delivered > 0 or jobs_given < 3, f"no delivery in a whole day of {jobs_given} jobs"
