@@ -202,7 +202,8 @@ class CellActor:
         # Drivers that left this cell: fixes still routed here are ignored until the front door follows.
         self.neighbours: dict[str, object] = {}
         self.writing: set[int] = set()  # orders with a write to Postgres in flight
-        self.giving: asyncio.Task | None = None  # the batch of delivery estimates being stored
+        self.giving: asyncio.Task | None = None  # the tick's batch of delivery estimates being stored
+        self.estimating: set[int] = set()  # orders whose delivery estimate is being stored
         self._touched: set[int] | None = None  # orders written or changed while a sweep reads Postgres
         self.next_sweep = time.time() + sweep_s
         self.repair_failures = 0
@@ -438,12 +439,27 @@ class CellActor:
         # Off the tick's path: a slow or unreachable Postgres must not hold up matching. One batch at a time;
         # estimates skipped meanwhile were not given and are worked out again at the next pass.
         if estimates and (self.giving is None or self.giving.done()):
-            self.giving = asyncio.get_running_loop().create_task(self._give_estimates(estimates))
+            self.giving = self._start_giving(estimates)
         return errors
+
+    def _start_giving(self, estimates: list[GiveEstimate]) -> asyncio.Task | None:
+        """Start storing these estimates (:meth:`_give_estimates`), but for orders whose estimate is already being
+        stored; the task answers whether they were stored (None: nothing to store)."""
+        estimates = [c for c in estimates if c.order_id not in self.estimating]
+        if not estimates:
+            return None
+        self.estimating.update(c.order_id for c in estimates)  # now, not when the task first runs
+        return asyncio.get_running_loop().create_task(self._give_estimates(estimates))
 
     async def _give_estimates(self, estimates: list[GiveEstimate]) -> bool:
         """Store the estimates (``estimate`` events, one transaction): only then are they given. One attempt: an
         estimate not stored is simply not given, and the next pass works it out again."""
+        try:
+            return await self._store_estimates(estimates)
+        finally:
+            self.estimating.difference_update(c.order_id for c in estimates)
+
+    async def _store_estimates(self, estimates: list[GiveEstimate]) -> bool:
         from store.orders import apply_event_on
 
         given: list[GiveEstimate] = []
@@ -670,9 +686,11 @@ class CellActor:
         self._touch([order["id"]])
         self.core.add_order(LiveOrder(**order))
         estimates = self.core.estimates(time.time(), only=order["id"])
-        promise = estimates[0].estimate.to_json() if estimates and await self._give_estimates(estimates) else None
+        # The promise is stored while the tick matches: an order that can be matched at once is offered without
+        # waiting for Postgres. The order is marked as being estimated first, so the tick does not give it twice.
+        giving = self._start_giving(estimates)
         await self._tick()
-        return promise
+        return estimates[0].estimate.to_json() if giving is not None and await giving else None
 
     async def cancel_order(self, order_id: int, reason: str) -> None:
         await self._open()

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import secrets
 import sys
 import threading
@@ -265,8 +266,27 @@ def account(args, go_at: float, load_end: float, injections: list[Injection], ta
                                   for e in events.get(order_id, [])]
                        for order_id in {*lost[phase.name][:5], *stranded[phase.name][:5]}},
         })
-    return {"phases": rows, "control_p99_ms": control_level, "_series": series, "_latencies": latencies,
+    return {"phases": rows, "slow_offers": slow_offers(args.target_ms, go_at, tally, phases),
+            "control_p99_ms": control_level, "_series": series, "_latencies": latencies,
             "_faults": [(inj.injected_at - go_at, inj.fault) for inj in injections], "_go_at": go_at}
+
+
+def slow_offers(target_ms: float, go_at: float, tally, phases: list[Phase]) -> list[dict]:
+    """Every order whose first offer came later than ``target_ms`` after its placement (``ms``; None: never), but
+    for those held back on purpose, with why it waited as its cell saw it (the offer's ``waited_s``: seconds per
+    reason)."""
+    from dispatch.cell import DELIBERATE_WAITS
+
+    slow = []
+    for order_id, placed in sorted(tally.placed_at.items(), key=lambda item: item[1]):
+        offered_at, waited = tally.first_offer.get(order_id, (math.inf, {}))
+        ms = (offered_at - placed) * 1000
+        if ms > target_ms and not any(waited.get(reason, 0.0) > 0 for reason in DELIBERATE_WAITS):
+            slow.append({"order_id": order_id, "placed_s": round(placed - go_at, 2),
+                         "ms": None if ms == math.inf else ms,  # None: never offered
+                         "phase": chaos_audit.phase_at(phases, placed),
+                         "waited_s": {k: round(v, 2) for k, v in waited.items() if v}})
+    return slow
 
 
 def targets(table: dict, faults: list[str], recovery_target_s: float) -> list[dict]:
@@ -336,6 +356,14 @@ def markdown(figures: dict) -> str:
         if row["fault"]:
             lines.append(f"* {row['phase']}: {row['detail'] or row['injection_error']}"
                          f" (injection took {_num(row['injection_took_s'])} s)")
+    slow = run.get("slow_offers", [])
+    if slow:
+        lines += ["", f"First offers later than {config['target_ms']:g} ms ({len(slow)}), with why the order waited "
+                      "as its cell recorded it (seconds per reason):", ""]
+        lines += [f"* order {o['order_id']} placed at {o['placed_s']:g} s ({o['phase']}): "
+                  + ("never offered" if o["ms"] is None else f"{_num(o['ms'], 0)} ms") + "; "
+                  + (", ".join(f"{k} {v:g} s" for k, v in sorted(o["waited_s"].items())) or "no wait recorded")
+                  for o in slow[:40]]
     missed = [t for t in figures["targets"] if t["met"] is False]
     lines += ["", "Targets (0 lost, 0 double, 0 stranded, recovery < "
                   f"{TARGET_RECOVERY_S:g} s per fault): " + ("all met." if not missed else "missed: " + "; ".join(

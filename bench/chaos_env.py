@@ -25,13 +25,16 @@ from typing import Iterator
 import psutil
 
 from clients.http import stop_process, wait_until_healthy
+from server.local_ray import WORKER_NICENESS
 
 REPO = Path(__file__).resolve().parents[1]
 PG_BIN = Path(os.environ.get("HEXDISPATCH_PG_BIN", "/usr/lib/postgresql/15/bin"))
 RAY = Path(sys.executable).with_name("ray")
 #: The clusters started here use token authentication, with a token of their own (never ``~/.ray/auth_token``,
 #: which may be missing on a fresh machine): every member and client gets both in its environment.
-RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"}
+#: As ``ray_cluster.yaml`` starts its nodes: cell actors at normal priority (``server.local_ray.WORKER_NICENESS``).
+RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0",
+           **WORKER_NICENESS}
 
 
 def free_port() -> int:

@@ -61,10 +61,10 @@ def timed_ms(work, repeat: int) -> tuple[float, object]:
 def run(n_drivers: int, n_orders: int, rings: int, repeat: int) -> dict:
     cells = city(n_drivers, n_orders, rings)
     views_ms, views = timed_ms(lambda: [cell_view(core) for core in cells.values()], repeat)
-    whole_ms, whole = timed_ms(lambda: compose_frame(views, None, T0), repeat)
+    whole_ms, whole = timed_ms(lambda: compose_frame(views, None, T0).to_dict(), repeat)
     lat, lng = h3.cell_to_latlng(next(iter(cells)))
     zoomed_view = Viewport(lat - 0.02, lng - 0.03, lat + 0.02, lng + 0.03)
-    zoomed_ms, zoomed = timed_ms(lambda: compose_frame(views, zoomed_view, T0), repeat)
+    zoomed_ms, zoomed = timed_ms(lambda: compose_frame(views, zoomed_view, T0).to_dict(), repeat)
     encode_ms, encoded = timed_ms(lambda: orjson.dumps(whole), repeat)
     return {
         "drivers": n_drivers, "pending_orders": n_orders, "cells": len(cells),

@@ -989,13 +989,8 @@ class CellCore:
 
     def _matchable_drivers(self, now: float) -> tuple[
             list[LiveDriver], list[tuple[LiveDriver, tuple[float, float, float]]]]:
-        """Idle drivers, and busy ones with when and where (:meth:`_job_end`) they will be free."""
-        idle, busy = self._work_out_matchable_drivers(now)
-        self._matchable = (now, idle, busy)
-        return idle, busy
-
-    def _work_out_matchable_drivers(self, now: float) -> tuple[
-            list[LiveDriver], list[tuple[LiveDriver, tuple[float, float, float]]]]:
+        """Idle drivers, and busy ones with when and where (:meth:`_job_end`) they will be free; kept for
+        :meth:`_recent_matchable_drivers`."""
         idle_status, ttl_s = DriverStatus.IDLE, self.params.heartbeat_ttl_s
         idle = [d for d in self.drivers.values() if d.status is idle_status]
         # A silent driver keeps its food (see _lose) but no order waits for it. Only drivers with a
@@ -1003,6 +998,7 @@ class CellCore:
         busy = [(d, end) for d in self.drivers.values()
                 if d.job_id is not None and d.status in HOLDING_ORDERS and now - d.last_seen <= ttl_s
                 and (end := self._job_end(d, now)) is not None]
+        self._matchable = (now, idle, busy)
         return idle, busy
 
     def _job_end(self, driver: LiveDriver, now: float) -> tuple[float, float, float] | None:

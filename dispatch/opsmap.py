@@ -18,6 +18,7 @@ from functools import lru_cache
 
 import h3
 
+import wire
 from dispatch.cell import CellCore, OrderPhase
 from dispatch.lifecycle import DriverStatus
 
@@ -128,7 +129,7 @@ def _in_view(rows: list, viewport: Viewport | None, lat_at: int, limit: int) -> 
 
 
 def compose_frame(views: list[dict], viewport: Viewport | None, at: float, *,
-                  max_drivers: int = MAX_DRIVERS_PER_FRAME, unanswered: list[str] = ()) -> dict:
+                  max_drivers: int = MAX_DRIVERS_PER_FRAME, unanswered: list[str] = ()) -> wire.OpsFrame:
     """One viewer's frame from every cell's view: all cells (hexagon, metrics), and the drivers, the orders
     waiting for a driver (pending or offered: ``pending``) and jobs in ``viewport`` (None: everywhere). Drivers beyond ``max_drivers`` are left out by a stable sample
     (:func:`sample_rank`); ``drivers_in_view`` counts them all, ``drivers_sampled`` says whether any was left out.
@@ -147,12 +148,11 @@ def compose_frame(views: list[dict], viewport: Viewport | None, at: float, *,
     pending, pending_in_view = _in_view(waiting, viewport, 1, MAX_ORDERS_PER_FRAME)
     jobs, jobs_in_view = _in_view([row for v in views for row in v.get("jobs", ())], viewport, 1,
                                   MAX_JOBS_PER_FRAME)
-    return {
-        "type": "frame", "at": at, "cells": cells, "unanswered": sorted(unanswered),
-        "drivers": drivers, "pending": pending, "jobs": jobs,
-        "totals": {"cells": len(cells), "drivers": total, "drivers_in_view": len(in_view),
-                   "drivers_sampled": len(drivers) < len(in_view) or reported < total,
-                   "pending_orders": sum(c["pending_orders"] for c in cells), "orders_waiting": len(waiting),
-                   "pending_in_view": pending_in_view,
-                   "jobs": sum(c["jobs"] for c in cells), "jobs_in_view": jobs_in_view},
-    }
+    return wire.OpsFrame(
+        at=at, cells=cells, unanswered=sorted(unanswered), drivers=drivers, pending=pending, jobs=jobs,
+        totals={"cells": len(cells), "drivers": total, "drivers_in_view": len(in_view),
+                "drivers_sampled": len(drivers) < len(in_view) or reported < total,
+                "pending_orders": sum(c["pending_orders"] for c in cells), "orders_waiting": len(waiting),
+                "pending_in_view": pending_in_view,
+                "jobs": sum(c["jobs"] for c in cells), "jobs_in_view": jobs_in_view},
+    )

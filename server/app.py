@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import threading
 from typing import AsyncIterator, Callable
@@ -158,14 +157,13 @@ def start_local_ray() -> Callable[[], None]:
     """Start a Ray of our own on this machine (never join one some other program left running); return its
     stop, which leaves none of its processes behind (``server.local_ray``).
 
-    Ray lowers its workers' priority (nice 15) by default, for clusters whose
-    head runs nothing else. Here the workers are the cell actors, sharing the
-    machine with the front door: at nice 15 they starve behind it at peak,
-    and dispatch latency with them. Set ``RAY_worker_niceness`` to override.
+    Its workers, the cell actors, run at normal priority
+    (:func:`server.local_ray.workers_at_normal_priority`); set
+    ``RAY_worker_niceness`` to override.
     """
     import ray
 
-    os.environ.setdefault("RAY_worker_niceness", "0")
+    local_ray.workers_at_normal_priority()
     # Cells' logs stay in Ray's log files and dashboard; streaming every line into the front door costs it CPU.
     ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING",
              log_to_driver=False)

@@ -27,6 +27,12 @@ log = logging.getLogger("hexdispatch.ray")
 
 #: Ray's switch for its single-machine mode (read once, when Ray is imported).
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+#: Ray's setting for its workers' priority. Ray lowers them to nice 15 by default, for clusters whose machines run
+#: nothing else; our workers are the cell actors, which share the machine with the front door (or, in the tests,
+#: with the test process and whatever else runs): at nice 15 they starve behind it, and dispatch with them.
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
+#: Ray's workers run at the priority of the process that starts them (see :data:`WORKER_NICENESS_ENV`).
+WORKER_NICENESS = {WORKER_NICENESS_ENV: "0"}
 #: Names Ray gives its processes (``ray::<actor or role>`` for workers and agents).
 RAY_PROCESS_NAMES = ("raylet", "gcs_server", "ray::", "ray-dashboard")
 
@@ -114,3 +120,10 @@ def stop_local_ray(directory: str, timeout_s: float = 10.0) -> list[str]:
     if names:
         log.warning("ended Ray processes that outlived ray.shutdown(): %s", ", ".join(sorted(names)))
     return names
+
+
+def workers_at_normal_priority() -> None:
+    """Have the Ray this process starts run its workers at normal priority (:data:`WORKER_NICENESS`), unless
+    ``RAY_worker_niceness`` is already set. Must run before Ray starts."""
+    for key, value in WORKER_NICENESS.items():
+        os.environ.setdefault(key, value)

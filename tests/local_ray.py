@@ -5,6 +5,10 @@
 average 20 that start-up alone can take longer. Only that start-up timeout is
 retried, after a clean shutdown: any other failure, and any failure once Ray
 runs, is the test's to report.
+
+Its workers (the cell actors) run at normal priority, as ``serve`` runs them
+(:func:`server.local_ray.workers_at_normal_priority`): at Ray's default of
+nice 15 they starve beside any busy process, and every live test waits on them.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ def init_local_ray(**options):
     """``ray.init(address="local", **options)``, retrying a raylet start-up that timed out; returns ``ray``."""
     import ray
 
+    from server.local_ray import workers_at_normal_priority
+
+    workers_at_normal_priority()
     for _ in range(ATTEMPTS - 1):
         try:
             ray.init(address="local", **options)

@@ -136,6 +136,21 @@ def test_offer_latency_leaves_deliberate_waits_out_and_counts_never_offered_as_i
     assert len(latencies) == 2
 
 
+def test_slow_offers_name_each_late_first_offer_with_its_cell_s_reasons():
+    from types import SimpleNamespace
+
+    from bench.chaos import slow_offers
+
+    tally = SimpleNamespace(
+        placed_at={1: 10.0, 2: 11.0, 3: 12.0, 4: 105.0},
+        first_offer={1: (10.05, {"unmatched": 0.04}), 2: (71.0, {"deferred": 59.0}),
+                     4: (113.0, {"unmatched": 7.9, "offered": 0.0})})
+    slow = slow_offers(100.0, 0.0, tally, PHASES)
+    assert [(o["order_id"], o["phase"]) for o in slow] == [(3, "control"), (4, "1. cell")]
+    assert slow[0]["ms"] is None and slow[0]["waited_s"] == {}  # never offered
+    assert slow[1]["ms"] == pytest.approx(8000.0) and slow[1]["waited_s"] == {"unmatched": 7.9}
+
+
 def test_recovery_is_the_first_window_after_the_fault_under_the_target():
     fast = [(float(t), 20.0) for t in range(0, 100)]
     slow = [(100.0 + t, 5000.0) for t in range(0, 12)]  # the fault at 100 s hurts 12 s of placements
@@ -181,6 +196,7 @@ def test_chaos_bench_at_toy_size(tmp_path):
         assert (out / name).stat().st_size > 0, name
     report = (out / "chaos.md").read_text()
     assert "| 1. cell |" in report and "| 2. redis |" in report
+    assert all((o["ms"] is None or o["ms"] > 100) and o["phase"] for o in run["slow_offers"])
     # The bench stopped everything it started.
     world = figures["environment"]["world"]
     for name, port in world["ports"].items():

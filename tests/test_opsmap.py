@@ -92,13 +92,13 @@ def test_a_frame_draws_every_cell_as_its_hexagon_with_its_metrics():
     west = h3.grid_ring(CELL, 1)[0]
     frame = compose_frame([view_of(west, by_status={"idle": 2, "delivering": 1, "offline": 4}, pending=[[9, LAT, LNG, 0, 0]]),
                            view_of(CELL)], None, T0)
-    assert [c["cell"] for c in frame["cells"]] == sorted([CELL, west])
-    cell = next(c for c in frame["cells"] if c["cell"] == west)
+    assert [c["cell"] for c in frame.cells] == sorted([CELL, west])
+    cell = next(c for c in frame.cells if c["cell"] == west)
     assert len(cell["boundary"]) == 6
     assert h3.latlng_to_cell(*(sum(p[i] for p in cell["boundary"]) / 6 for i in (0, 1)), 6) == west
     assert cell["idle_drivers"] == 2 and cell["pending_orders"] == 1 and cell["tick_ms_p99"] == 2.0
     assert cell["drivers"] == {"idle": 2, "delivering": 1}
-    assert frame["totals"]["pending_orders"] == frame["totals"]["orders_waiting"] == 1 and frame["at"] == T0
+    assert frame.totals["pending_orders"] == frame.totals["orders_waiting"] == 1 and frame.at == T0
 
 
 def test_a_frame_holds_only_what_is_in_the_viewport():
@@ -107,20 +107,20 @@ def test_a_frame_holds_only_what_is_in_the_viewport():
     frame = compose_frame([view_of(CELL, inside + outside, pending=[[1, LAT, LNG, 0, 0], [2, LAT + 1, LNG, 0, 0]],
                                    jobs=[["a", LAT, LNG, LAT, LNG, [3]], ["b", LAT + 1, LNG, LAT, LNG, [4]]])],
                           viewport, T0)
-    assert [d[0] for d in frame["drivers"]] == ["a"]
-    assert [o[0] for o in frame["pending"]] == [1] and [j[0] for j in frame["jobs"]] == ["a"]
-    assert frame["totals"]["drivers"] == 2 and frame["totals"]["drivers_in_view"] == 1
-    assert len(frame["cells"]) == 1  # cells are always all sent: their panel lists them
+    assert [d[0] for d in frame.drivers] == ["a"]
+    assert [o[0] for o in frame.pending] == [1] and [j[0] for j in frame.jobs] == ["a"]
+    assert frame.totals["drivers"] == 2 and frame.totals["drivers_in_view"] == 1
+    assert len(frame.cells) == 1  # cells are always all sent: their panel lists them
 
 
 def test_a_frame_samples_drivers_down_to_its_cap_the_same_way_every_time():
     drivers = [[f"d{i}", LAT + i * 1e-5, LNG, "idle"] for i in range(300)]
     frame = compose_frame([view_of(CELL, drivers)], None, T0, max_drivers=40)
-    assert len(frame["drivers"]) == 40 and frame["totals"]["drivers_sampled"]
-    assert frame["totals"]["drivers_in_view"] == 300
+    assert len(frame.drivers) == 40 and frame.totals["drivers_sampled"]
+    assert frame.totals["drivers_in_view"] == 300
     again = compose_frame([view_of(CELL, list(reversed(drivers)))], None, T0 + 1, max_drivers=40)
-    assert sorted(d[0] for d in again["drivers"]) == sorted(d[0] for d in frame["drivers"])
-    assert not compose_frame([view_of(CELL, drivers)], None, T0, max_drivers=300)["totals"]["drivers_sampled"]
+    assert sorted(d[0] for d in again.drivers) == sorted(d[0] for d in frame.drivers)
+    assert not compose_frame([view_of(CELL, drivers)], None, T0, max_drivers=300).totals["drivers_sampled"]
 
 
 def test_a_viewport_across_the_antimeridian():
@@ -144,5 +144,5 @@ def test_a_frame_at_every_cap_with_the_longest_ids_fits_the_ops_sockets_bound():
                     pending=[[big, -89.12345, -179.12345, -89.12345, -179.12345]] * MAX_ORDERS_PER_FRAME,
                     jobs=[[ids[0], -89.12345, -179.12345, -89.12345, -179.12345, [big] * 4]] * MAX_JOBS_PER_FRAME)
     frame = compose_frame(views, None, T0, unanswered=cells)
-    assert len(frame["drivers"]) == MAX_DRIVERS_PER_FRAME and len(frame["cells"]) == 80
-    assert len(orjson.dumps(frame)) < MAX_FRAME_BYTES
+    assert len(frame.drivers) == MAX_DRIVERS_PER_FRAME and len(frame.cells) == 80
+    assert len(orjson.dumps(frame.to_dict())) < MAX_FRAME_BYTES

@@ -289,6 +289,21 @@ class OpsWelcome(ServerFrame):
     interval_s: float
 
 
+@dataclass(frozen=True, slots=True)
+class OpsFrame(ServerFrame):
+    """One ops map viewer's picture (``dispatch.opsmap.compose_frame``): every cell, and the drivers, waiting
+    orders and jobs in the viewer's viewport, as of ``at``; ``unanswered`` names cells that did not answer."""
+
+    type: ClassVar[str] = "frame"
+    at: float
+    cells: list[dict]
+    unanswered: list[str]
+    drivers: list[list]
+    pending: list[list]
+    jobs: list[list]
+    totals: dict[str, Any]
+
+
 SERVER_FRAMES = (Welcome, OfferFrame, OfferWithdrawn, Assigned, JobWithdrawn, Cancelled, Ack, Error, Pong,
                  Subscribed, Unsubscribed, Status, DriverPosition)
 CLIENT_FRAMES = tuple(dict.fromkeys(DRIVER_FRAMES + CUSTOMER_FRAMES))
@@ -305,7 +320,7 @@ __all__ = [
     "PROTOCOL_VERSION", "MAX_LATITUDE", "MAX_LONGITUDE", "MAX_HEADING_DEG", "MAX_SPEED_MPS", "MAX_COUNT", "MAX_ID",
     "MAX_SEQ", "ClientFrame", "Command", "Gps", "GoOnline", "GoOffline", "AcceptOffer", "DeclineOffer",
     "AtRestaurant", "PickedUp", "Delivered", "Ping", "Subscribe", "Unsubscribe", "Viewport", "DRIVER_FRAMES",
-    "CUSTOMER_FRAMES", "OPS_FRAMES", "DRIVER_MESSAGES", "CUSTOMER_MESSAGES", "OPS_MESSAGES", "OpsWelcome", "ServerFrame", "Welcome", "OfferFrame", "OfferWithdrawn", "Assigned",
+    "CUSTOMER_FRAMES", "OPS_FRAMES", "DRIVER_MESSAGES", "CUSTOMER_MESSAGES", "OPS_MESSAGES", "OpsWelcome", "OpsFrame", "ServerFrame", "Welcome", "OfferFrame", "OfferWithdrawn", "Assigned",
     "JobWithdrawn", "Cancelled", "Ack", "Error", "Pong", "Subscribed", "Unsubscribed", "Status", "DriverPosition",
     "SERVER_FRAMES", "CLIENT_FRAMES", "frame_fields", "frame_type",
 ]

@@ -82,7 +82,7 @@ class OpsFeed:
     def _send(self, outbox: Outbox) -> None:
         views, unanswered, at = self._latest
         outbox.send_latest("frame", compose_frame(views, self.viewers[outbox], at, unanswered=unanswered,
-                                                  max_drivers=self.max_drivers_per_frame))
+                                                  max_drivers=self.max_drivers_per_frame).to_dict())
         self.frames_sent += 1
 
     async def _run(self) -> None:

@@ -77,6 +77,9 @@ async def test_the_promise_is_given_at_placement_and_kept_with_the_order(live, s
     estimates = [e for e in events if e["event"] == "estimate"]
     assert estimates[0]["payload"] == promise and estimates[0]["eta"] == promise
     assert [e["payload"]["basis"] for e in estimates][:1] == ["queue"] and "job" in [e["eta"]["basis"] for e in estimates]
+    # The order was offered at once, so the promise was its only queue estimate: the tick that matched it while the
+    # promise was being stored did not give it a second one.
+    assert [e["payload"]["basis"] for e in estimates].count("queue") == 1
     first = events.index(estimates[0])
     assert all(e["eta"] is not None for e in events[first:])
     assert all(e["eta"] is None for e in events[:first])
