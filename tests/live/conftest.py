@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h3
 import pytest
 import uvicorn
 
@@ -89,8 +90,11 @@ def forget_cells_after_module(request):
 
 @pytest.fixture
 def spot():
-    """A random place (lat, lng) of its own for a test, so cells do not mix tests."""
-    return (random.uniform(-40, 40), random.uniform(-150, 150))
+    """A random place (lat, lng) of its own for a test, so cells do not mix tests: the centre of a random cell, so
+    that what a test puts within a kilometre or two of it (drivers, kitchens, drop-offs) is in that same cell.
+    A random point itself may lie metres from a cell edge, with a driver 100 m away in the neighbouring cell."""
+    cell = h3.latlng_to_cell(random.uniform(-40, 40), random.uniform(-150, 150), GatewayParams().cell_res)
+    return h3.cell_to_latlng(cell)
 
 
 @contextlib.asynccontextmanager
