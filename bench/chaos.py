@@ -277,11 +277,11 @@ def slow_offers(target_ms: float, go_at: float, tally, phases: list[Phase]) -> l
     reason)."""
     from dispatch.cell import DELIBERATE_WAITS
 
+    latencies = chaos_audit.offer_latency_by_order(tally.placed_at, tally.first_offer, DELIBERATE_WAITS)
     slow = []
-    for order_id, placed in sorted(tally.placed_at.items(), key=lambda item: item[1]):
-        offered_at, waited = tally.first_offer.get(order_id, (math.inf, {}))
-        ms = (offered_at - placed) * 1000
-        if ms > target_ms and not any(waited.get(reason, 0.0) > 0 for reason in DELIBERATE_WAITS):
+    for order_id, (placed, ms) in sorted(latencies.items(), key=lambda item: item[1]):
+        if ms > target_ms:
+            waited = tally.first_offer.get(order_id, (None, {}))[1]
             slow.append({"order_id": order_id, "placed_s": round(placed - go_at, 2),
                          "ms": None if ms == math.inf else ms,  # None: never offered
                          "phase": chaos_audit.phase_at(phases, placed),

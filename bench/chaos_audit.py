@@ -164,18 +164,24 @@ def stranded_orders(checks: list[tuple[str, float]], placed_at: dict[int, float]
     return found
 
 
-def offer_latency_ms(placed_at: dict[int, float], first_offer: dict[int, tuple[float, dict]],
-                     deliberate: tuple[str, ...]) -> list[tuple[float, float]]:
-    """``(placed at, placement-to-offer ms)`` per order, in placement order; an order never offered counts
-    as infinitely late; orders the cell held back on purpose (a wait in one of ``deliberate``) are left out."""
-    latencies = []
+def offer_latency_by_order(placed_at: dict[int, float], first_offer: dict[int, tuple[float, dict]],
+                           deliberate: tuple[str, ...]) -> dict[int, tuple[float, float]]:
+    """Order id -> ``(placed at, placement-to-offer ms)``; an order never offered counts as infinitely late;
+    orders the cell held back on purpose (a wait in one of ``deliberate``) are left out."""
+    latencies = {}
     for order_id, placed in placed_at.items():
         offer = first_offer.get(order_id)
         if offer is None:
-            latencies.append((placed, math.inf))
+            latencies[order_id] = (placed, math.inf)
         elif not any(offer[1].get(reason, 0.0) > 0 for reason in deliberate):
-            latencies.append((placed, (offer[0] - placed) * 1000))
-    return sorted(latencies)
+            latencies[order_id] = (placed, (offer[0] - placed) * 1000)
+    return latencies
+
+
+def offer_latency_ms(placed_at: dict[int, float], first_offer: dict[int, tuple[float, dict]],
+                     deliberate: tuple[str, ...]) -> list[tuple[float, float]]:
+    """:func:`offer_latency_by_order`'s ``(placed at, placement-to-offer ms)`` pairs, in placement order."""
+    return sorted(offer_latency_by_order(placed_at, first_offer, deliberate).values())
 
 
 def rolling_p99(latencies: list[tuple[float, float]], start: float, end: float, window_s: float,
