@@ -33,3 +33,14 @@ def spot():
     import random
 
     return (random.uniform(-40, 40), random.uniform(-150, 150))
+
+
+def test_a_command_repeating_an_earlier_id_is_answered_again_and_the_check_still_counts_every_error(
+        live, world, session_loop):
+    """Hypothesis's find: an ``accept`` reusing the id of an earlier ``ping`` gets that ping's pong again (the
+    protocol's repeat rule), so the check must not stop at the second pong: it waits for its own closing ping's."""
+    typeless = ({"lat": 0.0, "lng": 0.0}, False)
+    case = fuzz.SocketCase("/v1/ws/driver", [typeless] * 4 + [
+        ({"type": "ping", "id": "0000000"}, False), ({"type": "accept", "id": "0000000", "offer_id": "0"}, False),
+        ({}, False)])
+    assert session_loop.run_until_complete(fuzz.check_socket(live.url, TEST_SECRET, world, case)) == "answered"
